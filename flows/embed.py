@@ -1,0 +1,29 @@
+"""Embed flow: resolve (or train) the encoder → embed every shard's missing rows → build / refresh indexes."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, unmapped
+
+from flows.common import datasets_of, settings_from, shards_of
+from tasks.embed import build_indexes, embed_shard, resolve_encoder
+
+
+@flow(name="embed")
+def embed_flow(datasets: list[str] | None = None, retrain_encoder: bool = False, overrides: dict | None = None) -> dict:
+    """Embed the given datasets (default: all ingested) with the configured encoder; only new rows do work."""
+    settings = settings_from(overrides)
+    logger = get_run_logger()
+    device = settings.torch_device()
+    encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device, retrain_encoder)
+    shards = [s for d in (datasets or datasets_of(settings)) for s in shards_of(settings, d)]
+    logger.info("embedding %d shards with %s on %s", len(shards), encoder["model_tag"], device)
+    results = embed_shard.map(unmapped(settings.store_uri), unmapped(encoder["model_ref"]), shards,
+                              unmapped(device), unmapped(settings.batch_size)).result()
+    indexes = build_indexes(settings.store_uri, encoder["model_tag"])
+    return {
+        **encoder,
+        "shards": len(shards),
+        "new_images": sum(r["new_images"] for r in results),
+        "new_texts": sum(r["new_texts"] for r in results),
+        "encode_s": round(sum(r["encode_s"] for r in results), 2),
+        "indexes": indexes,
+    }

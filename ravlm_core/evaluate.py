@@ -1,0 +1,114 @@
+"""Turn prediction tables into metrics, report examples and an `eval_runs` record."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from ravlm_core.embed import text_id
+from ravlm_core.metrics import caption_metrics, retrieval_metrics, vqa_metrics
+from ravlm_core.report import Example
+from ravlm_core.retrieve import kb_filter, search, vectors_by_id
+from ravlm_core.store import (CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
+                              sql_quote, text_vectors_table)
+
+EVAL_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("task", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("metrics", pa.string()),  # JSON: the nested results printed by `ravlm eval --json`
+        ("config", pa.string()),  # JSON
+        ("report", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def _job_rows(store: Store, table: str, job: str, columns: list[str]) -> dict[str, list]:
+    rows = store.read(table, columns=columns, where=f"job_id = {sql_quote(job)}")
+    return {c: rows.column(c).to_pylist() for c in columns} if rows.num_rows else {c: [] for c in columns}
+
+
+def vqa_job_metrics(store: Store, job: str) -> dict:
+    rows = _job_rows(store, VQA_PREDICTIONS, job, ["answer", "prediction", "question_type"])
+    types = [t or "unknown" for t in rows["question_type"]]
+    return vqa_metrics(rows["answer"], rows["prediction"], types)
+
+
+def caption_job_metrics(store: Store, job: str) -> dict:
+    rows = _job_rows(store, CAPTION_PREDICTIONS, job, ["prediction", "reference"])
+    pairs = [(p, r) for p, r in zip(rows["prediction"], rows["reference"]) if r]
+    return caption_metrics([p for p, _ in pairs], [[r] for _, r in pairs])
+
+
+def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str) -> dict | None:
+    """Recall@K / nDCG with each distinct caption of the split as a query over the split's images.
+
+    An image is relevant to a caption query when it carries that caption: on datasets where many images share a
+    caption (easy-VQA has 24 captions for 1,000 test images) any of them is a correct hit. None without captions.
+    """
+    images = store.read(IMAGES, columns=["image_id", "caption"], where=kb_filter(dataset, split))
+    relevant: dict[str, set[str]] = defaultdict(set)
+    for image_id, caption in zip(images.column("image_id").to_pylist(), images.column("caption").to_pylist()):
+        if caption:
+            relevant[caption].add(image_id)
+    if not relevant:
+        return None
+    queries = sorted(relevant)
+    vectors = vectors_by_id(store, text_vectors_table(model_tag), [text_id(q) for q in queries], "text_id")
+    hits = search(store, image_vectors_table(model_tag), vectors, 10, where=kb_filter(dataset, split))
+    return retrieval_metrics(hits.ids, [relevant[q] for q in queries], ks=(1, 5, 10))
+
+
+def vqa_examples(store: Store, job: str, baseline_job: str | None, n: int = 12) -> list[Example]:
+    """Grid rows: the first mistakes (they teach most), then correct answers, each with its neighbours."""
+    rows = store.read(VQA_PREDICTIONS, where=f"job_id = {sql_quote(job)}").to_pylist()
+    rows.sort(key=lambda r: (r["prediction"] == r["answer"], r["qa_id"]))
+    rows = rows[:n]
+    baseline = {}
+    if baseline_job:
+        base = _job_rows(store, VQA_PREDICTIONS, baseline_job, ["qa_id", "prediction"])
+        baseline = dict(zip(base["qa_id"], base["prediction"]))
+    wanted = {r["image_id"] for r in rows} | {i for r in rows for i in r["neighbour_ids"][:5]}
+    thumbs = _thumbnails(store, wanted)
+    examples = []
+    for r in rows:
+        lines = [f"prediction: {r['prediction']}", f"truth: {r['answer']}"]
+        if r["qa_id"] in baseline:
+            lines.append(f"without retrieval: {baseline[r['qa_id']]}")
+        neighbours = [(thumbs[i][0], f"{s:.2f} {thumbs[i][1] or ''}")
+                      for i, s in zip(r["neighbour_ids"][:5], r["neighbour_scores"][:5]) if i in thumbs]
+        examples.append(Example(thumbs.get(r["image_id"], (b"", ""))[0], r["question"], lines, neighbours))
+    return examples
+
+
+def _thumbnails(store: Store, image_ids: set[str]) -> dict[str, tuple[bytes, str | None]]:
+    if not image_ids:
+        return {}
+    where = f"image_id IN ({', '.join(sql_quote(i) for i in sorted(image_ids))})"
+    rows = store.read(IMAGES, columns=["image_id", "thumbnail", "caption"], where=where)
+    return {i: (t, c) for i, t, c in zip(*(rows.column(x).to_pylist() for x in ("image_id", "thumbnail", "caption")))}
+
+
+def record_eval_run(store: Store, run_id: str, dataset: str, split: str, results: dict, config: dict,
+                    report: str) -> None:
+    row = {"run_id": [run_id], "task": ["eval"], "dataset": [dataset], "split": [split],
+           "metrics": [json.dumps(results)], "config": [json.dumps(config, default=str)], "report": [report],
+           "created_at": [datetime.now(timezone.utc)]}
+    store.upsert(EVAL_RUNS, pa.Table.from_pydict(row, schema=EVAL_RUNS_SCHEMA), "run_id")
+
+
+def split_contents(store: Store, dataset: str, split: str, kb_split: str) -> dict[str, bool]:
+    """Which evaluations make sense: QA pairs in both the split and the KB; captions in both."""
+    def count(table: str, split_name: str, extra: str = "") -> int:
+        return store.count(table, kb_filter(dataset, split_name) + extra)
+
+    return {
+        "qa": count(QA, split) > 0 and count(QA, kb_split) > 0,
+        "captions": count(IMAGES, split, " AND caption IS NOT NULL") > 0
+        and count(IMAGES, kb_split, " AND caption IS NOT NULL") > 0,
+    }

@@ -1,0 +1,57 @@
+"""Vector, full-text and scalar indexes so analysts can search and filter the store."""
+from __future__ import annotations
+
+import logging
+
+from ravlm_core.store import IMAGES, QA, Store, image_vectors_table, text_vectors_table
+
+log = logging.getLogger(__name__)
+
+# Below this many rows an exact scan is fast and exact; an ANN index only costs recall.
+MIN_ROWS_FOR_ANN = 10_000
+
+# table -> (full-text columns, bitmap columns for low-cardinality filters, btree columns for ids)
+SCALAR_PLAN = {
+    IMAGES: (["caption"], ["dataset", "split"], ["image_id"]),
+    QA: (["question"], ["dataset", "split", "answer", "question_type"], ["image_id", "qa_id"]),
+}
+
+
+def _plan(model_tag: str) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    return {
+        **SCALAR_PLAN,
+        image_vectors_table(model_tag): ([], ["dataset", "split"], ["image_id"]),
+        text_vectors_table(model_tag): (["text"], [], ["text_id"]),
+    }
+
+
+def build_indexes(store: Store, model_tag: str, min_rows_for_ann: int = MIN_ROWS_FOR_ANN) -> dict[str, list[str]]:
+    """Create the missing indexes of every table and fold appended rows into existing ones.
+
+    Idempotent and incremental: an index that exists is kept and `optimize()` adds the rows appended since
+    (LanceDB leaves appended rows unindexed until then), so the nightly run does not rebuild from scratch.
+    Returns the indexed columns per table.
+    """
+    built: dict[str, list[str]] = {}
+    for name, (fts, bitmap, btree) in _plan(model_tag).items():
+        if not store.has(name) or store.count(name) == 0:
+            continue
+        table = store.table(name)
+        existing = {tuple(index.columns) for index in table.list_indices()}
+        for column in fts:
+            if (column,) not in existing:
+                table.create_fts_index(column, replace=True)
+        for kind, columns in (("BITMAP", bitmap), ("BTREE", btree)):
+            for column in columns:
+                if (column,) not in existing:
+                    table.create_scalar_index(column, index_type=kind, replace=True)
+        if "vector" in table.schema.names:
+            rows = table.count_rows()
+            if ("vector",) not in existing and rows >= min_rows_for_ann:
+                # IVF_HNSW_SQ: good recall without PQ's refine step; partitions ~ sqrt(rows).
+                table.create_index(metric="cosine", index_type="IVF_HNSW_SQ",
+                                   num_partitions=max(1, int(rows**0.5) // 4))
+        table.optimize()
+        built[name] = sorted({c for index in table.list_indices() for c in index.columns})
+        log.info("indexed %s: %s", name, ", ".join(built[name]))
+    return built

@@ -1,0 +1,73 @@
+"""Which encoder a store uses: a user-given model, or the built-in one, trained once and then pinned."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ravlm_core.store import IMAGES, Store, sql_quote
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+# Caption pairs used to train the built-in heads; more adds little for frozen towers and costs decode time.
+MAX_ALIGNMENT_PAIRS = 20_000
+
+
+def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str, *, split: str = "train",
+                    retrain: bool = False) -> str:
+    """Return what `load_encoder` should load for `spec`.
+
+    A folder or hub id is returned as is. "builtin" returns the pinned trained encoder of this models folder,
+    training its alignment heads first on the store's captioned `split` images when none is pinned (or when
+    `retrain`). Pinning keeps the model tag, and so every vector table, stable across nightly runs.
+
+    Raises:
+        ValueError: "builtin" must be trained but the store has no captioned images in `split`.
+    """
+    if spec != BUILTIN:
+        return spec
+    pin = Path(models_dir) / "builtin.json"
+    if pin.exists() and not retrain:
+        pinned = json.loads(pin.read_text())["model_dir"]
+        if Path(pinned).exists():
+            return pinned
+    images, captions = alignment_pairs(store, split)
+    if not images:
+        raise ValueError(f"no captioned '{split}' images in {store.uri} to train the built-in encoder on: "
+                         "ingest a dataset with captions first (e.g. `ravlm ingest easy-vqa`)")
+    from ravlm_core.encoders.builtin import train_builtin_encoder
+
+    log.info("training the built-in encoder's alignment heads on %d image-caption pairs", len(images))
+    model_dir = train_builtin_encoder(images, captions, Path(models_dir), device=device)
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.write_text(json.dumps({"model_dir": str(model_dir)}))
+    return str(model_dir)
+
+
+def alignment_pairs(store: Store, split: str, limit: int = MAX_ALIGNMENT_PAIRS) -> tuple[list[Image.Image], list[str]]:
+    """Decoded images and their captions for every captioned image of `split` (all datasets), up to `limit`."""
+    rows = store.read(IMAGES, columns=["image_id", "caption", "shard"],
+                      where=f"split = {sql_quote(split)} AND caption IS NOT NULL")
+    by_shard: dict[str, dict[str, str]] = defaultdict(dict)
+    for image_id, caption, shard in zip(*(rows.column(c).to_pylist() for c in ("image_id", "caption", "shard"))):
+        by_shard[shard][image_id] = caption
+    images, captions = [], []
+    for shard, wanted in sorted(by_shard.items()):
+        table = pq.read_table(shard, columns=["image_id", "image"])
+        table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(list(wanted))))
+        for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            image.thumbnail((256, 256))  # the heads see small inputs anyway; keeps 20k photos in memory cheap
+            images.append(image)
+            captions.append(wanted[image_id])
+            if len(images) >= limit:
+                return images, captions
+    return images, captions

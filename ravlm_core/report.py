@@ -1,0 +1,265 @@
+"""The evaluation report: a static HTML page with plots and an example grid, and a markdown summary."""
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# A results section holds the with-retrieval metrics itself (as `ravlm eval --json` prints them), and the
+# baseline under this key.
+WITHOUT = "without_retrieval"
+MISSING = "—"
+# (results section, metric key, row label) for the side-by-side headline table, in display order.
+HEADLINE_METRICS = [
+    ("vqa", "n", "VQA questions"),
+    ("vqa", "accuracy", "VQA accuracy"),
+    ("vqa", "macro_precision", "VQA macro precision"),
+    ("vqa", "macro_recall", "VQA macro recall"),
+    ("vqa", "macro_f1", "VQA macro F1"),
+    ("caption", "n", "Captions"),
+    ("caption", "bleu4", "Caption BLEU-4 (0-1)"),
+    ("caption", "rouge_l", "Caption ROUGE-L F"),
+    ("caption", "cider", "Caption CIDEr-D"),
+]
+HEADLINE_HEADER = ("Metric", "With retrieval", "Without retrieval", "Δ (with − without)")
+RETRIEVAL_HEADER = ("Direction", "Metric", "Value")
+# Confusion matrices with more labels than this are drawn without per-cell numbers, which would overlap.
+MAX_ANNOTATED_LABELS = 20
+_RECALL_KEY = re.compile(r"recall@(\d+)$")
+
+
+@dataclass
+class Example:
+    """One row of the report's image grid: a query image, its outcome and its retrieved neighbours."""
+
+    query_thumbnail: bytes  # JPEG bytes
+    title: str  # e.g. question or image id
+    lines: list[str]  # e.g. "pred: red", "truth: red", "without retrieval: blue"
+    neighbours: list[tuple[bytes, str]]  # (thumbnail JPEG bytes, caption/score label), best first
+
+
+def _format(value) -> str:
+    """A metric value as table text: ints as-is, floats to 3 decimals, absent as a dash."""
+    if value is None:
+        return MISSING
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}"
+
+
+def headline_rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, with retrieval, without retrieval, delta) rows for the sections present in `results`."""
+    rows = []
+    for section, key, label in HEADLINE_METRICS:
+        if section not in results:
+            continue
+        with_value = results[section].get(key)
+        without_value = results[section].get(WITHOUT, {}).get(key)
+        if with_value is None and without_value is None:
+            continue
+        both = with_value is not None and without_value is not None
+        delta = f"{with_value - without_value:+.3f}" if both and key != "n" else MISSING
+        rows.append((label, _format(with_value), _format(without_value), delta))
+    return rows
+
+
+def retrieval_rows(results: dict) -> list[tuple[str, str, str]]:
+    """(direction, metric, value) rows for every retrieval direction in `results`."""
+    return [
+        (direction.replace("_", " "), metric, _format(value))
+        for direction, scores in results.get("retrieval", {}).items()
+        for metric, value in scores.items()
+    ]
+
+
+def _markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """GitHub-flavoured markdown table lines; pipes in cells are escaped."""
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
+
+
+def report_markdown(title: str, results: dict) -> str:
+    """Compact markdown summary (side-by-side headline table, retrieval table) for a Prefect artifact."""
+    parts = [f"# {title}", ""]
+    if rows := headline_rows(results):
+        parts += [*_markdown_table(HEADLINE_HEADER, rows), ""]
+    if rows := retrieval_rows(results):
+        parts += ["## Retrieval", "", *_markdown_table(RETRIEVAL_HEADER, rows), ""]
+    if len(parts) == 2:
+        parts.append("No metrics were computed.")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _plain(label: str) -> str:
+    """Text for a matplotlib label: escape `$` so answers like "$5" are not parsed as mathtext."""
+    return str(label).replace("$", r"\$")
+
+
+def _new_figure(width: float, height: float):
+    """A pyplot-free Agg figure, so plotting never switches the process-wide backend or leaks figures."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _plot_confusion(vqa: dict, path: Path) -> None:
+    """Heatmap of the confusion matrix (rows truth, columns prediction) via sklearn's display."""
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    labels = [_plain(label) for label in vqa["labels"]]
+    size = min(4 + 0.35 * len(labels), 20)
+    figure = _new_figure(size, size)
+    ax = figure.add_subplot()
+    ConfusionMatrixDisplay(np.array(vqa["confusion"]), display_labels=labels).plot(
+        ax=ax, xticks_rotation="vertical", include_values=len(labels) <= MAX_ANNOTATED_LABELS, colorbar=True
+    )
+    ax.set_title("VQA confusion matrix (with retrieval)")
+    figure.savefig(path, dpi=100)
+
+
+def _plot_per_type(vqa_section: dict, path: Path) -> None:
+    """Grouped bars of accuracy per question type, with vs without retrieval (where available)."""
+    import numpy as np
+
+    runs = [("with retrieval", vqa_section.get("per_question_type", {}))]
+    if WITHOUT in vqa_section:
+        runs.append(("without retrieval", vqa_section[WITHOUT].get("per_question_type", {})))
+    types = sorted({qtype for _, per_type in runs for qtype in per_type})
+    figure = _new_figure(max(5.0, 1.2 * len(types)), 4)
+    ax = figure.add_subplot()
+    positions = np.arange(len(types))
+    width = 0.8 / len(runs)
+    for i, (name, per_type) in enumerate(runs):
+        heights = [per_type.get(qtype, {}).get("accuracy", 0.0) for qtype in types]
+        ax.bar(positions + i * width, heights, width, label=name)
+    ax.set_xticks(positions + width * (len(runs) - 1) / 2, [_plain(t) for t in types], rotation=30, ha="right")
+    # Headroom above 1.0 keeps the legend off full-accuracy bars.
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("accuracy")
+    ax.set_title("VQA accuracy per question type")
+    ax.legend(loc="upper center", ncols=2)
+    figure.savefig(path, dpi=100)
+
+
+def _plot_recall(retrieval: dict, path: Path) -> None:
+    """Recall@K against K, one line per retrieval direction."""
+    figure = _new_figure(5, 4)
+    ax = figure.add_subplot()
+    ks = set()
+    for direction, scores in retrieval.items():
+        points = sorted((int(m.group(1)), value) for key, value in scores.items() if (m := _RECALL_KEY.match(key)))
+        ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=_plain(direction.replace("_", " ")))
+        ks.update(k for k, _ in points)
+    ax.set_xticks(sorted(ks))
+    ax.set_xlabel("K")
+    ax.set_ylabel("recall@K")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Retrieval recall@K")
+    ax.legend()
+    figure.savefig(path, dpi=100)
+
+
+def write_plots(out_dir: Path, results: dict) -> list[tuple[str, str]]:
+    """Draw the plots the results allow as PNGs in out_dir; returns (file name, caption) pairs."""
+    plots = []
+    vqa = results.get("vqa", {})
+    if vqa.get("labels"):
+        _plot_confusion(vqa, out_dir / "confusion.png")
+        plots.append(("confusion.png", "Confusion matrix, with retrieval (rows: truth, columns: prediction)"))
+    if vqa.get("per_question_type") or vqa.get(WITHOUT, {}).get("per_question_type"):
+        _plot_per_type(vqa, out_dir / "per_type_accuracy.png")
+        plots.append(("per_type_accuracy.png", "Accuracy per question type, with vs without retrieval"))
+    if any(_RECALL_KEY.match(key) for scores in results.get("retrieval", {}).values() for key in scores):
+        _plot_recall(results["retrieval"], out_dir / "recall_at_k.png")
+        plots.append(("recall_at_k.png", "Retrieval recall@K"))
+    return plots
+
+
+def _html_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """An HTML table with every cell escaped."""
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(jpeg: bytes, alt: str) -> str:
+    """An <img> embedding JPEG bytes as a base64 data URI."""
+    data = base64.b64encode(jpeg).decode("ascii")
+    return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _example_html(example: Example) -> str:
+    """One grid row: query thumbnail, title and outcome lines, then the neighbours with their labels."""
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in example.lines)
+    neighbours = "".join(
+        f"<figure>{_img(thumb, label)}<figcaption>{html.escape(label)}</figcaption></figure>"
+        for thumb, label in example.neighbours
+    )
+    return (
+        f'<div class="example"><figure class="query">{_img(example.query_thumbnail, example.title)}</figure>'
+        f"<div><h3>{html.escape(example.title)}</h3><ul>{lines}</ul>"
+        f'<div class="neighbours">{neighbours}</div></div></div>'
+    )
+
+
+_STYLE = """
+body{font-family:sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+.example{display:flex;gap:1em;border-top:1px solid #ddd;padding:.5em 0}
+.neighbours{display:flex;flex-wrap:wrap;gap:.5em}figure{margin:0;font-size:small;max-width:120px}
+img{max-width:120px}.query img{max-width:160px}
+.plots figure{max-width:none}.plots img{max-width:100%}
+"""
+
+
+def write_report(out_dir: Path, title: str, results: dict, examples: list[Example], config: dict | None = None) -> Path:
+    """Write out_dir/index.html (thumbnails inlined, plot PNGs beside it) and return its path.
+
+    Args:
+        out_dir: folder for index.html and the PNGs; created if missing, files in it are overwritten.
+        title: page heading.
+        results: nested metrics as the CLI prints them ("vqa", "retrieval", "caption"; any may be absent).
+        examples: rows of the image grid.
+        config: run settings shown as a key/value table.
+    Returns:
+        The path of index.html.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    if rows := headline_rows(results):
+        sections.append("<h2>Headline</h2>" + _html_table(HEADLINE_HEADER, rows))
+    if rows := retrieval_rows(results):
+        sections.append("<h2>Retrieval</h2>" + _html_table(RETRIEVAL_HEADER, rows))
+    if plots := write_plots(out_dir, results):
+        figures = "".join(
+            f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption>'
+            "</figure>"
+            for name, caption in plots
+        )
+        sections.append(f'<h2>Plots</h2><div class="plots">{figures}</div>')
+    if examples:
+        sections.append("<h2>Examples</h2>" + "".join(_example_html(example) for example in examples))
+    if config:
+        settings = sorted((str(key), str(value)) for key, value in config.items())
+        sections.append("<h2>Configuration</h2>" + _html_table(("Setting", "Value"), settings))
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>\n"
+    )
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    logger.info("wrote report %s with %d plots and %d examples", index, len(plots), len(examples))
+    return index

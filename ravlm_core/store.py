@@ -1,0 +1,120 @@
+"""LanceDB store: table names, schemas, and idempotent upserts keyed by id (a rerun never duplicates)."""
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+import lancedb
+import pyarrow as pa
+
+IMAGES = "images"
+QA = "qa"
+CAPTION_PREDICTIONS = "caption_predictions"
+VQA_PREDICTIONS = "vqa_predictions"
+EVAL_RUNS = "eval_runs"
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),  # content hash of the image bytes
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("uri", pa.string()),  # where the image came from
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("caption", pa.string()),
+        ("thumbnail", pa.binary()),  # small JPEG; the full bytes live in the Parquet shard
+        ("shard", pa.string()),  # Parquet shard path holding the full image
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+QA_SCHEMA = pa.schema(
+    [
+        ("qa_id", pa.string()),  # hash of (image_id, question, answer)
+        ("image_id", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("question_type", pa.string()),
+    ]
+)
+
+
+_CREATE_LOCK = threading.Lock()
+
+
+def image_vectors_table(model_tag: str) -> str:
+    return f"{model_tag}__image_vectors"
+
+
+def text_vectors_table(model_tag: str) -> str:
+    return f"{model_tag}__text_vectors"
+
+
+def vector_schema(dim: int, key: str, extra: Iterable[tuple[str, pa.DataType]] = ()) -> pa.Schema:
+    """Schema of a vector table: its key, a fixed-size float32 `vector`, filter columns, and provenance."""
+    return pa.schema(
+        [(key, pa.string()), ("vector", pa.list_(pa.float32(), dim)), *extra]
+        + [("model_tag", pa.string()), ("embedded_at", pa.timestamp("us", tz="UTC"))]
+    )
+
+
+class Store:
+    """A thin handle on one LanceDB database; every write is an upsert keyed by the table's id column."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.db = lancedb.connect(uri)
+
+    def has(self, name: str) -> bool:
+        return name in self.db.list_tables().tables
+
+    def table(self, name: str):
+        return self.db.open_table(name)
+
+    def upsert(self, name: str, rows: pa.Table, key: str) -> int:
+        """Insert rows whose `key` is new, update the others; returns how many rows were new."""
+        if rows.num_rows == 0:
+            return 0
+        if not self.has(name):
+            # Create it empty, then upsert like everyone else: two writers creating a table *with* rows at the
+            # same moment would each commit version 1, and one shard's rows would silently vanish.
+            with _CREATE_LOCK:
+                self.db.create_table(name, schema=rows.schema, exist_ok=True)
+        result = (
+            self.table(name)
+            .merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
+        return result.num_inserted_rows
+
+    def existing_ids(self, name: str, key: str, ids: Iterable[str] | None = None, where: str | None = None) -> set[str]:
+        """The values of `key` already stored (restricted to `ids` and to rows matching `where` when given)."""
+        if not self.has(name):
+            return set()
+        found = set(self.read(name, columns=[key], where=where).column(key).to_pylist())
+        return found if ids is None else found & set(ids)
+
+    def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
+        """A whole table (or the rows matching a SQL `where`) as Arrow; empty when the table does not exist."""
+        if not self.has(name):
+            return pa.table({})
+        query = self.table(name).search().limit(None)
+        if columns is not None:
+            query = query.select(columns)
+        if where is not None:
+            query = query.where(where)
+        return query.to_arrow()
+
+    def count(self, name: str, where: str | None = None) -> int:
+        """Rows of a table (matching `where` when given); 0 when the table does not exist."""
+        return self.table(name).count_rows(where) if self.has(name) else 0
+
+
+def sql_quote(value: str) -> str:
+    """Quote a string literal for a LanceDB / DataFusion `where` clause."""
+    return "'" + value.replace("'", "''") + "'"

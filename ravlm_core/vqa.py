@@ -1,0 +1,140 @@
+"""The retrieval-augmented VQA job: items → image neighbours + neighbours' QA → answers → prediction rows."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
+from ravlm_core.embed import text_id
+from ravlm_core.knowledge import KnowledgeBase
+from ravlm_core.retrieve import Neighbours, kb_filter, search, vectors_by_id
+from ravlm_core.store import QA, QA_SCHEMA, Store, sql_quote
+
+VARIANTS = ("fusion", "fusion-no-retrieval", "voting")
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("pred_id", pa.string()),  # hash(job_id, qa_id): rerunning a job overwrites, never duplicates
+        ("job_id", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("qa_id", pa.string()),
+        ("image_id", pa.string()),
+        ("question", pa.string()),
+        ("question_type", pa.string()),
+        ("answer", pa.string()),
+        ("prediction", pa.string()),
+        ("variant", pa.string()),
+        ("neighbour_ids", pa.list_(pa.string())),
+        ("neighbour_scores", pa.list_(pa.float32())),
+        ("model_tag", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass
+class Retrieved:
+    """What retrieval gives a batch of items (questions about images)."""
+
+    image_vectors: np.ndarray  # float32 [n_images, d], distinct item images
+    neighbours: Neighbours  # per distinct image
+    rows: list[int]  # item -> its image's row
+    question_vectors: np.ndarray  # float32 [n_items, d]
+
+
+def read_items(store: Store, dataset: str, split: str, image_ids: list[str] | None = None) -> pd.DataFrame:
+    """QA rows of a dataset split (optionally only for `image_ids`), in a stable order."""
+    where = kb_filter(dataset, split)
+    if image_ids is not None:
+        if not image_ids:
+            return QA_SCHEMA.empty_table().to_pandas()
+        where += f" AND image_id IN ({', '.join(sql_quote(i) for i in image_ids)})"
+    items = store.read(QA, where=where).to_pandas()
+    return items.sort_values("qa_id", kind="stable").reset_index(drop=True) if not items.empty else items
+
+
+def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], questions: list[str], k: int,
+                       leave_one_out: bool) -> Retrieved:
+    """Look up stored vectors for the items' images and questions, then retrieve k KB neighbours per image.
+
+    `leave_one_out` drops each image from its own neighbour list (items drawn from the KB itself).
+    """
+    distinct = list(dict.fromkeys(image_ids))
+    row_of = {image_id: row for row, image_id in enumerate(distinct)}
+    image_vectors = vectors_by_id(store, kb.image_table, distinct, "image_id")
+    neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
+                        exclude=distinct if leave_one_out else None)
+    question_vectors = vectors_by_id(store, kb.text_table, [text_id(q) for q in questions], "text_id")
+    return Retrieved(image_vectors, neighbours, [row_of[i] for i in image_ids], question_vectors)
+
+
+def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
+    """Answers for each item by `variant` (one of VARIANTS)."""
+    context = kb.votes(retrieved.neighbours, retrieved.rows, retrieved.question_vectors)
+    if variant == "voting":
+        return vote_answers(context, kb.answers)
+    if answerer is None:
+        raise ValueError(f"variant {variant!r} needs a trained fusion answerer")
+    return answerer.predict(retrieved.image_vectors[retrieved.rows], retrieved.question_vectors, context)
+
+
+def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
+                   device: str = "cpu", config: FusionConfig | None = None) -> Path:
+    """Train (or reuse) a fusion answerer on the KB's own QA pairs, with leave-one-out retrieval."""
+    config = config or FusionConfig()
+    config = FusionConfig(**{**config.__dict__, "use_retrieval": use_retrieval})
+    items = read_items(store, kb.dataset, kb.split)
+    if items.empty:
+        raise ValueError(f"{kb.dataset}/{kb.split} has no question-answer pairs to train an answerer on")
+    retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k, True)
+    context = kb.votes(retrieved.neighbours, retrieved.rows, retrieved.question_vectors)
+    labels = np.array([kb.answer_index(a) for a in items["answer"]])
+    return train_fusion(retrieved.image_vectors[retrieved.rows], retrieved.question_vectors, context, labels,
+                        kb.answers, out_root, f"{kb.fingerprint}:k={k}", config, device)
+
+
+def job_id(kind: str, dataset: str, split: str, variant: str, *parts: str) -> str:
+    """A job's id is derived from what it computes, so rerunning the same job upserts the same rows."""
+    digest = hashlib.blake2b("\x1f".join((kind, dataset, split, variant, *parts)).encode(), digest_size=8)
+    return f"{kind}-{digest.hexdigest()}"
+
+
+def pred_ids(job: str, keys: list[str]) -> list[str]:
+    """Prediction row ids: one per (job, item), so a rerun of the job upserts the same rows."""
+    return [hashlib.blake2b(f"{job}\x1f{key}".encode(), digest_size=16).hexdigest() for key in keys]
+
+
+def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
+                    predictions: list[str], variant: str) -> pa.Table:
+    """The `vqa_predictions` rows of one job over `items`."""
+    now = datetime.now(timezone.utc)
+    uses_neighbours = variant != "fusion-no-retrieval"
+    ids = [retrieved.neighbours.ids[r] if uses_neighbours else [] for r in retrieved.rows]
+    scores = [retrieved.neighbours.scores[r] if uses_neighbours else [] for r in retrieved.rows]
+    return pa.Table.from_pydict(
+        {
+            "pred_id": pred_ids(job, items["qa_id"].tolist()),
+            "job_id": [job] * len(items),
+            "dataset": items["dataset"].tolist(),
+            "split": items["split"].tolist(),
+            "qa_id": items["qa_id"].tolist(),
+            "image_id": items["image_id"].tolist(),
+            "question": items["question"].tolist(),
+            "question_type": items["question_type"].tolist(),
+            "answer": items["answer"].tolist(),
+            "prediction": predictions,
+            "variant": [variant] * len(items),
+            "neighbour_ids": ids,
+            "neighbour_scores": scores,
+            "model_tag": [kb.model_tag] * len(items),
+            "created_at": [now] * len(items),
+        },
+        schema=PREDICTIONS_SCHEMA,
+    )

@@ -1,0 +1,38 @@
+"""Embedding tasks: make sure the encoder exists (training the built-in heads once), embed one shard, index."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import lru_cache
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ravlm_core import embed, indexing, models
+from ravlm_core.store import Store
+
+
+@lru_cache(maxsize=2)
+def load_cached_encoder(model_ref: str, device: str):
+    # Heavy objects are built inside the worker that uses them, once per process, not passed between tasks.
+    from ravlm_core.encoders import load_encoder
+
+    return load_encoder(model_ref, device=device)
+
+
+@task(cache_policy=NO_CACHE)
+def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, retrain: bool = False) -> dict:
+    """The encoder folder / id to load, training the built-in alignment heads first when needed."""
+    model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
+    encoder = load_cached_encoder(model_ref, device)
+    return {"model_ref": model_ref, "model_tag": encoder.tag, "dim": encoder.dim}
+
+
+@task(cache_policy=NO_CACHE, retries=2)
+def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, batch_size: int) -> dict:
+    encoder = load_cached_encoder(model_ref, device)
+    return asdict(embed.embed_shard(Store(store_uri), encoder, shard_path, batch_size))
+
+
+@task(cache_policy=NO_CACHE)
+def build_indexes(store_uri: str, model_tag: str) -> dict:
+    return indexing.build_indexes(Store(store_uri), model_tag)

@@ -1,0 +1,43 @@
+"""Evaluation task: metrics from the prediction tables → HTML report, Prefect artifact and an `eval_runs` row."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from ravlm_core import evaluate, report
+from ravlm_core.store import Store
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs: dict[str, str], run_id: str,
+                 reports_dir: str, config: dict) -> dict:
+    """`jobs` maps roles (vqa, vqa_without_retrieval, vqa_voting, caption, caption_without_retrieval) to job ids."""
+    store = Store(store_uri)
+    results: dict = {}
+    if "vqa" in jobs:
+        results["vqa"] = evaluate.vqa_job_metrics(store, jobs["vqa"])
+        for role, key in (("vqa_without_retrieval", "without_retrieval"), ("vqa_voting", "voting")):
+            if role in jobs:
+                results["vqa"][key] = evaluate.vqa_job_metrics(store, jobs[role])
+    text_to_image = evaluate.text_to_image_metrics(store, model_tag, dataset, split)
+    if text_to_image:
+        results["retrieval"] = {"text_to_image": text_to_image}
+    if "caption" in jobs:
+        results["caption"] = evaluate.caption_job_metrics(store, jobs["caption"])
+        if "caption_without_retrieval" in jobs:
+            results["caption"]["without_retrieval"] = evaluate.caption_job_metrics(store, jobs["caption_without_retrieval"])
+    examples = evaluate.vqa_examples(store, jobs["vqa"], jobs.get("vqa_without_retrieval")) if "vqa" in jobs else []
+    title = f"ravlm eval: {dataset}/{split}"
+    index = report.write_report(Path(reports_dir) / dataset / run_id, title, results, examples, config)
+    create_markdown_artifact(report.report_markdown(title, results), key=f"ravlm-eval-{_slug(dataset)}",
+                             description=f"{title} ({run_id}); full report: {index}")
+    evaluate.record_eval_run(store, run_id, dataset, split, results, config, str(index))
+    return {"run_id": run_id, "report": str(index), **results}
+
+
+def _slug(text: str) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    return "".join(c if c.isalnum() else "-" for c in text.lower())
