@@ -27,13 +27,14 @@ def main_options(
     ctx: typer.Context,
     data_dir: Optional[Path] = typer.Option(None, help="Where Parquet shards, models and the default store live."),
     lancedb_uri: Optional[str] = typer.Option(None, help="Any LanceDB URI (folder, s3://, gs://, db://)."),
+    reports_dir: Optional[Path] = typer.Option(None, help="Where eval reports are written (default ./reports)."),
     encoder: Optional[str] = typer.Option(None, help='"builtin", a local model folder, or a hub id.'),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:1, ..."),
     k: Optional[int] = typer.Option(None, help="Neighbours retrieved per item."),
     runner: Optional[str] = typer.Option(None, help="threads, dask or ray."),
     runner_address: Optional[str] = typer.Option(None, help="Address of an existing Dask / Ray cluster."),
 ) -> None:
-    given = {"data_dir": data_dir, "lancedb_uri": lancedb_uri, "encoder": encoder, "device": device, "k": k,
+    given = {"data_dir": data_dir, "lancedb_uri": lancedb_uri, "reports_dir": reports_dir, "encoder": encoder, "device": device, "k": k,
              "runner": runner, "runner_address": runner_address}
     ctx.obj = {key: str(value) if isinstance(value, Path) else value for key, value in given.items() if value is not None}
 

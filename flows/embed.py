@@ -1,10 +1,10 @@
-"""Embed flow: resolve (or train) the encoder → embed every shard's missing rows → build / refresh indexes."""
+"""Embed flow: resolve (or train) the encoder → embed every shard's new images → new texts → indexes."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
 from flows.common import datasets_of, settings_from, shards_of
-from tasks.embed import build_indexes, embed_shard, resolve_encoder
+from tasks.embed import build_indexes, embed_shard, embed_texts, resolve_encoder
 
 
 @flow(name="embed")
@@ -18,12 +18,14 @@ def embed_flow(datasets: list[str] | None = None, retrain_encoder: bool = False,
     logger.info("embedding %d shards with %s on %s", len(shards), encoder["model_tag"], device)
     results = embed_shard.map(unmapped(settings.store_uri), unmapped(encoder["model_ref"]), shards,
                               unmapped(device), unmapped(settings.batch_size)).result()
-    indexes = build_indexes(settings.store_uri, encoder["model_tag"])
+    texts = embed_texts(settings.store_uri, encoder["model_ref"], shards, device, settings.batch_size)
+    indexes = build_indexes(settings.store_uri, encoder["model_tag"], encoder["question_tag"])
     return {
         **encoder,
         "shards": len(shards),
         "new_images": sum(r["new_images"] for r in results),
-        "new_texts": sum(r["new_texts"] for r in results),
-        "encode_s": round(sum(r["encode_s"] for r in results), 2),
+        "new_texts": texts["new_texts"],
+        "new_questions": texts["new_questions"],
+        "encode_s": round(sum(r["encode_s"] for r in results) + texts["encode_s"], 2),
         "indexes": indexes,
     }

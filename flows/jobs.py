@@ -9,7 +9,7 @@ from flows.common import settings_from, shards_of
 from ravlm_core.jobs import CAPTION_VARIANTS
 from ravlm_core.vqa import VARIANTS, job_id
 from tasks.embed import resolve_encoder
-from tasks.jobs import caption_shard, train_answerer, vqa_shard
+from tasks.jobs import caption_shard, knowledge_fingerprint, train_answerer, vqa_shard
 
 
 def _summary(job: str, variant: str, results: list[dict]) -> dict:
@@ -27,12 +27,13 @@ def vqa_flow(dataset: str, split: str = "test", variant: str = "fusion", overrid
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device)
     answerer = None
     if variant != "voting":
-        answerer = train_answerer(settings.store_uri, encoder["model_tag"], dataset, settings.kb_split, settings.k,
+        answerer = train_answerer(settings.store_uri, encoder, dataset, settings.kb_split, settings.k,
                                   str(settings.models_dir), variant == "fusion", device)
-    job = job_id("vqa", dataset, split, variant, encoder["model_tag"], Path(answerer or "").name, f"k={settings.k}")
+    kb = knowledge_fingerprint(settings.store_uri, encoder, dataset, settings.kb_split)
+    job = job_id("vqa", dataset, split, variant, kb, Path(answerer or "").name, f"k={settings.k}")
     shards = shards_of(settings, dataset, split)
     get_run_logger().info("vqa[%s] %s/%s: %d shards, job %s", variant, dataset, split, len(shards), job)
-    results = vqa_shard.map(unmapped(settings.store_uri), unmapped(encoder["model_tag"]), unmapped(dataset),
+    results = vqa_shard.map(unmapped(settings.store_uri), unmapped(encoder), unmapped(dataset),
                             unmapped(settings.kb_split), shards, unmapped(job), unmapped(variant),
                             unmapped(settings.k), unmapped(answerer), unmapped(device)).result()
     return _summary(job, variant, results)
@@ -45,9 +46,10 @@ def caption_flow(dataset: str, split: str = "test", variant: str = "consensus", 
         raise ValueError(f"unknown caption variant {variant!r}; choose one of {', '.join(CAPTION_VARIANTS)}")
     settings = settings_from(overrides)
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), settings.torch_device())
-    job = job_id("caption", dataset, split, variant, encoder["model_tag"], f"k={settings.k}")
+    kb = knowledge_fingerprint(settings.store_uri, encoder, dataset, settings.kb_split)
+    job = job_id("caption", dataset, split, variant, kb, f"k={settings.k}")
     shards = shards_of(settings, dataset, split)
-    results = caption_shard.map(unmapped(settings.store_uri), unmapped(encoder["model_tag"]), unmapped(dataset),
+    results = caption_shard.map(unmapped(settings.store_uri), unmapped(encoder), unmapped(dataset),
                                 unmapped(settings.kb_split), shards, unmapped(job), unmapped(variant),
                                 unmapped(settings.k)).result()
     return _summary(job, variant, results)

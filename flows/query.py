@@ -12,7 +12,7 @@ from ravlm_core.answerers import FusionAnswerer
 from ravlm_core.jobs import cached_knowledge_base
 from ravlm_core.retrieve import kb_filter
 from ravlm_core.store import Store
-from tasks.embed import load_cached_encoder, resolve_encoder
+from tasks.embed import load_cached_encoder, load_cached_question_encoder, resolve_encoder
 from tasks.jobs import train_answerer
 
 
@@ -34,11 +34,12 @@ def search_flow(text: str | None = None, image: str | None = None, k: int = 10, 
 
 
 @task(cache_policy=NO_CACHE)
-def ask_task(store_uri: str, model_ref: str, model_tag: str, device: str, dataset: str, kb_split: str,
+def ask_task(store_uri: str, encoder: dict, device: str, dataset: str, kb_split: str,
              answerer_dir: str | None, image: str, question: str, k: int) -> dict:
-    kb = cached_knowledge_base(store_uri, model_tag, dataset, kb_split)
+    kb = cached_knowledge_base(store_uri, encoder["model_tag"], encoder["question_tag"], dataset, kb_split)
     answerer = FusionAnswerer(Path(answerer_dir), device) if answerer_dir else None
-    return query.ask(Store(store_uri), kb, load_cached_encoder(model_ref, device), answerer, image, question, k)
+    return query.ask(Store(store_uri), kb, load_cached_encoder(encoder["model_ref"], device),
+                     load_cached_question_encoder(device), answerer, image, question, k)
 
 
 @flow(name="ask")
@@ -47,7 +48,7 @@ def ask_flow(image: str, question: str, dataset: str = "easy-vqa", overrides: di
     settings = settings_from(overrides)
     device = settings.torch_device()
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device)
-    answerer = train_answerer(settings.store_uri, encoder["model_tag"], dataset, settings.kb_split, settings.k,
+    answerer = train_answerer(settings.store_uri, encoder, dataset, settings.kb_split, settings.k,
                               str(settings.models_dir), True, device)
-    return ask_task(settings.store_uri, encoder["model_ref"], encoder["model_tag"], device, dataset,
+    return ask_task(settings.store_uri, encoder, device, dataset,
                     settings.kb_split, answerer, image, question, settings.k)

@@ -1,4 +1,4 @@
-"""Embed one Parquet shard: read rows the store lacks → encode in batches → upsert image and text vectors."""
+"""Embedding: each Parquet shard's new images (read → encode in batches → upsert), then all shards' new texts."""
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +14,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ravlm_core.store import Store, image_vectors_table, text_vectors_table, vector_schema
+from ravlm_core.store import Store, image_vectors_table, question_vectors_table, text_vectors_table, vector_schema
 
 log = logging.getLogger(__name__)
 
 IMAGE_FILTER_COLUMNS = [("dataset", pa.string()), ("split", pa.string())]
 TEXT_COLUMNS = [("text", pa.string())]
+# Rows per LanceDB commit: each commit is a table version and a fragment, so committing every small encode batch
+# would leave thousands of tiny fragments; a crash loses at most this many rows of work.
+WRITE_ROWS = 512
 
 
 def text_id(text: str) -> str:
@@ -31,19 +34,25 @@ def text_id(text: str) -> str:
 class EmbedResult:
     shard: str
     new_images: int
-    new_texts: int
     read_s: float
     encode_s: float
     write_s: float
 
 
-def shard_texts(shard_path: str) -> list[str]:
-    """Distinct captions and questions of one shard, in first-seen order."""
+@dataclass
+class TextEmbedResult:
+    new_texts: int
+    new_questions: int
+    encode_s: float
+    write_s: float
+
+
+def shard_texts(shard_path: str) -> tuple[list[str], list[str]]:
+    """Distinct captions and distinct questions of one shard, each in first-seen order."""
     table = pq.read_table(shard_path, columns=["caption", "qa"])
-    texts = [c for c in table.column("caption").to_pylist() if c]
-    for pairs in table.column("qa").to_pylist():
-        texts.extend(p["question"] for p in pairs or [])
-    return list(dict.fromkeys(texts))
+    captions = [c for c in table.column("caption").to_pylist() if c]
+    questions = [p["question"] for pairs in table.column("qa").to_pylist() for p in pairs or []]
+    return list(dict.fromkeys(captions)), list(dict.fromkeys(questions))
 
 
 def _image_batches(shard_path: str, image_ids: set[str], batch_size: int) -> Iterator[tuple[pa.Table, list[Image.Image]]]:
@@ -69,46 +78,85 @@ def _vector_rows(keys: dict[str, list], vectors: np.ndarray, model_tag: str, sch
 
 
 def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) -> EmbedResult:
-    """Embed the images and texts of one shard that `encoder.tag`'s tables do not hold yet.
+    """Embed the images of one shard that `encoder.tag`'s image table does not hold yet.
 
     Idempotent: ids already stored are skipped, so a rerun (or a crash, then a rerun) does only the missing work.
-    Image vectors are committed one batch at a time, so an interrupted shard keeps what it finished.
+    Image vectors are committed every WRITE_ROWS rows, so an interrupted shard keeps what it finished.
     """
     image_table = image_vectors_table(encoder.tag)
-    text_table = text_vectors_table(encoder.tag)
     image_schema = vector_schema(encoder.dim, "image_id", IMAGE_FILTER_COLUMNS)
-    text_schema = vector_schema(encoder.dim, "text_id", TEXT_COLUMNS)
     timings = {"read": 0.0, "encode": 0.0, "write": 0.0}
 
     shard_ids = pq.read_table(shard_path, columns=["image_id"]).column("image_id").to_pylist()
     missing_images = set(shard_ids) - store.existing_ids(image_table, "image_id", shard_ids)
     new_images = 0
+    pending: list[pa.Table] = []
+
+    def flush() -> int:
+        tick = time.perf_counter()
+        written = store.upsert(image_table, pa.concat_tables(pending), "image_id") if pending else 0
+        pending.clear()
+        timings["write"] += time.perf_counter() - tick
+        return written
+
     tick = time.perf_counter()
     for rows, images in _image_batches(shard_path, missing_images, batch_size):
         timings["read"] += time.perf_counter() - tick
         tick = time.perf_counter()
         vectors = encoder.embed_images(images)
         timings["encode"] += time.perf_counter() - tick
-        tick = time.perf_counter()
         keys = {name: rows.column(name).to_pylist() for name in ("image_id", "dataset", "split")}
-        new_images += store.upsert(image_table, _vector_rows(keys, vectors, encoder.tag, image_schema), "image_id")
-        timings["write"] += time.perf_counter() - tick
+        pending.append(_vector_rows(keys, vectors, encoder.tag, image_schema))
+        if sum(t.num_rows for t in pending) >= WRITE_ROWS:
+            new_images += flush()
         tick = time.perf_counter()
+    new_images += flush()
 
-    texts = shard_texts(shard_path)
-    known_texts = store.existing_ids(text_table, "text_id", [text_id(t) for t in texts])
-    todo = [t for t in texts if text_id(t) not in known_texts]
-    new_texts = 0
-    for start in range(0, len(todo), batch_size * 4):
-        chunk = todo[start : start + batch_size * 4]
+    log.info("embedded %s: %d images; read %.1fs encode %.1fs write %.1fs", shard_path, new_images,
+             timings["read"], timings["encode"], timings["write"])
+    return EmbedResult(shard_path, new_images, timings["read"], timings["encode"], timings["write"])
+
+
+def embed_texts(store: Store, encoder, shard_paths: list[str], batch_size: int = 256,
+                question_encoder=None) -> TextEmbedResult:
+    """Embed the distinct captions and questions of `shard_paths` that the text tables lack.
+
+    One call for all shards, after their images: the same question is asked of images in many shards, and two
+    shard tasks upserting the same new text at once would each insert it (LanceDB merges do not conflict on
+    concurrent inserts of one key). Captions and questions go to the shared space (text search, caption
+    transfer); questions also go to the question encoder's space, where negations stay apart.
+    """
+    captions, questions = [], []
+    for path in shard_paths:
+        shard_captions, shard_questions = shard_texts(path)
+        captions += shard_captions
+        questions += shard_questions
+    captions, questions = list(dict.fromkeys(captions)), list(dict.fromkeys(questions))
+    timings = {"encode": 0.0, "write": 0.0}
+    new_texts = _embed_new_texts(store, encoder, text_vectors_table(encoder.tag),
+                                 list(dict.fromkeys(captions + questions)), batch_size, timings)
+    new_questions = 0
+    if question_encoder is not None:
+        new_questions = _embed_new_texts(store, question_encoder, question_vectors_table(question_encoder.tag),
+                                         questions, batch_size, timings)
+    log.info("embedded %d new texts, %d new questions; encode %.1fs write %.1fs", new_texts, new_questions,
+             timings["encode"], timings["write"])
+    return TextEmbedResult(new_texts, new_questions, timings["encode"], timings["write"])
+
+
+def _embed_new_texts(store: Store, encoder, table: str, texts: list[str], batch_size: int, timings: dict) -> int:
+    """Embed the texts `table` lacks (keyed by content hash) and upsert them; returns how many were new."""
+    schema = vector_schema(encoder.dim, "text_id", TEXT_COLUMNS)
+    known = store.existing_ids(table, "text_id", [text_id(t) for t in texts])
+    todo = [t for t in texts if text_id(t) not in known]
+    new = 0
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
         tick = time.perf_counter()
         vectors = encoder.embed_texts(chunk)
         timings["encode"] += time.perf_counter() - tick
         tick = time.perf_counter()
         keys = {"text_id": [text_id(t) for t in chunk], "text": chunk}
-        new_texts += store.upsert(text_table, _vector_rows(keys, vectors, encoder.tag, text_schema), "text_id")
+        new += store.upsert(table, _vector_rows(keys, vectors, encoder.tag, schema), "text_id")
         timings["write"] += time.perf_counter() - tick
-
-    log.info("embedded %s: %d images, %d texts; read %.1fs encode %.1fs write %.1fs", shard_path, new_images,
-             new_texts, timings["read"], timings["encode"], timings["write"])
-    return EmbedResult(shard_path, new_images, new_texts, timings["read"], timings["encode"], timings["write"])
+    return new

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from ravlm_core.store import IMAGES, QA, Store, image_vectors_table, text_vectors_table
+from ravlm_core.store import IMAGES, QA, Store, image_vectors_table, question_vectors_table, text_vectors_table
 
 log = logging.getLogger(__name__)
 
@@ -17,15 +17,19 @@ SCALAR_PLAN = {
 }
 
 
-def _plan(model_tag: str) -> dict[str, tuple[list[str], list[str], list[str]]]:
-    return {
+def _plan(model_tag: str, question_tag: str | None) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    plan = {
         **SCALAR_PLAN,
         image_vectors_table(model_tag): ([], ["dataset", "split"], ["image_id"]),
         text_vectors_table(model_tag): (["text"], [], ["text_id"]),
     }
+    if question_tag:
+        plan[question_vectors_table(question_tag)] = (["text"], [], ["text_id"])
+    return plan
 
 
-def build_indexes(store: Store, model_tag: str, min_rows_for_ann: int = MIN_ROWS_FOR_ANN) -> dict[str, list[str]]:
+def build_indexes(store: Store, model_tag: str, question_tag: str | None = None,
+                  min_rows_for_ann: int = MIN_ROWS_FOR_ANN) -> dict[str, list[str]]:
     """Create the missing indexes of every table and fold appended rows into existing ones.
 
     Idempotent and incremental: an index that exists is kept and `optimize()` adds the rows appended since
@@ -33,7 +37,7 @@ def build_indexes(store: Store, model_tag: str, min_rows_for_ann: int = MIN_ROWS
     Returns the indexed columns per table.
     """
     built: dict[str, list[str]] = {}
-    for name, (fts, bitmap, btree) in _plan(model_tag).items():
+    for name, (fts, bitmap, btree) in _plan(model_tag, question_tag).items():
         if not store.has(name) or store.count(name) == 0:
             continue
         table = store.table(name)

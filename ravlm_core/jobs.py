@@ -14,8 +14,8 @@ from ravlm_core.captioning import consensus_captions, direct_captions
 from ravlm_core.embed import text_id
 from ravlm_core.knowledge import KnowledgeBase, load_knowledge_base
 from ravlm_core.retrieve import search, vectors_by_id
-from ravlm_core.store import (CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table, sql_quote,
-                              text_vectors_table)
+from ravlm_core.store import (CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
+                              question_vectors_table, sql_quote, text_vectors_table)
 from ravlm_core.vqa import answer, pred_ids, prediction_rows, read_items, retrieve_for_items
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,19 @@ class JobResult:
     n_new: int
 
 
-def cached_knowledge_base(store_uri: str, model_tag: str, dataset: str, split: str) -> KnowledgeBase:
+def cached_knowledge_base(store_uri: str, model_tag: str, question_tag: str, dataset: str, split: str) -> KnowledgeBase:
     """The KB, loaded once per process while its tables are unchanged (not once per shard task)."""
     store = Store(store_uri)
-    tables = (IMAGES, QA, image_vectors_table(model_tag), text_vectors_table(model_tag))
+    tables = (IMAGES, QA, image_vectors_table(model_tag), text_vectors_table(model_tag),
+              question_vectors_table(question_tag))
     versions = tuple(store.table(t).version if store.has(t) else 0 for t in tables)
-    return _knowledge_base(store_uri, model_tag, dataset, split, versions)
+    return _knowledge_base(store_uri, model_tag, question_tag, dataset, split, versions)
 
 
 @lru_cache(maxsize=4)
-def _knowledge_base(store_uri: str, model_tag: str, dataset: str, split: str, versions: tuple) -> KnowledgeBase:
-    return load_knowledge_base(Store(store_uri), model_tag, dataset, split)
+def _knowledge_base(store_uri: str, model_tag: str, question_tag: str, dataset: str, split: str,
+                    versions: tuple) -> KnowledgeBase:
+    return load_knowledge_base(Store(store_uri), model_tag, question_tag, dataset, split)
 
 
 def _shard_meta(shard_path: str) -> tuple[list[str], str, list[str | None]]:

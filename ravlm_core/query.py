@@ -8,7 +8,8 @@ from PIL import Image
 
 from ravlm_core.answerers import FusionAnswerer, vote_answers
 from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.retrieve import Neighbours, search
+from ravlm_core.retrieve import search
+from ravlm_core.vqa import retrieve_for_vectors
 from ravlm_core.store import IMAGES, Store, image_vectors_table, sql_quote
 
 
@@ -39,15 +40,18 @@ def _describe(store: Store, ids: list[str], scores: list[float]) -> list[dict]:
     return [{**by_id.get(i, {"image_id": i}), "score": round(float(s), 4)} for i, s in zip(ids, scores)]
 
 
-def ask(store: Store, kb: KnowledgeBase, encoder, answerer: FusionAnswerer | None, image: str | Path,
-        question: str, k: int) -> dict:
+def ask(store: Store, kb: KnowledgeBase, encoder, question_encoder, answerer: FusionAnswerer | None,
+        image: str | Path, question: str, k: int) -> dict:
     """Answer one question about one (possibly unseen) image, retrieving from the KB."""
     image_vector = encoder.embed_images([open_image(image)])  # [1, d]
-    question_vector = encoder.embed_texts([question])  # [1, d]
-    neighbours: Neighbours = search(store, kb.image_table, image_vector, k, where=kb.where)
-    context = kb.votes(neighbours, [0], question_vector)
-    result = {"question": question, "voting": vote_answers(context, kb.answers)[0]}
+    question_vector = question_encoder.embed_texts([question])  # [1, dq]
+    retrieved = retrieve_for_vectors(store, kb, image_vector, question_vector, k)
+    context = retrieved.context(kb)
+    matched = int(retrieved.question_index[0])
+    result = {"question": question, "matched_question": kb.questions[matched] if matched >= 0 else None,
+              "voting": vote_answers(context, kb.answers)[0]}
     if answerer is not None:
         result["answer"] = answerer.predict(image_vector, question_vector, context)[0]
+    neighbours = retrieved.neighbours
     result["neighbours"] = _describe(store, neighbours.ids[0][:5], neighbours.scores[0][:5])
     return result

@@ -53,6 +53,10 @@ def text_vectors_table(model_tag: str) -> str:
     return f"{model_tag}__text_vectors"
 
 
+def question_vectors_table(question_tag: str) -> str:
+    return f"{question_tag}__question_vectors"
+
+
 def vector_schema(dim: int, key: str, extra: Iterable[tuple[str, pa.DataType]] = ()) -> pa.Schema:
     """Schema of a vector table: its key, a fixed-size float32 `vector`, filter columns, and provenance."""
     return pa.schema(

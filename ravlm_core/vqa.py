@@ -43,10 +43,14 @@ PREDICTIONS_SCHEMA = pa.schema(
 class Retrieved:
     """What retrieval gives a batch of items (questions about images)."""
 
-    image_vectors: np.ndarray  # float32 [n_images, d], distinct item images
-    neighbours: Neighbours  # per distinct image
-    rows: list[int]  # item -> its image's row
-    question_vectors: np.ndarray  # float32 [n_items, d]
+    image_vectors: np.ndarray  # float32 [n_items, d]
+    question_vectors: np.ndarray  # float32 [n_items, dq], question encoder space
+    question_index: np.ndarray  # int [n_items], matched KB question
+    question_sim: np.ndarray  # float32 [n_items]
+    neighbours: Neighbours  # per item: nearest KB images that were asked the matched question
+
+    def context(self, kb: KnowledgeBase) -> np.ndarray:
+        return kb.votes(self.neighbours, self.question_index, self.question_sim)
 
 
 def read_items(store: Store, dataset: str, split: str, image_ids: list[str] | None = None) -> pd.DataFrame:
@@ -62,27 +66,48 @@ def read_items(store: Store, dataset: str, split: str, image_ids: list[str] | No
 
 def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], questions: list[str], k: int,
                        leave_one_out: bool) -> Retrieved:
-    """Look up stored vectors for the items' images and questions, then retrieve k KB neighbours per image.
+    """Look up the stored vectors of the items' images and questions, then retrieve (`retrieve_for_vectors`).
 
-    `leave_one_out` drops each image from its own neighbour list (items drawn from the KB itself).
+    `leave_one_out` keeps each item's own image out of its neighbours (items drawn from the KB itself).
     """
     distinct = list(dict.fromkeys(image_ids))
     row_of = {image_id: row for row, image_id in enumerate(distinct)}
-    image_vectors = vectors_by_id(store, kb.image_table, distinct, "image_id")
-    neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
-                        exclude=distinct if leave_one_out else None)
-    question_vectors = vectors_by_id(store, kb.text_table, [text_id(q) for q in questions], "text_id")
-    return Retrieved(image_vectors, neighbours, [row_of[i] for i in image_ids], question_vectors)
+    image_vectors = vectors_by_id(store, kb.image_table, distinct, "image_id")[[row_of[i] for i in image_ids]]
+    question_vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in questions], "text_id")
+    return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k,
+                                exclude=image_ids if leave_one_out else None)
+
+
+def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndarray, question_vectors: np.ndarray,
+                         k: int, exclude: list[str] | None = None) -> Retrieved:
+    """Per item: match its question to a KB question, then search the k nearest KB images asked that question.
+
+    One batched search per distinct matched question, filtered to the images that were asked it.
+    """
+    question_index, question_sim = kb.match_questions(question_vectors)
+    ids: list[list[str]] = [[] for _ in range(len(image_vectors))]
+    scores: list[list[float]] = [[] for _ in range(len(image_vectors))]
+    for q in np.unique(question_index):
+        items = np.flatnonzero(question_index == q)
+        candidates = kb.images_asked(int(q)) if q >= 0 else []
+        if not candidates:
+            continue
+        where = f"{kb.where} AND image_id IN ({', '.join(sql_quote(i) for i in candidates)})"
+        found = search(store, kb.image_table, image_vectors[items], k, where=where,
+                       exclude=[exclude[i] for i in items] if exclude is not None else None)
+        for item, item_ids, item_scores in zip(items, found.ids, found.scores):
+            ids[item], scores[item] = item_ids, item_scores
+    return Retrieved(image_vectors, question_vectors, question_index, question_sim, Neighbours(ids, scores))
 
 
 def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
     """Answers for each item by `variant` (one of VARIANTS)."""
-    context = kb.votes(retrieved.neighbours, retrieved.rows, retrieved.question_vectors)
+    context = retrieved.context(kb)
     if variant == "voting":
         return vote_answers(context, kb.answers)
     if answerer is None:
         raise ValueError(f"variant {variant!r} needs a trained fusion answerer")
-    return answerer.predict(retrieved.image_vectors[retrieved.rows], retrieved.question_vectors, context)
+    return answerer.predict(retrieved.image_vectors, retrieved.question_vectors, context)
 
 
 def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
@@ -94,9 +119,8 @@ def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_
     if items.empty:
         raise ValueError(f"{kb.dataset}/{kb.split} has no question-answer pairs to train an answerer on")
     retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k, True)
-    context = kb.votes(retrieved.neighbours, retrieved.rows, retrieved.question_vectors)
     labels = np.array([kb.answer_index(a) for a in items["answer"]])
-    return train_fusion(retrieved.image_vectors[retrieved.rows], retrieved.question_vectors, context, labels,
+    return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(kb), labels,
                         kb.answers, out_root, f"{kb.fingerprint}:k={k}", config, device)
 
 
@@ -116,8 +140,8 @@ def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved:
     """The `vqa_predictions` rows of one job over `items`."""
     now = datetime.now(timezone.utc)
     uses_neighbours = variant != "fusion-no-retrieval"
-    ids = [retrieved.neighbours.ids[r] if uses_neighbours else [] for r in retrieved.rows]
-    scores = [retrieved.neighbours.scores[r] if uses_neighbours else [] for r in retrieved.rows]
+    ids = retrieved.neighbours.ids if uses_neighbours else [[] for _ in range(len(items))]
+    scores = retrieved.neighbours.scores if uses_neighbours else [[] for _ in range(len(items))]
     return pa.Table.from_pydict(
         {
             "pred_id": pred_ids(job, items["qa_id"].tolist()),

@@ -19,12 +19,22 @@ def load_cached_encoder(model_ref: str, device: str):
     return load_encoder(model_ref, device=device)
 
 
+@lru_cache(maxsize=2)
+def load_cached_question_encoder(device: str):
+    from ravlm_core.encoders.questions import QuestionEncoder
+
+    return QuestionEncoder(device)
+
+
 @task(cache_policy=NO_CACHE)
 def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, retrain: bool = False) -> dict:
     """The encoder folder / id to load, training the built-in alignment heads first when needed."""
     model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
     encoder = load_cached_encoder(model_ref, device)
-    return {"model_ref": model_ref, "model_tag": encoder.tag, "dim": encoder.dim}
+    from ravlm_core.encoders.questions import question_encoder_tag
+
+    return {"model_ref": model_ref, "model_tag": encoder.tag, "dim": encoder.dim,
+            "question_tag": question_encoder_tag()}
 
 
 @task(cache_policy=NO_CACHE, retries=2)
@@ -33,6 +43,12 @@ def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, ba
     return asdict(embed.embed_shard(Store(store_uri), encoder, shard_path, batch_size))
 
 
+@task(cache_policy=NO_CACHE, retries=2)
+def embed_texts(store_uri: str, model_ref: str, shard_paths: list[str], device: str, batch_size: int) -> dict:
+    encoder, questions = load_cached_encoder(model_ref, device), load_cached_question_encoder(device)
+    return asdict(embed.embed_texts(Store(store_uri), encoder, shard_paths, batch_size * 4, questions))
+
+
 @task(cache_policy=NO_CACHE)
-def build_indexes(store_uri: str, model_tag: str) -> dict:
-    return indexing.build_indexes(Store(store_uri), model_tag)
+def build_indexes(store_uri: str, model_tag: str, question_tag: str) -> dict:
+    return indexing.build_indexes(Store(store_uri), model_tag, question_tag)

@@ -31,7 +31,7 @@ def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs:
             results["caption"]["without_retrieval"] = evaluate.caption_job_metrics(store, jobs["caption_without_retrieval"])
     examples = evaluate.vqa_examples(store, jobs["vqa"], jobs.get("vqa_without_retrieval")) if "vqa" in jobs else []
     title = f"ravlm eval: {dataset}/{split}"
-    index = report.write_report(Path(reports_dir) / dataset / run_id, title, results, examples, config)
+    index = report.write_report(Path(reports_dir).resolve() / dataset / run_id, title, results, examples, config)
     create_markdown_artifact(report.report_markdown(title, results), key=f"ravlm-eval-{_slug(dataset)}",
                              description=f"{title} ({run_id}); full report: {index}")
     evaluate.record_eval_run(store, run_id, dataset, split, results, config, str(index))

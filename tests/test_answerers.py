@@ -1,42 +1,78 @@
-"""Neighbour voting picks the matching question over its negation; the fusion answerer uses retrieved context."""
+"""Question matching keeps negations apart; voting and question-conditioned retrieval; the fusion answerer."""
 import json
 
 import numpy as np
+import pyarrow as pa
+import pytest
 
 from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
 from ravlm_core.knowledge import KnowledgeBase
 from ravlm_core.retrieve import Neighbours
+from ravlm_core.store import vector_schema
+from ravlm_core.vqa import retrieve_for_vectors
 from tests.conftest import unit_rows
 
 
 def _kb(question_vectors, qa_by_image, answers) -> KnowledgeBase:
-    return KnowledgeBase("d", "train", "tag", answers, [f"q{i}" for i in range(len(question_vectors))],
+    return KnowledgeBase("d", "train", "tag", "qtag", answers, [f"q{i}" for i in range(len(question_vectors))],
                          question_vectors, qa_by_image, {}, "fp")
 
 
-def test_votes_prefer_the_same_question_over_its_near_duplicate_negation():
-    rng = np.random.default_rng(0)
-    base = unit_rows(rng, 1, 32)[0]
-    other = unit_rows(rng, 1, 32)[0]
-    negation = 0.97 * base + np.sqrt(1 - 0.97**2) * (other - (other @ base) * base) / np.linalg.norm(other - (other @ base) * base)
-    questions = np.stack([base, negation]).astype(np.float32)
-    assert abs(float(questions[0] @ questions[1]) - 0.97) < 1e-3
-    # Three neighbours answered the negation "no"; one answered the question itself "yes".
-    qa = {"a": (np.array([1]), np.array([1])), "b": (np.array([1]), np.array([1])), "c": (np.array([1]), np.array([1])),
-          "d": (np.array([0]), np.array([0]))}
+def _question_and_negation(rng) -> np.ndarray:
+    """Two unit vectors at cosine 0.97, like MiniLM's "is there a red shape?" / "is there not a red shape?"."""
+    base, other = unit_rows(rng, 2, 32)
+    orthogonal = other - (other @ base) * base
+    negation = 0.97 * base + np.sqrt(1 - 0.97**2) * orthogonal / np.linalg.norm(orthogonal)
+    return np.stack([base, negation]).astype(np.float32)
+
+
+def test_questions_match_the_same_question_not_its_negation():
+    questions = _question_and_negation(np.random.default_rng(0))
+    kb = _kb(questions, {}, ["yes", "no"])
+    index, sim = kb.match_questions(questions)
+    assert index.tolist() == [0, 1] and np.allclose(sim, 1.0, atol=1e-5)
+
+
+def test_votes_count_only_answers_to_the_matched_question_weighted_by_image_similarity():
+    questions = _question_and_negation(np.random.default_rng(0))
+    # Neighbours a, b, c answered the negation "no" and the question "yes"; d answered only the question, "no".
+    qa = {i: (np.array([1, 0]), np.array([1, 0])) for i in "abc"} | {"d": (np.array([0]), np.array([1]))}
     kb = _kb(questions, qa, ["yes", "no"])
-    neighbours = Neighbours([["a", "b", "c", "d"]], [[0.95, 0.95, 0.95, 0.93]])
-    context = kb.votes(neighbours, [0], base[None, :])
+    neighbours = Neighbours([["a", "b", "c", "d"]], [[0.95, 0.95, 0.95, 0.80]])
+    context = kb.votes(neighbours, np.array([0]), np.array([0.99], np.float32))
     assert vote_answers(context, kb.answers) == ["yes"]
-    assert context[0, -1] > 0.999  # best question similarity is reported as a feature
-    # Asked the negation, the same neighbours vote "no".
-    assert vote_answers(kb.votes(neighbours, [0], negation[None, :].astype(np.float32)), kb.answers) == ["no"]
+    # d is 0.15 less similar: weight e^(-0.15 / IMAGE_TAU) = e^-3 against 1 for each of a, b, c.
+    assert context[0, 1] == pytest.approx(np.exp(-3) / (3 + np.exp(-3)), rel=1e-4)
+    assert context[0, :2].sum() == pytest.approx(1.0) and context[0, -1] == pytest.approx(0.99)
+    asked_negation = kb.votes(neighbours, np.array([1]), np.array([1.0], np.float32))
+    assert vote_answers(asked_negation, kb.answers) == ["no"]
 
 
-def test_votes_empty_when_no_neighbour_has_questions():
-    kb = _kb(np.eye(2, dtype=np.float32), {}, ["yes", "no"])
-    context = kb.votes(Neighbours([["x"]], [[0.9]]), [0], np.eye(2, dtype=np.float32)[:1])
-    assert context.sum() == 0 and vote_answers(context, kb.answers) == [""]
+def test_votes_empty_when_no_neighbour_was_asked_the_question():
+    kb = _kb(np.eye(2, dtype=np.float32), {"x": (np.array([1]), np.array([0]))}, ["yes", "no"])
+    context = kb.votes(Neighbours([["x"]], [[0.9]]), np.array([0]), np.array([1.0], np.float32))
+    assert context[0, :2].sum() == 0 and vote_answers(context, kb.answers) == [""]
+
+
+def test_retrieval_finds_the_nearest_images_that_were_asked_the_question(store):
+    rng = np.random.default_rng(1)
+    questions = _question_and_negation(rng)
+    images = unit_rows(rng, 40, 8)
+    # Even images were asked question 0, odd ones only its negation.
+    qa = {f"i{n}": (np.array([n % 2]), np.array([0])) for n in range(40)}
+    kb = _kb(questions, qa, ["yes", "no"])
+    rows = pa.Table.from_pydict(
+        {"image_id": [f"i{n}" for n in range(40)], "vector": list(images), "dataset": ["d"] * 40,
+         "split": ["train"] * 40, "model_tag": ["t"] * 40, "embedded_at": [None] * 40},
+        schema=vector_schema(8, "image_id", [("dataset", pa.string()), ("split", pa.string())]))
+    store.upsert(kb.image_table, rows, "image_id")
+    queries = images[[1, 2]]  # an odd image asked question 0, an even image asked question 0 (left out)
+    got = retrieve_for_vectors(store, kb, queries, questions[[0, 0]], 3, exclude=["i1", "i2"])
+    even = np.arange(0, 40, 2)
+    for query, ids, own in zip(queries, got.neighbours.ids, ["i1", "i2"]):
+        expected = [f"i{even[j]}" for j in np.argsort(-(images[even] @ query)) if f"i{even[j]}" != own][:3]
+        assert ids == expected
+    assert got.question_index.tolist() == [0, 0]
 
 
 def test_fusion_learns_from_retrieved_context_and_round_trips(tmp_path):

@@ -18,6 +18,8 @@ _LAZY = {
     "BuiltinEncoder": "ravlm_core.encoders.builtin",
     "train_builtin_encoder": "ravlm_core.encoders.builtin",
     "HFEncoder": "ravlm_core.encoders.hf",
+    "QuestionEncoder": "ravlm_core.encoders.questions",
+    "question_encoder_tag": "ravlm_core.encoders.questions",
 }
 
 

@@ -1,0 +1,136 @@
+"""The whole DAG through the `ravlm` CLI on a small manifest dataset, under Prefect's test harness.
+
+One module-scoped run (ingest → embed with built-in head training → eval with VQA + captions) feeds several
+assertions; a second run of every command must add no rows except the new eval record.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 48, 16
+
+
+def _shapes_module():
+    spec = importlib.util.spec_from_file_location("make_shapes_dataset", ROOT / "benchmarks" / "make_shapes_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    # The first start of a fresh Prefect home runs its migrations (~20 s on 2 cores).
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+class Ravlm:
+    """Runs `ravlm --data-dir D --reports-dir R <args> --json` in-process and parses its stdout."""
+
+    def __init__(self, data_dir: Path, reports_dir: Path):
+        self.options = ["--data-dir", str(data_dir), "--reports-dir", str(reports_dir)]
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str):
+        result = self.runner.invoke(app, [*self.options, *args, "--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)  # stdout holds exactly one JSON document: logs go to stderr
+
+
+def table_counts(store: Store) -> dict[str, int]:
+    return {name: store.count(name) for name in store.db.list_tables().tables}
+
+
+@pytest.fixture(scope="module")
+def run(harness, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    folder = tmp / "shapes"
+    _shapes_module().make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=1, fmt="jsonl")
+    ravlm = Ravlm(tmp / "data", tmp / "reports")
+    outputs = {
+        "ingest": ravlm("ingest", str(folder), "--dataset", "shapes"),
+        "embed": ravlm("embed"),
+        "eval": ravlm("eval", "--dataset", "shapes"),
+    }
+    return {"ravlm": ravlm, "folder": folder, "store": Store(str(tmp / "data" / "lancedb")), **outputs}
+
+
+def test_ingest_reads_the_manifest(run):
+    manifest = [json.loads(line) for line in (run["folder"] / "manifest.jsonl").read_text().splitlines()]
+    assert run["ingest"]["new_images"] == N_TRAIN + N_TEST
+    assert run["ingest"]["new_qa"] == len(manifest)
+    assert run["ingest"]["bad_rows"] == []
+    assert run["store"].count(QA, "split = 'test'") == sum(row["split"] == "test" for row in manifest)
+
+
+def test_embed_trains_the_builtin_heads_and_embeds_everything(run):
+    embed = run["embed"]
+    assert embed["model_tag"].startswith("builtin-")
+    assert Path(embed["model_ref"], "heads.safetensors").is_file()
+    assert embed["new_images"] == N_TRAIN + N_TEST
+    assert run["store"].count(f"{embed['model_tag']}__image_vectors") == N_TRAIN + N_TEST
+    questions = run["store"].read(QA, columns=["question"]).column("question").to_pylist()
+    # Every distinct question once: shards are embedded in parallel but texts in one task, so none twice.
+    assert run["store"].count(f"{embed['question_tag']}__question_vectors") == len(set(questions))
+
+
+def test_eval_prints_the_nested_metrics_and_writes_the_report(run):
+    result = run["eval"]
+    n_test_questions = run["store"].count(QA, "split = 'test'")
+    assert result["vqa"]["n"] == n_test_questions
+    assert result["vqa"]["without_retrieval"]["n"] == n_test_questions
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+        assert 0.0 <= result["vqa"][key] <= 1.0
+    assert set(result["vqa"]["per_question_type"]) == {"color", "shape", "yes/no"}
+    for key in ("recall@1", "recall@5", "recall@10"):
+        assert 0.0 <= result["retrieval"]["text_to_image"][key] <= 1.0
+    assert 0.0 <= result["caption"]["bleu4"] <= 1.0 and 0.0 <= result["caption"]["rouge_l"] <= 1.0
+    # Colour questions have 6 answers and shape questions 5: better than chance means retrieval and the
+    # answerer learnt something from 48 training images.
+    assert result["vqa"]["per_question_type"]["color"]["accuracy"] > 0.5
+    report = Path(result["report"])
+    assert report.is_file() and report.parent.parent.name == "shapes"
+    html = report.read_text()
+    assert "without retrieval" in html.lower() and "<img" in html
+    runs = run["store"].read(EVAL_RUNS).to_pylist()
+    assert [r["run_id"] for r in runs] == [result["run_id"]]
+    assert json.loads(runs[0]["metrics"])["vqa"]["accuracy"] == result["vqa"]["accuracy"]
+
+
+def test_search_ask_and_sql(run):
+    ravlm = run["ravlm"]
+    hits = ravlm("search", "a drawing of a purple star", "-k", "5")
+    assert len(hits) == 5 and all(h["dataset"] == "shapes" for h in hits)
+    image = sorted((run["folder"] / "images").glob("test_*.png"))[0]
+    answer = ravlm("ask", str(image), "Which colour is the figure?", "--dataset", "shapes")
+    answers = set(run["store"].read(QA, columns=["answer"]).column("answer").to_pylist())
+    assert answer["answer"] in answers and len(answer["neighbours"]) == 5
+    rows = ravlm("sql", "select split, count(*) as n from images group by split order by split")
+    assert rows == [{"split": "test", "n": N_TEST}, {"split": "train", "n": N_TRAIN}]
+
+
+def test_rerunning_every_step_adds_only_a_run_record(run):
+    ravlm, store = run["ravlm"], run["store"]
+    before = table_counts(store)
+    again = {
+        "ingest": ravlm("ingest", str(run["folder"]), "--dataset", "shapes"),
+        "embed": ravlm("embed"),
+        "eval": ravlm("eval", "--dataset", "shapes"),
+    }
+    after = table_counts(store)
+    assert again["ingest"]["new_images"] == 0 and again["embed"]["new_images"] == 0
+    assert again["eval"]["vqa"] == run["eval"]["vqa"]
+    assert after.pop(EVAL_RUNS) == before.pop(EVAL_RUNS) + 1
+    assert after == before
+    assert store.count(IMAGES) == N_TRAIN + N_TEST
