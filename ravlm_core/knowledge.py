@@ -19,6 +19,9 @@ from ravlm_core.store import IMAGES, QA, Store, image_vectors_table, question_ve
 
 # How sharply closer neighbours outvote farther ones (softmax temperature over cosine similarity).
 IMAGE_TAU = 0.05
+# Part of every KB fingerprint: bump it when retrieval or `votes` change meaning, so job ids and trained
+# answerers that depend on them are recomputed rather than reused.
+CONTEXT_VERSION = "question-conditioned-1"
 
 
 @dataclass
@@ -124,6 +127,6 @@ def load_knowledge_base(store: Store, model_tag: str, question_tag: str, dataset
     vectors = vectors_by_id(store, question_vectors_table(question_tag), [text_id(q) for q in questions], "text_id")
     captions = {i: c for i, c in zip(images["image_id"], images["caption"]) if isinstance(c, str) and c}
     digest = hashlib.blake2b(digest_size=8)
-    for part in (model_tag, question_tag, dataset, split, *sorted(qa_by_image), *questions, *answers, *sorted(captions.items())):
+    for part in (CONTEXT_VERSION, IMAGE_TAU, model_tag, question_tag, dataset, split, *sorted(qa_by_image), *questions, *answers, *sorted(captions.items())):
         digest.update(str(part).encode() + b"\x1f")
     return KnowledgeBase(dataset, split, model_tag, question_tag, answers, questions, vectors, qa_by_image, captions, digest.hexdigest())
