@@ -13,6 +13,8 @@ for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "HF_HUB_OFFLINE": "1",
+    # The library logs with `logging` (no Prefect import); this shows its progress lines in flow run logs.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "ravlm_core",
     "TRANSFORMERS_OFFLINE": "1",
 }.items():
     os.environ.setdefault(_name, _value)
@@ -189,6 +191,8 @@ def _print_eval(result: dict) -> None:
                 without = result[section].get("without_retrieval", {}).get(key)
                 rows.append([f"{section} {key}", f"{result[section][key]:.4f}",
                              "—" if without is None else f"{without:.4f}"])
+    if "voting" in result.get("vqa", {}):
+        rows.append(["vqa accuracy (neighbour voting)", f"{result['vqa']['voting']['accuracy']:.4f}", "—"])
     for direction, scores in result.get("retrieval", {}).items():
         rows += [[f"{direction} {m}", f"{v:.4f}", "—"] for m, v in scores.items() if m.startswith(("recall", "ndcg"))]
     _table(f"eval {result.get('run_id', '')}", ["metric", "with retrieval", "without retrieval"], rows)

@@ -138,7 +138,7 @@ def train_fusion(
             optimizer.step()
             schedule.step()
             total += loss.item() * len(idx)
-        log.info("fusion epoch %d: loss %.4f", epoch, total / len(target))
+        log.info("fusion answerer epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / len(target))
 
     tmp_dir = model_dir.with_name(model_dir.name + ".tmp")
     tmp_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Iterator
 
@@ -13,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ravlm_core.store import Store, image_vectors_table, question_vectors_table, text_vectors_table, vector_schema
 
@@ -99,8 +101,10 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) ->
         timings["write"] += time.perf_counter() - tick
         return written
 
+    bar = tqdm(total=len(missing_images), desc=f"embed {Path(shard_path).name}", unit="img", mininterval=5)
     tick = time.perf_counter()
     for rows, images in _image_batches(shard_path, missing_images, batch_size):
+        bar.update(len(images))
         timings["read"] += time.perf_counter() - tick
         tick = time.perf_counter()
         vectors = encoder.embed_images(images)
@@ -111,6 +115,7 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) ->
             new_images += flush()
         tick = time.perf_counter()
     new_images += flush()
+    bar.close()
 
     log.info("embedded %s: %d images; read %.1fs encode %.1fs write %.1fs", shard_path, new_images,
              timings["read"], timings["encode"], timings["write"])

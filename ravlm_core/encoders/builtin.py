@@ -238,12 +238,16 @@ def _image_features(images, captions: list[str], preprocessing, device: str, bat
     import torch
 
     from ravlm_core.encoders.backbones import ImageBackbone
+    from tqdm.auto import tqdm
+
     from ravlm_core.encoders.runtime import chunks, inference
 
     backbone = ImageBackbone(preprocessing, device)
     fingerprint = hashlib.sha256()
     features, n = [], 0
+    bar = tqdm(total=len(captions), desc="backbone features", unit="img", mininterval=5)
     for batch in chunks(images, batch_size):
+        bar.update(len(batch))
         for image in batch:
             if not isinstance(image, Image.Image):
                 raise TypeError(f"training image {n} is a {type(image).__name__}, not a PIL image; decode it first")
@@ -253,7 +257,7 @@ def _image_features(images, captions: list[str], preprocessing, device: str, bat
         with inference(device):
             # Cloned out of inference mode: the heads' autograd must be able to save these tensors.
             features.append(backbone.features(batch).float().cpu().clone())
-        log.debug("backbone features: %d images", n)
+    bar.close()
     if n != len(captions):
         raise ValueError(f"got {n} images but {len(captions)} captions; pass exactly one caption per image")
     for caption in captions:
@@ -266,6 +270,8 @@ def _text_features(texts: list[str], device: str, batch_size: int = 256):
     import torch
 
     from ravlm_core.encoders.backbones import TextBackbone
+    from tqdm.auto import tqdm
+
     from ravlm_core.encoders.runtime import chunks, inference
 
     backbone = TextBackbone(device)
