@@ -201,3 +201,7 @@ def _print_eval(result: dict) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
 from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,24 +29,27 @@ def _shapes_module():
 
 @pytest.fixture(scope="module")
 def harness():
+    """Prefect's test harness: a throwaway server and database, shared with the CLI processes below."""
+    from prefect.settings import get_current_settings
     from prefect.testing.utilities import prefect_test_harness
 
     # The first start of a fresh Prefect home runs its migrations (~20 s on 2 cores).
     with prefect_test_harness(server_startup_timeout=180):
-        yield
+        yield str(get_current_settings().api.url)
 
 
 class Ravlm:
-    """Runs `ravlm --data-dir D --reports-dir R <args> --json` in-process and parses its stdout."""
+    """Runs `ravlm --data-dir D --reports-dir R <args> --json` as a user would, against the harness's server."""
 
-    def __init__(self, data_dir: Path, reports_dir: Path):
+    def __init__(self, data_dir: Path, reports_dir: Path, api_url: str):
         self.options = ["--data-dir", str(data_dir), "--reports-dir", str(reports_dir)]
-        self.runner = CliRunner()
+        self.env = {**os.environ, "PREFECT_API_URL": api_url}
 
     def __call__(self, *args: str):
-        result = self.runner.invoke(app, [*self.options, *args, "--json"], catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)  # stdout holds exactly one JSON document: logs go to stderr
+        command = [sys.executable, "-m", "flows.cli", *self.options, *args, "--json"]
+        done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return json.loads(done.stdout)  # stdout holds exactly one JSON document: logs go to stderr
 
 
 def table_counts(store: Store) -> dict[str, int]:
@@ -57,7 +61,7 @@ def run(harness, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     folder = tmp / "shapes"
     _shapes_module().make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=1, fmt="jsonl")
-    ravlm = Ravlm(tmp / "data", tmp / "reports")
+    ravlm = Ravlm(tmp / "data", tmp / "reports", harness)
     outputs = {
         "ingest": ravlm("ingest", str(folder), "--dataset", "shapes"),
         "embed": ravlm("embed"),
