@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import flows  # noqa: E402,F401  (sets the offline environment before Prefect is imported)
 from prefect import serve  # noqa: E402
 
 from flows.embed import embed_flow  # noqa: E402

@@ -2,22 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-# Set before Prefect is imported: no network here but the package registries, and no model hub.
-for _name, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "HF_HUB_OFFLINE": "1",
-    # The library logs with `logging` (no Prefect import); this shows its progress lines in flow run logs.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "ravlm_core",
-    "TRANSFORMERS_OFFLINE": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Retrieval-augmented vision-language batch jobs: ingest, embed, VQA, caption, eval, search.")
@@ -33,10 +21,12 @@ def main_options(
     encoder: Optional[str] = typer.Option(None, help='"builtin", a local model folder, or a hub id.'),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:1, ..."),
     k: Optional[int] = typer.Option(None, help="Neighbours retrieved per item."),
+    kb_split: Optional[str] = typer.Option(None, help="The split retrieval searches (default: train)."),
     runner: Optional[str] = typer.Option(None, help="threads, dask or ray."),
     runner_address: Optional[str] = typer.Option(None, help="Address of an existing Dask / Ray cluster."),
 ) -> None:
-    given = {"data_dir": data_dir, "lancedb_uri": lancedb_uri, "reports_dir": reports_dir, "encoder": encoder, "device": device, "k": k,
+    given = {"data_dir": data_dir, "lancedb_uri": lancedb_uri, "reports_dir": reports_dir, "encoder": encoder,
+             "device": device, "k": k, "kb_split": kb_split,
              "runner": runner, "runner_address": runner_address}
     ctx.obj = {key: str(value) if isinstance(value, Path) else value for key, value in given.items() if value is not None}
 

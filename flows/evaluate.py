@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.common import settings_from, task_runner
 from flows.jobs import caption_flow, vqa_flow
@@ -21,6 +21,10 @@ def eval_flow(dataset: str, split: str = "test", overrides: dict | None = None) 
     runner = task_runner(settings)
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), settings.torch_device())
     has = split_contents(Store(settings.store_uri), dataset, split, settings.kb_split)
+    for what, found in has.items():
+        if not found:
+            get_run_logger().warning("no %s evaluation: %s/%s or its knowledge base split %r has no %s (see --kb-split)",
+                                     what, dataset, split, settings.kb_split, "QA pairs" if what == "qa" else what)
     jobs: dict[str, str] = {}
     if has["qa"]:
         for role, variant in (("vqa", "fusion"), ("vqa_without_retrieval", "fusion-no-retrieval"),

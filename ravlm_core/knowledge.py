@@ -115,7 +115,8 @@ def load_knowledge_base(store: Store, model_tag: str, question_tag: str, dataset
     qa = store.read(QA, columns=["image_id", "question", "answer"], where=where).to_pandas()
     images = store.read(IMAGES, columns=["image_id", "caption"], where=where).to_pandas()
     if images.empty:
-        raise ValueError(f"knowledge base {dataset}/{split} has no images: ingest that split first (ravlm ingest)")
+        raise ValueError(f"knowledge base {dataset}/{split} has no images: ingest that split first (ravlm ingest), "
+                         "or pick another with --kb-split")
     answers = qa["answer"].value_counts().index.tolist() if not qa.empty else []
     questions = sorted(qa["question"].unique().tolist()) if not qa.empty else []
     q_index = {q: i for i, q in enumerate(questions)}

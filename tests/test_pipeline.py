@@ -138,3 +138,21 @@ def test_rerunning_every_step_adds_only_a_run_record(run):
     assert after.pop(EVAL_RUNS) == before.pop(EVAL_RUNS) + 1
     assert after == before
     assert store.count(IMAGES) == N_TRAIN + N_TEST
+
+
+@pytest.mark.slow
+def test_demo_on_easy_vqa_meets_the_accuracy_bar_and_reruns_add_only_a_run_record(harness, tmp_path):
+    """The README's `make demo` job on the full embedded dataset (about 2 minutes on 2 cores)."""
+    ravlm = Ravlm(tmp_path / "data", tmp_path / "reports", harness)
+    first = ravlm("demo")
+    assert first["ingest"]["new_images"] == 5000 and first["ingest"]["new_qa"] == 48_248
+    vqa = first["eval"]["vqa"]
+    assert vqa["n"] == 9673 and vqa["accuracy"] >= 0.99  # the dataset author's CNN baseline: 0.938
+    assert vqa["without_retrieval"]["n"] == 9673 and vqa["voting"]["accuracy"] >= 0.99
+    assert first["eval"]["retrieval"]["text_to_image"]["recall@10"] >= 0.9
+    store = Store(str(tmp_path / "data" / "lancedb"))
+    before = table_counts(store)
+    second = ravlm("demo")
+    after = table_counts(store)
+    assert second["eval"]["vqa"]["accuracy"] == vqa["accuracy"]
+    assert after.pop(EVAL_RUNS) == before.pop(EVAL_RUNS) + 1 and after == before
