@@ -15,28 +15,16 @@ from ravlm_core.embed import text_id
 from ravlm_core.knowledge import KnowledgeBase, load_knowledge_base
 from ravlm_core.retrieve import search, vectors_by_id
 from ravlm_core.store import (CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
-                              question_vectors_table, sql_quote, text_vectors_table)
+                              predictions_schema, question_vectors_table, sql_quote,
+                              text_vectors_table)
 from ravlm_core.vqa import answer, pred_ids, prediction_rows, read_items, retrieve_for_items
 
 log = logging.getLogger(__name__)
 
 CAPTION_VARIANTS = ("consensus", "direct")
 
-CAPTION_SCHEMA = pa.schema(
-    [
-        ("pred_id", pa.string()),  # hash(job_id, image_id)
-        ("job_id", pa.string()),
-        ("dataset", pa.string()),
-        ("split", pa.string()),
-        ("image_id", pa.string()),
-        ("prediction", pa.string()),
-        ("reference", pa.string()),
-        ("variant", pa.string()),
-        ("neighbour_ids", pa.list_(pa.string())),
-        ("neighbour_scores", pa.list_(pa.float32())),
-        ("model_tag", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-    ]
+CAPTION_SCHEMA = predictions_schema(
+    [("image_id", pa.string()), ("prediction", pa.string()), ("reference", pa.string())]
 )
 
 

@@ -119,6 +119,20 @@ class Store:
         return self.table(name).count_rows(where) if self.has(name) else 0
 
 
+def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """A predictions table: one row per (job, item), its retrieved neighbours and provenance.
+
+    `pred_id` = hash(job_id, item key): rerunning a job overwrites its rows, never duplicates them.
+    """
+    return pa.schema(
+        [("pred_id", pa.string()), ("job_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
+         *item_fields,
+         ("variant", pa.string()), ("neighbour_ids", pa.list_(pa.string())),
+         ("neighbour_scores", pa.list_(pa.float32())), ("model_tag", pa.string()),
+         ("created_at", pa.timestamp("us", tz="UTC"))]
+    )
+
+
 def sql_quote(value: str) -> str:
     """Quote a string literal for a LanceDB / DataFusion `where` clause."""
     return "'" + value.replace("'", "''") + "'"

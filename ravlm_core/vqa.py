@@ -14,28 +14,13 @@ from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vot
 from ravlm_core.embed import text_id
 from ravlm_core.knowledge import KnowledgeBase
 from ravlm_core.retrieve import Neighbours, kb_filter, search, vectors_by_id
-from ravlm_core.store import QA, QA_SCHEMA, Store, sql_quote
+from ravlm_core.store import QA, QA_SCHEMA, Store, predictions_schema, sql_quote
 
 VARIANTS = ("fusion", "fusion-no-retrieval", "voting")
 
-PREDICTIONS_SCHEMA = pa.schema(
-    [
-        ("pred_id", pa.string()),  # hash(job_id, qa_id): rerunning a job overwrites, never duplicates
-        ("job_id", pa.string()),
-        ("dataset", pa.string()),
-        ("split", pa.string()),
-        ("qa_id", pa.string()),
-        ("image_id", pa.string()),
-        ("question", pa.string()),
-        ("question_type", pa.string()),
-        ("answer", pa.string()),
-        ("prediction", pa.string()),
-        ("variant", pa.string()),
-        ("neighbour_ids", pa.list_(pa.string())),
-        ("neighbour_scores", pa.list_(pa.float32())),
-        ("model_tag", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-    ]
+PREDICTIONS_SCHEMA = predictions_schema(
+    [("qa_id", pa.string()), ("image_id", pa.string()), ("question", pa.string()), ("question_type", pa.string()),
+     ("answer", pa.string()), ("prediction", pa.string())]
 )
 
 

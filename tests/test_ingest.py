@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import shutil
 import time
@@ -13,25 +12,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core import ingest
 from ravlm_core.store import IMAGES, QA, Store
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 6, 4
-
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_shapes_dataset", ROOT / "benchmarks" / "make_shapes_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def source(tmp_path) -> Path:
     """10 shapes images + a byte-identical copy with extra QA + a truncated PNG + random bytes named .png."""
     folder = tmp_path / "src"
-    manifest = _load_generator().make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
+    manifest = make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
     rows = pd.read_csv(manifest)
     original = rows.image[0]
     shutil.copy(folder / original, folder / "images/copy.png")

@@ -5,7 +5,6 @@ assertions; a second run of every command must add no rows except the new eval r
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,17 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 48, 16
-
-
-def _shapes_module():
-    spec = importlib.util.spec_from_file_location("make_shapes_dataset", ROOT / "benchmarks" / "make_shapes_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def table_counts(store: Store) -> dict[str, int]:
 def run(harness, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     folder = tmp / "shapes"
-    _shapes_module().make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=1, fmt="jsonl")
+    make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=1, fmt="jsonl")
     ravlm = Ravlm(tmp / "data", tmp / "reports", harness)
     outputs = {
         "ingest": ravlm("ingest", str(folder), "--dataset", "shapes"),

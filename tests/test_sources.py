@@ -1,7 +1,6 @@
 """Tests for ravlm_core.sources (easy-VQA, manifests, plain folders) and the shapes dataset generator."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -10,20 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core import sources
 from ravlm_core.sources import ManifestError, open_source
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_shapes_dataset", ROOT / "benchmarks" / "make_shapes_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_shapes = _load_generator()
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +84,7 @@ def test_easy_vqa_pixel_fallback_matches_answers_where_answers_decide(easy_vqa_r
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_manifest_formats(tmp_path, fmt):
-    manifest = make_shapes.make_shapes_dataset(tmp_path, n_train=3, n_test=2, seed=1, fmt=fmt)
+    manifest = make_shapes_dataset(tmp_path, n_train=3, n_test=2, seed=1, fmt=fmt)
     assert manifest == tmp_path / f"manifest.{fmt}"
     rows = pd.read_csv(tmp_path / "manifest.csv") if fmt == "csv" else None
     records, bad = open_source(str(tmp_path))
@@ -209,9 +197,9 @@ def test_unknown_source_raises(tmp_path):
 
 
 def test_shapes_dataset_is_deterministic_and_balanced(tmp_path):
-    first = make_shapes.make_shapes_dataset(tmp_path / "a", n_train=8, n_test=4, seed=3)
-    second = make_shapes.make_shapes_dataset(tmp_path / "b", n_train=8, n_test=4, seed=3)
-    other = make_shapes.make_shapes_dataset(tmp_path / "c", n_train=8, n_test=4, seed=4)
+    first = make_shapes_dataset(tmp_path / "a", n_train=8, n_test=4, seed=3)
+    second = make_shapes_dataset(tmp_path / "b", n_train=8, n_test=4, seed=3)
+    other = make_shapes_dataset(tmp_path / "c", n_train=8, n_test=4, seed=4)
     assert first.read_bytes() == second.read_bytes() != other.read_bytes()
     assert (tmp_path / "a/images/train_00000.png").read_bytes() == (tmp_path / "b/images/train_00000.png").read_bytes()
     rows = pd.read_csv(first)
@@ -227,4 +215,4 @@ def test_shapes_dataset_is_deterministic_and_balanced(tmp_path):
 
 def test_shapes_dataset_rejects_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="csv, jsonl, parquet"):
-        make_shapes.make_shapes_dataset(tmp_path, 1, 1, fmt="xlsx")
+        make_shapes_dataset(tmp_path, 1, 1, fmt="xlsx")
