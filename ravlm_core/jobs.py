@@ -61,7 +61,7 @@ def _shard_meta(shard_path: str) -> tuple[list[str], str, list[str | None]]:
 
 
 def run_vqa_shard(store: Store, kb: KnowledgeBase, shard_path: str, job: str, variant: str, k: int,
-                  answerer_dir: str | None = None, device: str = "cpu") -> JobResult:
+                  answerer_dir: str | None = None, device: str = "cpu", run_id: str = "") -> JobResult:
     """Answer the questions about one shard's images that `job` has not answered yet."""
     image_ids, split, _ = _shard_meta(shard_path)
     items = read_items(store, kb.dataset, split, image_ids)
@@ -72,13 +72,14 @@ def run_vqa_shard(store: Store, kb: KnowledgeBase, shard_path: str, job: str, va
     retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k,
                                    leave_one_out=split == kb.split)
     answerer = FusionAnswerer(answerer_dir, device) if answerer_dir else None
-    rows = prediction_rows(job, kb, items, retrieved, answer(kb, retrieved, variant, answerer), variant)
+    rows = prediction_rows(job, kb, items, retrieved, answer(kb, retrieved, variant, answerer), variant, run_id)
     n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
     log.info("vqa[%s] %s: %d questions", variant, shard_path, len(items))
     return JobResult(job, shard_path, len(items), n_new)
 
 
-def run_caption_shard(store: Store, kb: KnowledgeBase, shard_path: str, job: str, variant: str, k: int) -> JobResult:
+def run_caption_shard(store: Store, kb: KnowledgeBase, shard_path: str, job: str, variant: str, k: int,
+                      run_id: str = "") -> JobResult:
     """Caption the images of one shard that `job` has not captioned yet."""
     image_ids, split, references = _shard_meta(shard_path)
     done = store.existing_ids(CAPTION_PREDICTIONS, "image_id", where=f"job_id = {sql_quote(job)}")
@@ -106,7 +107,7 @@ def run_caption_shard(store: Store, kb: KnowledgeBase, shard_path: str, job: str
             "split": [split] * len(ids), "image_id": ids, "prediction": predictions,
             "reference": [r for _, r in todo], "variant": [variant] * len(ids), "neighbour_ids": neighbour_ids,
             "neighbour_scores": neighbour_scores, "model_tag": [kb.model_tag] * len(ids),
-            "created_at": [now] * len(ids),
+            "run_id": [run_id] * len(ids), "created_at": [now] * len(ids),
         },
         schema=CAPTION_SCHEMA,
     )

@@ -122,13 +122,15 @@ class Store:
 def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
     """A predictions table: one row per (job, item), its retrieved neighbours and provenance.
 
-    `pred_id` = hash(job_id, item key): rerunning a job overwrites its rows, never duplicates them.
+    `pred_id` = hash(job_id, item key); a job id is derived from what the job computes, so rerunning a job
+    skips or overwrites its rows, never duplicates them.
     """
     return pa.schema(
         [("pred_id", pa.string()), ("job_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
          *item_fields,
          ("variant", pa.string()), ("neighbour_ids", pa.list_(pa.string())),
          ("neighbour_scores", pa.list_(pa.float32())), ("model_tag", pa.string()),
+         ("run_id", pa.string()),  # the orchestrator run that wrote the row (Prefect flow run id), for provenance
          ("created_at", pa.timestamp("us", tz="UTC"))]
     )
 

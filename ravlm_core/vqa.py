@@ -121,7 +121,7 @@ def pred_ids(job: str, keys: list[str]) -> list[str]:
 
 
 def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
-                    predictions: list[str], variant: str) -> pa.Table:
+                    predictions: list[str], variant: str, run_id: str = "") -> pa.Table:
     """The `vqa_predictions` rows of one job over `items`."""
     now = datetime.now(timezone.utc)
     uses_neighbours = variant != "fusion-no-retrieval"
@@ -143,6 +143,7 @@ def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved:
             "neighbour_ids": ids,
             "neighbour_scores": scores,
             "model_tag": [kb.model_tag] * len(items),
+            "run_id": [run_id] * len(items),
             "created_at": [now] * len(items),
         },
         schema=PREDICTIONS_SCHEMA,

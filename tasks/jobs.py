@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from ravlm_core import jobs, vqa
 from ravlm_core.store import Store
@@ -33,11 +34,16 @@ def train_answerer(store_uri: str, encoder: dict, dataset: str, kb_split: str, k
 def vqa_shard(store_uri: str, encoder: dict, dataset: str, kb_split: str, shard_path: str, job: str,
               variant: str, k: int, answerer_dir: str | None, device: str) -> dict:
     kb = jobs.cached_knowledge_base(store_uri, encoder["model_tag"], encoder["question_tag"], dataset, kb_split)
-    return asdict(jobs.run_vqa_shard(Store(store_uri), kb, shard_path, job, variant, k, answerer_dir, device))
+    return asdict(jobs.run_vqa_shard(Store(store_uri), kb, shard_path, job, variant, k, answerer_dir, device,
+                                     _run_id()))
 
 
 @task(cache_policy=NO_CACHE, retries=1)
 def caption_shard(store_uri: str, encoder: dict, dataset: str, kb_split: str, shard_path: str, job: str,
                   variant: str, k: int) -> dict:
     kb = jobs.cached_knowledge_base(store_uri, encoder["model_tag"], encoder["question_tag"], dataset, kb_split)
-    return asdict(jobs.run_caption_shard(Store(store_uri), kb, shard_path, job, variant, k))
+    return asdict(jobs.run_caption_shard(Store(store_uri), kb, shard_path, job, variant, k, _run_id()))
+
+
+def _run_id() -> str:
+    return str(flow_run.id or "")

@@ -100,6 +100,9 @@ def test_eval_prints_the_nested_metrics_and_writes_the_report(run):
     assert report.is_file() and report.parent.parent.name == "shapes"
     html = report.read_text()
     assert "without retrieval" in html.lower() and "<img" in html
+    predictions = run["store"].read("vqa_predictions", columns=["run_id", "neighbour_ids", "variant"]).to_pylist()
+    assert all(p["run_id"] for p in predictions)  # provenance: the Prefect flow run that wrote each row
+    assert all(len(p["neighbour_ids"]) > 0 for p in predictions if p["variant"] == "fusion")
     runs = run["store"].read(EVAL_RUNS).to_pylist()
     assert [r["run_id"] for r in runs] == [result["run_id"]]
     assert json.loads(runs[0]["metrics"])["vqa"]["accuracy"] == result["vqa"]["accuracy"]
