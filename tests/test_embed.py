@@ -1,0 +1,74 @@
+"""Embedding is incremental and idempotent: only images and texts the vector tables lack are encoded."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks.make_shapes_dataset import make_shapes_dataset
+from ravlm_core import embed, ingest
+from ravlm_core.store import Store, image_vectors_table, question_vectors_table, text_vectors_table
+
+
+class CountingEncoder:
+    """Deterministic vectors from content, and a count of what was encoded (the real encoders are tested apart)."""
+
+    tag, dim = "fake-1", 8
+
+    def __init__(self):
+        self.images = 0
+        self.texts: list[str] = []
+
+    def _rows(self, keys: list[bytes]) -> np.ndarray:
+        seeds = [int.from_bytes(hashlib.sha256(k).digest()[:8], "little") for k in keys]
+        rows = np.stack([np.random.default_rng(seed).standard_normal(self.dim) for seed in seeds])
+        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+    def embed_images(self, images) -> np.ndarray:
+        self.images += len(images)
+        return self._rows([image.tobytes() for image in images])
+
+    def embed_texts(self, texts) -> np.ndarray:
+        self.texts += list(texts)
+        return self._rows([t.encode() for t in texts])
+
+
+@pytest.fixture
+def shards(tmp_path) -> list[str]:
+    folder = tmp_path / "src"
+    make_shapes_dataset(folder, n_train=6, n_test=4, seed=2)
+    scan = ingest.scan_source(str(folder), "shapes", tmp_path / "staging", set(), shard_size=3)
+    return [ingest.write_shard(scan.records_path, s, "shapes", tmp_path / "parquet").path for s in scan.shards]
+
+
+def test_images_are_embedded_once_across_reruns_and_new_shards(store: Store, shards):
+    encoder = CountingEncoder()
+    sizes = [pq.read_metadata(path).num_rows for path in shards]
+    first = [embed.embed_shard(store, encoder, path, batch_size=2) for path in shards[:2]]
+    assert [r.new_images for r in first] == sizes[:2] and encoder.images == sum(sizes[:2])
+    again = embed.embed_shard(store, encoder, shards[0], batch_size=2)
+    assert again.new_images == 0 and encoder.images == sum(sizes[:2])  # nothing decoded or encoded twice
+    rest = [embed.embed_shard(store, encoder, path, batch_size=2) for path in shards[2:]]
+    assert [r.new_images for r in rest] == sizes[2:] and encoder.images == sum(sizes) == 10
+    table = store.read(image_vectors_table(encoder.tag), columns=["image_id", "split"])
+    ids = table.column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 10
+    assert sorted(set(table.column("split").to_pylist())) == ["test", "train"]
+
+
+def test_texts_of_all_shards_are_embedded_once(store: Store, shards):
+    encoder, questions = CountingEncoder(), CountingEncoder()
+    captions, asked = set(), set()
+    for path in shards:
+        c, q = embed.shard_texts(path)
+        captions.update(c)
+        asked.update(q)
+    result = embed.embed_texts(store, encoder, shards, batch_size=4, question_encoder=questions)
+    assert result.new_texts == len(captions | asked) == len(encoder.texts)
+    assert result.new_questions == len(asked) == len(questions.texts)
+    assert store.count(text_vectors_table(encoder.tag)) == len(captions | asked)
+    assert store.count(question_vectors_table(questions.tag)) == len(asked)
+    rerun = embed.embed_texts(store, encoder, shards, batch_size=4, question_encoder=questions)
+    assert (rerun.new_texts, rerun.new_questions) == (0, 0) and len(encoder.texts) == len(captions | asked)
