@@ -152,3 +152,14 @@ def test_demo_on_easy_vqa_meets_the_accuracy_bar_and_reruns_add_only_a_run_recor
     after = table_counts(store)
     assert second["eval"]["vqa"]["accuracy"] == vqa["accuracy"]
     assert after.pop(EVAL_RUNS) == before.pop(EVAL_RUNS) + 1 and after == before
+
+
+@pytest.mark.slow
+def test_the_same_commands_run_on_a_dask_cluster(harness, tmp_path, run):
+    """`--runner dask` (prefect-dask, a local Dask cluster here) gives the thread runner's results."""
+    pytest.importorskip("prefect_dask", reason="pip install 'ravlm[dask]' to run the Dask check")
+    ravlm = Ravlm(tmp_path / "data", tmp_path / "reports", harness)
+    ravlm.options += ["--runner", "dask"]
+    assert ravlm("ingest", str(run["folder"]), "--dataset", "shapes")["new_images"] == N_TRAIN + N_TEST
+    assert ravlm("embed")["new_images"] == N_TRAIN + N_TEST
+    assert ravlm("eval", "--dataset", "shapes")["vqa"] == run["eval"]["vqa"]
