@@ -1,5 +1,6 @@
 """Prefect flows that read like ravlm's DAG (ingest → embed → index → VQA / caption → evaluate → report), and
 the `ravlm` CLI that runs them."""
+import logging
 import os
 
 # Applied on import, before anything imports Prefect: no network here but the package registries, no model hub.
@@ -12,3 +13,6 @@ for _name, _value in {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "ravlm_core",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Prefect attaches its handlers to the extra loggers but leaves their level at WARNING.
+logging.getLogger("ravlm_core").setLevel(logging.INFO)

@@ -17,7 +17,8 @@ def ingest_flow(source: str, dataset: str, manifest: str | None = None, override
                 len(scan["shards"]))
     written = write_shard.map(unmapped(scan["records_path"]), scan["shards"], unmapped(dataset),
                               unmapped(str(settings.parquet_dir))).result()
-    loaded = load_shard.map(unmapped(settings.store_uri), [w["path"] for w in written]).result()
+    shards = [w["path"] for w in written if w["path"]]
+    loaded = load_shard.map(unmapped(settings.store_uri), shards).result()
     bad_rows = scan["bad_rows"] + [bad for w in written for bad in w["bad_rows"]]
     for bad in bad_rows:
         logger.warning("skipped %s: %s", bad["ref"], bad["reason"])
@@ -26,6 +27,6 @@ def ingest_flow(source: str, dataset: str, manifest: str | None = None, override
         "images_seen": scan["n_images"],
         "new_images": sum(x["new_images"] for x in loaded),
         "new_qa": sum(x["new_qa"] for x in loaded),
-        "shards": [w["path"] for w in written],
+        "shards": shards,
         "bad_rows": bad_rows,
     }

@@ -169,7 +169,8 @@ def write_shard(records_path: str, shard: str, dataset: str, parquet_dir: Path) 
         dataset: the dataset name.
         parquet_dir: root of the Parquet shards.
     Returns:
-        The shard path and counts; images that fail validation are left out and listed in `bad_rows`.
+        The shard path and counts; images that fail validation are left out and listed in `bad_rows`. When none
+        is left, no shard is written and the path is "".
     Raises:
         ValueError: `shard` has no rows in `records_path`.
     """
@@ -196,6 +197,10 @@ def write_shard(records_path: str, shard: str, dataset: str, parquet_dir: Path) 
 
     _write_parquet_atomically(path, SHARD_SCHEMA, batches())
     log.info("%s: %d images, %d QA, %d bad", path, counts["images"], counts["qa"], len(bad))
+    if not counts["images"]:
+        # Every image of the shard failed validation: no empty shard for later stages to trip over.
+        path.unlink()
+        return ShardResult("", 0, 0, bad)
     return ShardResult(str(path), counts["images"], counts["qa"], bad)
 
 

@@ -57,6 +57,14 @@ def _write_all(scan: ingest.ScanResult, tmp_path: Path, dataset: str = "shapes")
     return [ingest.write_shard(scan.records_path, shard, dataset, tmp_path / "parquet") for shard in scan.shards]
 
 
+def _write_and_load_all(scan: ingest.ScanResult, tmp_path: Path, store: Store) -> list[ingest.ShardResult]:
+    written = _write_all(scan, tmp_path)
+    for result in written:
+        if result.path:  # "" when every image of the shard was rejected
+            ingest.load_shard(store, result.path)
+    return written
+
+
 def _remove_broken(source: Path) -> None:
     (source / "images/truncated.png").unlink()
     (source / "images/random.png").unlink()
@@ -123,8 +131,7 @@ def test_duplicate_bytes_are_stored_once_with_merged_qa(source, tmp_path):
 def test_rerun_with_known_ids_plans_and_writes_nothing(source, tmp_path):
     _remove_broken(source)
     store = Store(str(tmp_path / "db"))
-    for written in _write_all(_scan(source, tmp_path, store), tmp_path):
-        ingest.load_shard(store, written.path)
+    _write_and_load_all(_scan(source, tmp_path, store), tmp_path, store)
     before = _files(tmp_path / "staging") | _files(tmp_path / "parquet")
     rerun = _scan(source, tmp_path, store)
     assert (rerun.shards, rerun.n_new, rerun.n_qa, rerun.records_path) == ([], 0, 0, "")
@@ -135,13 +142,11 @@ def test_rerun_with_known_ids_plans_and_writes_nothing(source, tmp_path):
 def test_rerun_plans_only_the_images_still_missing(source, tmp_path):
     # Rejected images never reach the store, so each rerun retries (and reports) just them.
     store = Store(str(tmp_path / "db"))
-    for written in _write_all(_scan(source, tmp_path, store), tmp_path):
-        ingest.load_shard(store, written.path)
+    _write_and_load_all(_scan(source, tmp_path, store), tmp_path, store)
     rerun = _scan(source, tmp_path, store)
     assert rerun.n_new == 2 and len(rerun.shards) == 1
     [result] = _write_all(rerun, tmp_path)
-    assert result.n_images == 0 and len(result.bad_rows) == 2
-    assert ingest.load_shard(store, result.path).new_images == 0
+    assert (result.path, result.n_images, len(result.bad_rows)) == ("", 0, 2)  # and no empty shard written
 
 
 def test_writing_and_loading_a_shard_twice_adds_nothing(source, tmp_path):
@@ -196,6 +201,16 @@ def test_empty_file_truncated_jpeg_and_bad_dataset_name(tmp_path):
     assert (row["width"], row["height"], row["format"], row["split"]) == (5, 3, "BMP", "test")
     with pytest.raises(ValueError, match="dataset name"):
         ingest.scan_source(str(folder), "../up", tmp_path / "staging", set(), 10)
+
+
+def test_a_shard_whose_images_all_fail_is_not_written(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    scan = ingest.scan_source(str(folder), "plain", tmp_path / "staging", set(), 10)
+    [result] = _write_all(scan, tmp_path, "plain")
+    assert (result.path, result.n_images, len(result.bad_rows)) == ("", 0, 1)
+    assert not list((tmp_path / "parquet").rglob("*.parquet"))
 
 
 @pytest.mark.slow
