@@ -23,8 +23,9 @@ def eval_flow(dataset: str, split: str = "test", overrides: dict | None = None) 
     has = split_contents(Store(settings.store_uri), dataset, split, settings.kb_split)
     for what, found in has.items():
         if not found:
-            get_run_logger().warning("no %s evaluation: %s/%s or its knowledge base split %r has no %s (see --kb-split)",
-                                     what, dataset, split, settings.kb_split, "QA pairs" if what == "qa" else what)
+            get_run_logger().warning(
+                "no %s evaluation: %s/%s or its knowledge base split %r has no %s (see --kb-split)",
+                what, dataset, split, settings.kb_split, "QA pairs" if what == "qa" else what)
     jobs: dict[str, str] = {}
     if has["qa"]:
         for role, variant in (("vqa", "fusion"), ("vqa_without_retrieval", "fusion-no-retrieval"),

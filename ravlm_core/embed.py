@@ -6,8 +6,8 @@ import io
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np

@@ -128,6 +128,9 @@ def load_knowledge_base(store: Store, model_tag: str, question_tag: str, dataset
     vectors = vectors_by_id(store, question_vectors_table(question_tag), [text_id(q) for q in questions], "text_id")
     captions = {i: c for i, c in zip(images["image_id"], images["caption"]) if isinstance(c, str) and c}
     digest = hashlib.blake2b(digest_size=8)
-    for part in (CONTEXT_VERSION, IMAGE_TAU, model_tag, question_tag, dataset, split, *sorted(qa_by_image), *questions, *answers, *sorted(captions.items())):
+    parts = (CONTEXT_VERSION, IMAGE_TAU, model_tag, question_tag, dataset, split, *sorted(qa_by_image), *questions,
+             *answers, *sorted(captions.items()))
+    for part in parts:
         digest.update(str(part).encode() + b"\x1f")
-    return KnowledgeBase(dataset, split, model_tag, question_tag, answers, questions, vectors, qa_by_image, captions, digest.hexdigest())
+    return KnowledgeBase(dataset, split, model_tag, question_tag, answers, questions, vectors, qa_by_image, captions,
+                         digest.hexdigest())

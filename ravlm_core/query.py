@@ -8,8 +8,8 @@ from PIL import Image
 from ravlm_core.answerers import FusionAnswerer, vote_answers
 from ravlm_core.knowledge import KnowledgeBase
 from ravlm_core.retrieve import search
-from ravlm_core.vqa import retrieve_for_vectors
 from ravlm_core.store import IMAGES, Store, image_vectors_table, sql_quote
+from ravlm_core.vqa import retrieve_for_vectors
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -55,9 +55,7 @@ def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], qu
 
     `leave_one_out` keeps each item's own image out of its neighbours (items drawn from the KB itself).
     """
-    distinct = list(dict.fromkeys(image_ids))
-    row_of = {image_id: row for row, image_id in enumerate(distinct)}
-    image_vectors = vectors_by_id(store, kb.image_table, distinct, "image_id")[[row_of[i] for i in image_ids]]
+    image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")  # reads each distinct id once
     question_vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in questions], "text_id")
     return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k,
                                 exclude=image_ids if leave_one_out else None)
