@@ -1,10 +1,15 @@
-"""Generate a small out-of-distribution VQA folder dataset: shapes, colours and question wording easy-VQA lacks."""
+"""Generate a small out-of-distribution VQA folder dataset: shapes, colours and question wording easy-VQA lacks.
+
+`--style easy-vqa` draws easy-VQA's own shapes, colours and answers instead, but unlike easy-VQA (sizes,
+rotation, backgrounds, reworded questions, no question_type column): a knowledge base of a different look.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import math
 import random
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -15,6 +20,8 @@ IMAGE_SIZE = 64
 SHAPES = ("star", "pentagon", "hexagon", "cross", "ellipse")
 COLORS = ("orange", "purple", "pink", "navy", "olive", "cyan")  # PIL colour names
 FORMATS = ("csv", "jsonl", "parquet")
+# Per style: (train images, test images, manifest format) when the caller gives none.
+STYLE_DEFAULTS = {"other-shapes": (300, 100, "csv"), "easy-vqa": (0, 300, "jsonl")}
 MIN_QUESTIONS, MAX_QUESTIONS = 6, 10
 
 # Paraphrased templates; every family is worded unlike easy-VQA's "what color is the shape?" style.
@@ -31,22 +38,46 @@ YES_NO_QUESTIONS = (
 )
 
 
-def make_shapes_dataset(out_dir: Path, n_train: int = 300, n_test: int = 100, seed: int = 0, fmt: str = "csv") -> Path:
+def make_shapes_dataset(
+    out_dir: Path, n_train: int | None = None, n_test: int | None = None, seed: int = 0, fmt: str | None = None,
+    style: str = "other-shapes",
+) -> Path:
     """Draw the images into `out_dir/images/` and write `out_dir/manifest.<fmt>`, one row per (image, question).
 
     Args:
         out_dir: folder to create or fill.
-        n_train, n_test: images per split.
+        n_train, n_test: images per split; None takes the style's default (`STYLE_DEFAULTS`).
         seed: the same seed gives byte-identical images and manifest.
-        fmt: manifest format, one of csv, jsonl, parquet.
+        fmt: manifest format, one of csv, jsonl, parquet; None takes the style's default.
+        style: "other-shapes" (shapes and colours easy-VQA lacks) or "easy-vqa" (easy-VQA's, drawn differently).
     Returns:
         The manifest path.
     Raises:
-        ValueError: unknown `fmt`.
+        ValueError: unknown `fmt` or `style`.
     """
+    if style not in STYLE_DEFAULTS:
+        raise ValueError(f"unknown style {style!r}: use one of {', '.join(STYLE_DEFAULTS)}")
+    default_train, default_test, default_fmt = STYLE_DEFAULTS[style]
+    n_train = default_train if n_train is None else n_train
+    n_test = default_test if n_test is None else n_test
+    fmt = fmt or default_fmt
     if fmt not in FORMATS:
         raise ValueError(f"unknown manifest format {fmt!r}: use one of {', '.join(FORMATS)}")
     rng = random.Random(seed)
+    if style == "easy-vqa":
+        from benchmarks.shapes_easy_vqa_style import draw_easy_vqa_style  # lazy: needs numpy and ravlm_core
+
+        rows = draw_easy_vqa_style(out_dir, n_train, n_test, rng)
+    else:
+        rows = _draw_other_shapes(out_dir, n_train, n_test, rng)
+    manifest = out_dir / f"manifest.{fmt}"
+    _write_manifest(rows, manifest)
+    log.info("wrote %d images and %d questions to %s", n_train + n_test, len(rows), manifest)
+    return manifest
+
+
+def _draw_other_shapes(out_dir: Path, n_train: int, n_test: int, rng: random.Random) -> list[dict]:
+    """Draw the default style's images into `out_dir/images/`; returns its manifest rows."""
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for index in range(n_train + n_test):
@@ -60,10 +91,7 @@ def make_shapes_dataset(out_dir: Path, n_train: int = 300, n_test: int = 100, se
                 {"image": name, "caption": caption, "question": question, "answer": answer,
                  "split": split, "question_type": question_type}
             )
-    manifest = out_dir / f"manifest.{fmt}"
-    _write_manifest(rows, manifest)
-    log.info("wrote %d images and %d questions to %s", n_train + n_test, len(rows), manifest)
-    return manifest
+    return rows
 
 
 def draw_image(rng: random.Random, shape: str, color: str) -> Image.Image:
@@ -138,14 +166,16 @@ def _write_manifest(rows: list[dict], manifest: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--train", type=int, default=300, help="train images")
-    parser.add_argument("--test", type=int, default=100, help="test images")
+    parser.add_argument("--style", choices=tuple(STYLE_DEFAULTS), default="other-shapes")
+    parser.add_argument("--train", type=int, help="train images (other-shapes: 300, easy-vqa: 0)")
+    parser.add_argument("--test", type=int, help="test images (other-shapes: 100, easy-vqa: 300)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", choices=FORMATS, default="csv", dest="fmt")
+    parser.add_argument("--format", choices=FORMATS, dest="fmt", help="other-shapes: csv, easy-vqa: jsonl")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    make_shapes_dataset(args.out_dir, args.train, args.test, args.seed, args.fmt)
+    make_shapes_dataset(args.out_dir, args.train, args.test, args.seed, args.fmt, args.style)
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
     main()

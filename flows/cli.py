@@ -10,6 +10,10 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Retrieval-augmented vision-language batch jobs: ingest, embed, VQA, caption, eval, search.")
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout (logs stay on stderr).")
+KB = typer.Option(None, "--kb", help="Knowledge base to retrieve from: DATASET[:SPLIT], repeatable "
+                  "(default: the query dataset's train split).")
+# Exit codes: 0 done; 1 an unexpected failure (a traceback); 2 a user error (one line); 3 done, but rows rejected.
+USER_ERROR, ROWS_REJECTED = 2, 3
 
 
 @app.callback()
@@ -24,7 +28,12 @@ def main_options(
     kb_split: Optional[str] = typer.Option(None, help="The split retrieval searches (default: train)."),
     runner: Optional[str] = typer.Option(None, help="threads, dask or ray."),
     runner_address: Optional[str] = typer.Option(None, help="Address of an existing Dask / Ray cluster."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of user errors too."),
 ) -> None:
+    from flows.errors import quiet_user_errors
+
+    if not debug:
+        quiet_user_errors()
     given = {"data_dir": data_dir, "lancedb_uri": lancedb_uri, "reports_dir": reports_dir, "encoder": encoder,
              "device": device, "k": k, "kb_split": kb_split,
              "runner": runner, "runner_address": runner_address}
@@ -37,6 +46,19 @@ def _run(ctx: typer.Context, flow, *args, **kwargs):
 
     overrides = ctx.obj or {}
     return flow.with_options(task_runner=task_runner(settings_from(overrides)))(*args, overrides=overrides, **kwargs)
+
+
+def _user_error_line(error: BaseException) -> str | None:
+    """The one line to print for a user error anywhere in the exception chain, else None."""
+    from ravlm_core.errors import UserError
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, UserError):
+            return str(error)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _emit(result, as_json: bool, human) -> None:
@@ -66,53 +88,70 @@ def demo(ctx: typer.Context, as_json: bool = JSON) -> None:
 def ingest(ctx: typer.Context, source: str = typer.Argument(..., help='"easy-vqa" or a folder of images.'),
            dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
            manifest: Optional[Path] = typer.Option(None, help="Manifest file (default: manifest.* in the folder)."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Count added / changed / re-annotated / removed "
+                                        "images without writing anything."),
+           keep_removed: bool = typer.Option(False, "--keep-removed", help="Mark images gone from the source as "
+                                             "removed instead of deleting their rows."),
            as_json: bool = JSON) -> None:
-    """Ingest images (+ captions, QA pairs) into Parquet shards and the `images` / `qa` tables."""
+    """Make a dataset say what its source says: new images, changed bytes, new annotations and removals.
+
+    Exits 3 when rows were rejected (listed with file, row and reason; the rest is ingested)."""
     from flows.ingest import ingest_flow
 
     name = dataset or (source if source == "easy-vqa" else Path(source).resolve().name)
-    result = _run(ctx, ingest_flow, source, name, str(manifest) if manifest else None)
+    result = _run(ctx, ingest_flow, source, name, str(manifest) if manifest else None, dry_run, keep_removed)
     _emit(result, as_json, _print_ingest)
+    if result["bad_rows"]:
+        raise typer.Exit(ROWS_REJECTED)
 
 
 @app.command()
-def embed(ctx: typer.Context, dataset: list[str] = typer.Option(None, help="Datasets to embed (default: all)."),
+def embed(ctx: typer.Context,
           retrain_encoder: bool = typer.Option(False, help="Retrain the built-in heads on everything ingested."),
           as_json: bool = JSON) -> None:
-    """Embed new images and texts with the encoder and refresh the indexes."""
+    """Embed every listed image and text the encoder's tables lack, and refresh the indexes."""
     from flows.embed import embed_flow
 
-    _emit(_run(ctx, embed_flow, dataset or None, retrain_encoder), as_json, _print_summary)
+    _emit(_run(ctx, embed_flow, retrain_encoder), as_json, _print_summary)
 
 
 @app.command()
-def vqa(ctx: typer.Context, dataset: str = typer.Option(...), split: str = "test",
+def vqa(ctx: typer.Context, dataset: str = typer.Option(..., help="The query set's dataset."),
+        split: str = typer.Option("test", help="The query set's split."), kb: Optional[list[str]] = KB,
+        questions: Optional[Path] = typer.Option(None, help="For an unlabeled query set: questions to ask of every "
+                                                 "image, one per line (or a .jsonl / .csv `question` column)."),
         variant: str = typer.Option("fusion", help="fusion, voting, or fusion-no-retrieval."),
         no_retrieval: bool = typer.Option(False, help="Shorthand for --variant fusion-no-retrieval."),
         as_json: bool = JSON) -> None:
-    """Retrieval-augmented VQA over every question of a dataset split, into `vqa_predictions`."""
+    """Retrieval-augmented VQA over every question of a query set, into `vqa_predictions`."""
     from flows.jobs import vqa_flow
 
-    result = _run(ctx, vqa_flow, dataset, split, "fusion-no-retrieval" if no_retrieval else variant)
+    result = _run(ctx, vqa_flow, dataset, split, "fusion-no-retrieval" if no_retrieval else variant, kb or None,
+                  str(questions) if questions else None)
     _emit(result, as_json, _print_summary)
 
 
 @app.command()
-def caption(ctx: typer.Context, dataset: str = typer.Option(...), split: str = "test",
+def caption(ctx: typer.Context, dataset: str = typer.Option(..., help="The query set's dataset."),
+            split: str = typer.Option("test", help="The query set's split."), kb: Optional[list[str]] = KB,
             variant: str = typer.Option("consensus", help="consensus (neighbours) or direct (no neighbours)."),
             as_json: bool = JSON) -> None:
-    """Retrieval-augmented captions for every image of a dataset split, into `caption_predictions`."""
+    """Retrieval-augmented captions for every image of a query set, into `caption_predictions`."""
     from flows.jobs import caption_flow
 
-    _emit(_run(ctx, caption_flow, dataset, split, variant), as_json, _print_summary)
+    _emit(_run(ctx, caption_flow, dataset, split, variant, kb or None), as_json, _print_summary)
 
 
 @app.command(name="eval")
-def evaluate(ctx: typer.Context, dataset: str = typer.Option(...), split: str = "test", as_json: bool = JSON) -> None:
+def evaluate(ctx: typer.Context, dataset: str = typer.Option(..., help="The query set's dataset."),
+             split: str = typer.Option("test", help="The query set's split."), kb: Optional[list[str]] = KB,
+             questions: Optional[Path] = typer.Option(None, help="Questions for an unlabeled query set (see vqa)."),
+             as_json: bool = JSON) -> None:
     """Metrics with and without retrieval, an HTML report, a Prefect artifact and an `eval_runs` row."""
     from flows.evaluate import eval_flow
 
-    _emit(_run(ctx, eval_flow, dataset, split), as_json, _print_eval)
+    _emit(_run(ctx, eval_flow, dataset, split, kb or None, str(questions) if questions else None), as_json,
+          _print_eval)
 
 
 @app.command()
@@ -129,11 +168,13 @@ def search(ctx: typer.Context, text: Optional[str] = typer.Argument(None, help="
 
 
 @app.command()
-def ask(ctx: typer.Context, image: Path, question: str, dataset: str = "easy-vqa", as_json: bool = JSON) -> None:
-    """Answer a question about an image, retrieving neighbours from a dataset's knowledge base."""
+def ask(ctx: typer.Context, image: Path, question: str, kb: Optional[list[str]] = typer.Option(
+        None, "--kb", help="Knowledge base: DATASET[:SPLIT], repeatable (default: easy-vqa:train)."),
+        as_json: bool = JSON) -> None:
+    """Answer a question about an image, retrieving neighbours from a knowledge base."""
     from flows.query import ask_flow
 
-    result = _run(ctx, ask_flow, str(image), question, dataset)
+    result = _run(ctx, ask_flow, str(image), question, kb or None)
     _emit(result, as_json, lambda r: (typer.echo(f"{r.get('answer', r['voting'])}"), _print_hits(r["neighbours"])))
 
 
@@ -165,11 +206,13 @@ def _print_hits(hits: list[dict]) -> None:
 
 
 def _print_ingest(result: dict) -> None:
-    typer.echo(f"{result['dataset']}: {result['images_seen']} images seen, {result['new_images']} new, "
-               f"{result['new_qa']} new QA pairs, {len(result['shards'])} shards written")
+    verb = "would be" if result["dry_run"] else "were"
+    typer.echo(f"{result['dataset']}: {result['images_seen']} images listed; {result['added']} added, "
+               f"{result['changed']} changed, {result['reannotated']} re-annotated, {result['removed']} removed, "
+               f"{result['unchanged']} unchanged; {result['new_images']} new image files {verb} stored")
     if result["bad_rows"]:
-        _table("skipped (fix and rerun: nothing already written is lost)", ["where", "why"],
-               [[b["ref"], b["reason"]] for b in result["bad_rows"]])
+        _table(f"{len(result['bad_rows'])} rows rejected (fix and rerun: nothing already written is lost)",
+               ["where", "why"], [[b["ref"], b["reason"]] for b in result["bad_rows"]])
 
 
 def _print_eval(result: dict) -> None:
@@ -190,7 +233,25 @@ def _print_eval(result: dict) -> None:
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a user error anywhere (even inside a flow run) ends as one line on stderr and exit code 2."""
+    import sys
+
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as error:  # noqa: BLE001 - the one place errors meet the user
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        line = _user_error_line(error)
+        if line is None or debug:
+            raise
+        typer.echo(f"error: {line}", err=True)
+        sys.exit(USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,25 @@
-"""Embed flow: resolve (or train) the encoder → embed every shard's new images → new texts → indexes."""
+"""Embed flow: resolve (or train) the encoder → embed every content shard's missing images → new texts → indexes."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows.common import datasets_of, settings_from, shards_of
+from flows.common import settings_from
+from ravlm_core.ingest import content_shards
 from tasks.embed import build_indexes, embed_shard, embed_texts, resolve_encoder
 
 
 @flow(name="embed")
-def embed_flow(datasets: list[str] | None = None, retrain_encoder: bool = False, overrides: dict | None = None) -> dict:
-    """Embed the given datasets (default: all ingested) with the configured encoder; only new rows do work."""
+def embed_flow(retrain_encoder: bool = False, overrides: dict | None = None) -> dict:
+    """Embed every listed image and text the configured encoder's tables lack; only new rows do work."""
     settings = settings_from(overrides)
     logger = get_run_logger()
     device = settings.torch_device()
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device, retrain_encoder)
-    shards = [s for d in (datasets or datasets_of(settings)) for s in shards_of(settings, d)]
-    logger.info("embedding %d shards with %s on %s", len(shards), encoder["model_tag"], device)
+    shards = content_shards(settings.parquet_dir)
+    logger.info("embedding %d content shards with %s on %s", len(shards), encoder["model_tag"], device)
     results = embed_shard.map(unmapped(settings.store_uri), unmapped(encoder["model_ref"]), shards,
                               unmapped(device), unmapped(settings.batch_size)).result()
-    texts = embed_texts(settings.store_uri, encoder["model_ref"], shards, device, settings.batch_size)
+    texts = embed_texts(settings.store_uri, encoder["model_ref"], device, settings.batch_size)
     indexes = build_indexes(settings.store_uri, encoder["model_tag"], encoder["question_tag"])
     return {
         **encoder,

@@ -1,32 +1,33 @@
-"""Ingest flow: scan a source → write new Parquet shards (in parallel) → load them into `images` and `qa`."""
+"""Ingest flow: scan + diff a source → write new content shards (in parallel) → register them → apply the plan."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
 from flows.common import settings_from
-from tasks.ingest import load_shard, scan_source, write_shard
+from tasks.ingest import apply_plan, load_shard, scan_source, write_shard
 
 
 @flow(name="ingest")
-def ingest_flow(source: str, dataset: str, manifest: str | None = None, overrides: dict | None = None) -> dict:
-    """Ingest `source` ("easy-vqa" or a folder with an optional manifest) as `dataset`; reruns add nothing."""
+def ingest_flow(source: str, dataset: str, manifest: str | None = None, dry_run: bool = False,
+                keep_removed: bool = False, overrides: dict | None = None) -> dict:
+    """Make `dataset` say what `source` ("easy-vqa" or a folder with an optional manifest) says now: added,
+    changed, re-annotated and removed listings; new bytes are stored and decoded once. Reruns change nothing."""
     settings = settings_from(overrides)
     logger = get_run_logger()
-    scan = scan_source(source, dataset, str(settings.staging_dir), settings.store_uri, settings.shard_size, manifest)
-    logger.info("%s: %d images (%d new) in %d new shards", dataset, scan["n_images"], scan["n_new"],
-                len(scan["shards"]))
-    written = write_shard.map(unmapped(scan["records_path"]), scan["shards"], unmapped(dataset),
-                              unmapped(str(settings.parquet_dir))).result()
-    shards = [w["path"] for w in written if w["path"]]
-    loaded = load_shard.map(unmapped(settings.store_uri), shards).result()
-    bad_rows = scan["bad_rows"] + [bad for w in written for bad in w["bad_rows"]]
+    scan = scan_source(source, dataset, str(settings.staging_dir), settings.store_uri, settings.shard_size,
+                       manifest, dry_run)
+    counts = {key: scan[key] for key in ("added", "changed", "reannotated", "removed", "unchanged")}
+    bad_rows = list(scan["bad_rows"])
+    if not dry_run:
+        written = write_shard.map(unmapped(scan["content_path"]), scan["shards"], unmapped(str(settings.parquet_dir)),
+                                  unmapped(settings.max_image_pixels)).result()
+        load_shard.map(unmapped(settings.store_uri), [w["path"] for w in written if w["path"]]).result()
+        bad_rows += [bad for w in written for bad in w["bad_rows"]]
+        if scan["plan_path"]:
+            applied = apply_plan(settings.store_uri, scan["plan_path"], keep_removed)
+            counts.update({key: applied[key] for key in ("added", "changed", "reannotated", "removed")})
     for bad in bad_rows:
         logger.warning("skipped %s: %s", bad["ref"], bad["reason"])
-    return {
-        "dataset": dataset,
-        "images_seen": scan["n_images"],
-        "new_images": sum(x["new_images"] for x in loaded),
-        "new_qa": sum(x["new_qa"] for x in loaded),
-        "shards": shards,
-        "bad_rows": bad_rows,
-    }
+    logger.info("%s: %s%s", dataset, ", ".join(f"{v} {k}" for k, v in counts.items()), " (dry run)" if dry_run else "")
+    return {"dataset": dataset, "images_seen": scan["images_seen"], **counts, "new_images": scan["new_content"],
+            "dry_run": dry_run, "bad_rows": [{"ref": b["ref"], "reason": b["reason"]} for b in bad_rows]}

@@ -15,9 +15,9 @@ EMBEDDED_DATASET = "easy-vqa"
 def demo_flow(overrides: dict | None = None) -> dict:
     """Ingest easy-VQA → train heads + embed + index → VQA + captions with / without retrieval → eval + report."""
     runner = task_runner(settings_from(overrides))
-    ingested = ingest_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, EMBEDDED_DATASET, None, overrides)
-    embedded = embed_flow.with_options(task_runner=runner)([EMBEDDED_DATASET], False, overrides)
-    evaluated = eval_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, "test", overrides)
+    ingested = ingest_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, EMBEDDED_DATASET, overrides=overrides)
+    embedded = embed_flow.with_options(task_runner=runner)(False, overrides)
+    evaluated = eval_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, "test", overrides=overrides)
     get_run_logger().info("report: %s", evaluated["report"])
     return {"ingest": ingested, "embed": embedded, "eval": evaluated}
 
@@ -27,15 +27,16 @@ def nightly_flow(sources: list[dict] | None = None, evaluate: bool = True, overr
     """Incremental re-index: ingest each source (only new images do work), embed what is new, refresh indexes,
     and evaluate each dataset's test split.
 
-    `sources`: [{"source": "easy-vqa" | folder, "dataset": name, "manifest": optional path}].
+    `sources`: [{"source": "easy-vqa" | folder, "dataset": name, "manifest": optional path,
+    "kb": optional ["DATASET[:SPLIT]", ...] to evaluate its test split against}].
     """
     sources = sources or [{"source": EMBEDDED_DATASET, "dataset": EMBEDDED_DATASET}]
     runner = task_runner(settings_from(overrides))
     ingested = [
-        ingest_flow.with_options(task_runner=runner)(s["source"], s["dataset"], s.get("manifest"), overrides)
+        ingest_flow.with_options(task_runner=runner)(s["source"], s["dataset"], s.get("manifest"), overrides=overrides)
         for s in sources
     ]
-    datasets = [s["dataset"] for s in sources]
-    embedded = embed_flow.with_options(task_runner=runner)(datasets, False, overrides)
-    evaluated = [eval_flow.with_options(task_runner=runner)(d, "test", overrides) for d in datasets] if evaluate else []
+    embedded = embed_flow.with_options(task_runner=runner)(False, overrides)
+    evaluated = [eval_flow.with_options(task_runner=runner)(s["dataset"], "test", s.get("kb"), overrides=overrides)
+                 for s in sources] if evaluate else []
     return {"ingest": ingested, "embed": embedded, "eval": evaluated}

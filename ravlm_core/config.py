@@ -24,8 +24,17 @@ class Settings(BaseSettings):
     encoder: str = "builtin"
     # Neighbours retrieved per item for the retrieval-augmented jobs.
     k: int = 16
-    # Which split of a dataset is the knowledge base that retrieval searches.
+    # The split a knowledge base named without one (`--kb DATASET`, or the query dataset by default) stands for.
     kb_split: str = "train"
+    # Below this cosine to the closest knowledge-base question, a query question counts as new and retrieval
+    # falls back to plain image neighbours (benchmarks/near_duplicates.py and the README say how it was chosen).
+    question_match_min: float = 0.9
+    # Leakage guard: a query never retrieves its own bytes (under any name) nor knowledge-base images at
+    # `near_duplicate` image-vector cosine or above (re-encodes, resizes, small edits); false switches it off.
+    leakage_guard: bool = True
+    near_duplicate: float = 0.98
+    # Images over this many pixels are rejected at ingest as likely decompression bombs.
+    max_image_pixels: int = 64_000_000
     seed: int = 0
     # The default is local and server-less; "ray" / "dask" use prefect-ray / prefect-dask.
     runner: str = "threads"

@@ -1,8 +1,7 @@
-"""Embedding: each Parquet shard's new images (read → encode in batches → upsert), then all shards' new texts."""
+"""Embedding: each content shard's images that listings use and vectors lack (read → encode → upsert), then texts."""
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -16,11 +15,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ravlm_core.store import Store, image_vectors_table, question_vectors_table, text_vectors_table, vector_schema
+from ravlm_core.imaging import decode_image
+from ravlm_core.membership import memberships_of
+from ravlm_core.store import (ACTIVE, IMAGES, MEMBERSHIPS, QA, Store, image_vectors_table, in_list, question_vectors_table,
+                              text_vectors_table, vector_schema)
 
 log = logging.getLogger(__name__)
 
-IMAGE_FILTER_COLUMNS = [("dataset", pa.string()), ("split", pa.string())]
 TEXT_COLUMNS = [("text", pa.string())]
 # Rows per LanceDB commit: each commit is a table version and a fragment, so committing every small encode batch
 # would leave thousands of tiny fragments; a crash loses at most this many rows of work.
@@ -49,25 +50,23 @@ class TextEmbedResult:
     write_s: float
 
 
-def shard_texts(shard_path: str) -> tuple[list[str], list[str]]:
-    """Distinct captions and distinct questions of one shard, each in first-seen order."""
-    table = pq.read_table(shard_path, columns=["caption", "qa"])
-    captions = [c for c in table.column("caption").to_pylist() if c]
-    questions = [p["question"] for pairs in table.column("qa").to_pylist() for p in pairs or []]
-    return list(dict.fromkeys(captions)), list(dict.fromkeys(questions))
+def listed_texts(store: Store, datasets: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Distinct captions and distinct questions of the listed images (of `datasets`, or all), sorted."""
+    where = ACTIVE if not datasets else f"{ACTIVE} AND {in_list('dataset', datasets)}"
+    captions = store.read(IMAGES, columns=["caption"], where=f"{where} AND caption IS NOT NULL")
+    questions = store.read(QA, columns=["question"], where=where)
+    as_list = lambda table, column: table.column(column).to_pylist() if table.num_rows else []  # noqa: E731
+    return sorted(set(as_list(captions, "caption"))), sorted(set(as_list(questions, "question")))
 
 
-def _image_batches(shard_path: str, image_ids: set[str], batch_size: int) -> Iterator[tuple[pa.Table, list[Image.Image]]]:
-    """Reader: the shard's rows whose id is in `image_ids`, decoded, `batch_size` at a time."""
-    columns = ["image_id", "dataset", "split", "image"]
-    for batch in pq.ParquetFile(shard_path).iter_batches(batch_size=batch_size, columns=columns):
-        rows = pa.Table.from_batches([batch])
-        keep = [i for i, image_id in enumerate(rows.column("image_id").to_pylist()) if image_id in image_ids]
-        if not keep:
-            continue
-        rows = rows.take(keep)
-        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in rows.column("image").to_pylist()]
-        yield rows.drop_columns(["image"]), images
+def _image_batches(shard_path: str, image_ids: set[str], batch_size: int) -> Iterator[tuple[list[str], list[Image.Image]]]:
+    """Reader: the shard's images whose id is in `image_ids`, normalised as the thumbnails, `batch_size` at a time."""
+    for batch in pq.ParquetFile(shard_path).iter_batches(batch_size=batch_size, columns=["image_id", "image"]):
+        ids = batch.column(0).to_pylist()
+        keep = [i for i, image_id in enumerate(ids) if image_id in image_ids]
+        if keep:
+            blobs = batch.column(1)
+            yield [ids[i] for i in keep], [decode_image(blobs[i].as_py()).image for i in keep]
 
 
 def _vector_rows(keys: dict[str, list], vectors: np.ndarray, model_tag: str, schema: pa.Schema) -> pa.Table:
@@ -80,17 +79,19 @@ def _vector_rows(keys: dict[str, list], vectors: np.ndarray, model_tag: str, sch
 
 
 def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) -> EmbedResult:
-    """Embed the images of one shard that `encoder.tag`'s image table does not hold yet.
+    """Embed the images of one content shard that some dataset lists and `encoder.tag`'s image table lacks.
 
     Idempotent: ids already stored are skipped, so a rerun (or a crash, then a rerun) does only the missing work.
-    Image vectors are committed every WRITE_ROWS rows, so an interrupted shard keeps what it finished.
+    Image vectors are committed every WRITE_ROWS rows, so an interrupted shard keeps what it finished. Each row
+    carries the "dataset:split" sets listing its image (kept true by ingest afterwards).
     """
     image_table = image_vectors_table(encoder.tag)
-    image_schema = vector_schema(encoder.dim, "image_id", IMAGE_FILTER_COLUMNS)
+    image_schema = vector_schema(encoder.dim, "image_id", MEMBERSHIPS)
     timings = {"read": 0.0, "encode": 0.0, "write": 0.0}
 
     shard_ids = pq.read_table(shard_path, columns=["image_id"]).column("image_id").to_pylist()
-    missing_images = set(shard_ids) - store.existing_ids(image_table, "image_id", shard_ids)
+    labels = memberships_of(store, shard_ids)  # images no dataset lists any more are not embedded
+    missing_images = set(labels) - store.existing_ids(image_table, "image_id", shard_ids)
     new_images = 0
     pending: list[pa.Table] = []
 
@@ -103,13 +104,13 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) ->
 
     bar = tqdm(total=len(missing_images), desc=f"embed {Path(shard_path).name}", unit="img", mininterval=5)
     tick = time.perf_counter()
-    for rows, images in _image_batches(shard_path, missing_images, batch_size):
+    for ids, images in _image_batches(shard_path, missing_images, batch_size):
         bar.update(len(images))
         timings["read"] += time.perf_counter() - tick
         tick = time.perf_counter()
         vectors = encoder.embed_images(images)
         timings["encode"] += time.perf_counter() - tick
-        keys = {name: rows.column(name).to_pylist() for name in ("image_id", "dataset", "split")}
+        keys = {"image_id": ids, "memberships": [labels[i] for i in ids]}
         pending.append(_vector_rows(keys, vectors, encoder.tag, image_schema))
         if sum(t.num_rows for t in pending) >= WRITE_ROWS:
             new_images += flush()
@@ -122,21 +123,18 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) ->
     return EmbedResult(shard_path, new_images, timings["read"], timings["encode"], timings["write"])
 
 
-def embed_texts(store: Store, encoder, shard_paths: list[str], batch_size: int = 256,
-                question_encoder=None) -> TextEmbedResult:
-    """Embed the distinct captions and questions of `shard_paths` that the text tables lack.
+def embed_texts(store: Store, encoder, datasets: list[str] | None = None, batch_size: int = 256,
+                question_encoder=None, extra_questions: list[str] = ()) -> TextEmbedResult:
+    """Embed the distinct captions and questions of the listed images (of `datasets`) that the text tables lack.
 
-    One call for all shards, after their images: the same question is asked of images in many shards, and two
-    shard tasks upserting the same new text at once would each insert it (LanceDB merges do not conflict on
+    One call for all datasets, after the images: the same question is asked of images in many shards, and two
+    tasks upserting the same new text at once would each insert it (LanceDB merges do not conflict on
     concurrent inserts of one key). Captions and questions go to the shared space (text search, caption
     transfer); questions also go to the question encoder's space, where negations stay apart.
+    `extra_questions` (e.g. from `--questions FILE`) are embedded beside them.
     """
-    captions, questions = [], []
-    for path in shard_paths:
-        shard_captions, shard_questions = shard_texts(path)
-        captions += shard_captions
-        questions += shard_questions
-    captions, questions = list(dict.fromkeys(captions)), list(dict.fromkeys(questions))
+    captions, questions = listed_texts(store, datasets)
+    questions = list(dict.fromkeys([*questions, *extra_questions]))
     timings = {"encode": 0.0, "write": 0.0}
     new_texts = _embed_new_texts(store, encoder, text_vectors_table(encoder.tag),
                                  list(dict.fromkeys(captions + questions)), batch_size, timings)

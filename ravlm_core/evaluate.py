@@ -10,9 +10,9 @@ import pyarrow as pa
 from ravlm_core.embed import text_id
 from ravlm_core.metrics import caption_metrics, retrieval_metrics, vqa_metrics
 from ravlm_core.report import Example
-from ravlm_core.retrieve import kb_filter, search, vectors_by_id
-from ravlm_core.store import (CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
-                              sql_quote, text_vectors_table)
+from ravlm_core.retrieve import kb_filter, search, sets_filter, vector_sets_filter, vectors_by_id
+from ravlm_core.store import (ACTIVE, CAPTION_PREDICTIONS, CONTENTS, EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS, Store,
+                              image_vectors_table, in_list, sql_quote, text_vectors_table)
 
 EVAL_RUNS_SCHEMA = pa.schema(
     [
@@ -34,15 +34,25 @@ def _job_rows(store: Store, table: str, job: str, columns: list[str]) -> dict[st
 
 
 def vqa_job_metrics(store: Store, job: str) -> dict:
-    rows = _job_rows(store, VQA_PREDICTIONS, job, ["answer", "prediction", "question_type"])
-    types = [t or "unknown" for t in rows["question_type"]]
-    return vqa_metrics(rows["answer"], rows["prediction"], types)
+    """Metrics over the job's items that have a ground-truth answer; an unlabeled query set says so instead."""
+    rows = _job_rows(store, VQA_PREDICTIONS, job, ["answer", "prediction", "question_type", "near_duplicates"])
+    labelled = [i for i, a in enumerate(rows["answer"]) if a is not None]
+    leakage = {"items": len(rows["answer"]), "near_duplicate_items": sum(n > 0 for n in rows["near_duplicates"])}
+    if not labelled:
+        return {"evaluated": False, "reason": "no ground-truth answers in the query set", **leakage}
+    types = [rows["question_type"][i] or "unknown" for i in labelled]
+    metrics = vqa_metrics([rows["answer"][i] for i in labelled], [rows["prediction"][i] for i in labelled], types)
+    return {**metrics, **leakage, "evaluated_items": len(labelled)}
 
 
 def caption_job_metrics(store: Store, job: str) -> dict:
-    rows = _job_rows(store, CAPTION_PREDICTIONS, job, ["prediction", "reference"])
+    rows = _job_rows(store, CAPTION_PREDICTIONS, job, ["prediction", "reference", "near_duplicates"])
     pairs = [(p, r) for p, r in zip(rows["prediction"], rows["reference"]) if r]
-    return caption_metrics([p for p, _ in pairs], [[r] for _, r in pairs])
+    leakage = {"items": len(rows["prediction"]), "near_duplicate_items": sum(n > 0 for n in rows["near_duplicates"])}
+    if not pairs:
+        return {"evaluated": False, "reason": "no ground-truth captions in the query set", **leakage}
+    return {**caption_metrics([p for p, _ in pairs], [[r] for _, r in pairs]), **leakage,
+            "evaluated_items": len(pairs)}
 
 
 def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str) -> dict | None:
@@ -60,7 +70,7 @@ def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str
         return None
     queries = sorted(relevant)
     vectors = vectors_by_id(store, text_vectors_table(model_tag), [text_id(q) for q in queries], "text_id")
-    hits = search(store, image_vectors_table(model_tag), vectors, 10, where=kb_filter(dataset, split))
+    hits = search(store, image_vectors_table(model_tag), vectors, 10, where=vector_sets_filter([(dataset, split)]))
     return retrieval_metrics(hits.ids, [relevant[q] for q in queries], ks=(1, 5, 10))
 
 
@@ -89,9 +99,11 @@ def vqa_examples(store: Store, job: str, baseline_job: str | None, n: int = 12) 
 def _thumbnails(store: Store, image_ids: set[str]) -> dict[str, tuple[bytes, str | None]]:
     if not image_ids:
         return {}
-    where = f"image_id IN ({', '.join(sql_quote(i) for i in sorted(image_ids))})"
-    rows = store.read(IMAGES, columns=["image_id", "thumbnail", "caption"], where=where)
-    return {i: (t, c) for i, t, c in zip(*(rows.column(x).to_pylist() for x in ("image_id", "thumbnail", "caption")))}
+    where = in_list("image_id", sorted(image_ids))
+    thumbs = store.read(CONTENTS, columns=["image_id", "thumbnail"], where=where)
+    captions = store.read(IMAGES, columns=["image_id", "caption"], where=f"{where} AND {ACTIVE}")
+    caption_of = dict(zip(*(captions.column(x).to_pylist() for x in ("image_id", "caption")))) if captions.num_rows else {}
+    return {i: (t, caption_of.get(i)) for i, t in zip(*(thumbs.column(x).to_pylist() for x in ("image_id", "thumbnail")))}
 
 
 def record_eval_run(store: Store, run_id: str, dataset: str, split: str, results: dict, config: dict,
@@ -102,13 +114,14 @@ def record_eval_run(store: Store, run_id: str, dataset: str, split: str, results
     store.upsert(EVAL_RUNS, pa.Table.from_pydict(row, schema=EVAL_RUNS_SCHEMA), "run_id")
 
 
-def split_contents(store: Store, dataset: str, split: str, kb_split: str) -> dict[str, bool]:
-    """Which evaluations make sense: QA pairs in both the split and the KB; captions in both."""
-    def count(table: str, split_name: str, extra: str = "") -> int:
-        return store.count(table, kb_filter(dataset, split_name) + extra)
+def split_contents(store: Store, dataset: str, split: str, kb: list[tuple[str, str]]) -> dict[str, bool]:
+    """Which jobs make sense: questions in the query set and answers in the KB; captions in the KB.
 
+    The query set itself may be unlabeled: its jobs still run, and the metrics say what could not be scored.
+    """
+    kb_where = sets_filter(kb)
     return {
-        "qa": count(QA, split) > 0 and count(QA, kb_split) > 0,
-        "captions": count(IMAGES, split, " AND caption IS NOT NULL") > 0
-        and count(IMAGES, kb_split, " AND caption IS NOT NULL") > 0,
+        "qa": store.count(QA, kb_filter(dataset, split)) > 0 and store.count(QA, f"{kb_where} AND answer IS NOT NULL") > 0,
+        "captions": store.count(IMAGES, kb_filter(dataset, split)) > 0
+        and store.count(IMAGES, f"{kb_where} AND caption IS NOT NULL") > 0,
     }

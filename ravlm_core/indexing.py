@@ -3,28 +3,31 @@ from __future__ import annotations
 
 import logging
 
-from ravlm_core.store import IMAGES, QA, Store, image_vectors_table, question_vectors_table, text_vectors_table
+from ravlm_core.store import CONTENTS, IMAGES, QA, Store, image_vectors_table, question_vectors_table, text_vectors_table
 
 log = logging.getLogger(__name__)
 
 # Below this many rows an exact scan is fast and exact; an ANN index only costs recall.
 MIN_ROWS_FOR_ANN = 10_000
 
-# table -> (full-text columns, bitmap columns for low-cardinality filters, btree columns for ids)
+# table -> (full-text columns, {index kind: scalar columns}); BITMAP for low-cardinality filters, BTREE for ids,
+# LABEL_LIST for the "dataset:split" lists that knowledge-base prefilters test with array_has_any.
 SCALAR_PLAN = {
-    IMAGES: (["caption"], ["dataset", "split"], ["image_id"]),
-    QA: (["question"], ["dataset", "split", "answer", "question_type"], ["image_id", "qa_id"]),
+    IMAGES: (["caption"], {"BITMAP": ["dataset", "split"], "BTREE": ["image_id", "member_id"]}),
+    QA: (["question"], {"BITMAP": ["dataset", "split", "answer", "question_type"],
+                        "BTREE": ["image_id", "member_id", "qa_id"]}),
+    CONTENTS: ([], {"BTREE": ["image_id"]}),
 }
 
 
-def _plan(model_tag: str, question_tag: str | None) -> dict[str, tuple[list[str], list[str], list[str]]]:
+def _plan(model_tag: str, question_tag: str | None) -> dict[str, tuple[list[str], dict[str, list[str]]]]:
     plan = {
         **SCALAR_PLAN,
-        image_vectors_table(model_tag): ([], ["dataset", "split"], ["image_id"]),
-        text_vectors_table(model_tag): (["text"], [], ["text_id"]),
+        image_vectors_table(model_tag): ([], {"LABEL_LIST": ["memberships"], "BTREE": ["image_id"]}),
+        text_vectors_table(model_tag): (["text"], {"BTREE": ["text_id"]}),
     }
     if question_tag:
-        plan[question_vectors_table(question_tag)] = (["text"], [], ["text_id"])
+        plan[question_vectors_table(question_tag)] = (["text"], {"BTREE": ["text_id"]})
     return plan
 
 
@@ -37,7 +40,7 @@ def build_indexes(store: Store, model_tag: str, question_tag: str | None = None,
     Returns the indexed columns per table.
     """
     built: dict[str, list[str]] = {}
-    for name, (fts, bitmap, btree) in _plan(model_tag, question_tag).items():
+    for name, (fts, scalar) in _plan(model_tag, question_tag).items():
         if not store.has(name) or store.count(name) == 0:
             continue
         table = store.table(name)
@@ -45,7 +48,7 @@ def build_indexes(store: Store, model_tag: str, question_tag: str | None = None,
         for column in fts:
             if (column,) not in existing:
                 table.create_fts_index(column, replace=True)
-        for kind, columns in (("BITMAP", bitmap), ("BTREE", btree)):
+        for kind, columns in scalar.items():
             for column in columns:
                 if (column,) not in existing:
                     table.create_scalar_index(column, index_type=kind, replace=True)

@@ -1,64 +1,90 @@
-"""Ingest: source → de-duplicated staging records → validated Parquet shards → LanceDB `images` and `qa` tables."""
+"""Ingest: diff a source against the store → content shards for new bytes → memberships applied to the tables.
+
+scan_source reads the source, hashes every file and plans the change (added, changed, re-annotated, removed
+listings; image contents never stored before). write_shard decodes new contents into content-named Parquet
+shards, load_shard registers them in `contents`, and membership.apply_plan makes `images`, `qa`, the vector
+labels and the prediction tables say what the source now says. Every step is idempotent: a rerun after a crash
+plans only what is still missing.
+"""
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import logging
 import os
 import re
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ravlm_core.sources import BadRow, QAPair, SourceRecord, open_source
-from ravlm_core.store import IMAGES, IMAGES_SCHEMA, QA, QA_SCHEMA, Store
+from ravlm_core.errors import UserError
+from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, thumbnail_jpeg
+from ravlm_core.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
+                                   member_id_of)
+from ravlm_core.sources import BadRow, SourceRecord, open_source
+from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, sql_quote
 
 log = logging.getLogger(__name__)
 
 QA_TYPE = pa.list_(pa.struct([("question", pa.string()), ("answer", pa.string()), ("question_type", pa.string())]))
-STAGING_SCHEMA = pa.schema(
-    [("image_id", pa.string()), ("path", pa.string()), ("ref", pa.string()), ("split", pa.string()),
-     ("caption", pa.string()), ("qa", QA_TYPE), ("shard", pa.string())]
+CONTENT_PLAN_SCHEMA = pa.schema(
+    [("image_id", pa.string()), ("path", pa.string()), ("ref", pa.string()), ("shard", pa.string())]
+)
+MEMBER_PLAN_SCHEMA = pa.schema(
+    [("member_id", pa.string()), ("image_id", pa.string()), ("old_image_id", pa.string()), ("change", pa.string()),
+     ("dataset", pa.string()), ("split", pa.string()), ("path", pa.string()), ("uri", pa.string()),
+     ("caption", pa.string()), ("extra", pa.string()), ("annotation", pa.string()), ("qa", QA_TYPE)]
 )
 SHARD_SCHEMA = pa.schema(
-    [("image_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()), ("uri", pa.string()),
-     ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()), ("caption", pa.string()),
-     ("image", pa.binary()), ("thumbnail", pa.binary()), ("qa", QA_TYPE)]
+    [("image_id", pa.string()), ("image", pa.binary()),
+     *(f for f in CONTENTS_SCHEMA if f.name not in ("image_id", "shard"))]
 )
 THUMBNAIL_SIDE = 128
 # Rows per Parquet row group while writing a shard: bounds memory to this many images' bytes.
 WRITE_BATCH_ROWS = 64
-# Dataset names become folder names; keep them to one safe path component.
+# Dataset names become folder and label names; keep them to one safe path component.
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 FIX_FILE = "fix or remove the file and rerun"
+CONTENT_DIR = "content"
 
 
 @dataclass
 class ScanResult:
-    records_path: str  # "" when there is nothing new to stage
+    dataset: str
+    plan_path: str  # planned membership changes ("" when the store already says what the source says)
+    content_path: str  # new image contents to write into shards ("" when none)
     shards: list[str]
-    n_images: int  # distinct images (by content) whose files could be read
-    n_new: int  # of which the store does not hold yet
-    n_qa: int  # QA pairs of the new images
-    bad_rows: list[BadRow]
+    images_seen: int  # listings whose file could be read
+    added: int
+    changed: int  # new bytes at a known path
+    reannotated: int  # same bytes, new split / caption / QA / extra columns
+    removed: int  # listings gone from the source
+    unchanged: int
+    new_content: int  # distinct image contents the store has never held
+    bad_rows: list[BadRow] = field(default_factory=list)
 
 
 @dataclass
 class ShardResult:
     path: str
     n_images: int
-    n_qa: int
     bad_rows: list[BadRow]
 
 
 @dataclass
-class LoadResult:
-    shard: str
-    new_images: int
-    new_qa: int
+class IngestSummary:
+    dataset: str
+    images_seen: int
+    added: int
+    changed: int
+    reannotated: int
+    removed: int
+    unchanged: int
+    new_content: int
+    bad_rows: list[BadRow]
+    dry_run: bool = False
 
 
 def image_id_of(path: Path) -> str:
@@ -67,185 +93,195 @@ def image_id_of(path: Path) -> str:
         return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
-def scan_source(
-    source: str, dataset: str, staging_dir: Path, known_ids: set[str], shard_size: int, manifest: Path | None = None
-) -> ScanResult:
-    """Hash and de-duplicate a source's images and plan content-named shards for the ones not in `known_ids`.
+def check_dataset_name(dataset: str) -> None:
+    if not DATASET_NAME.fullmatch(dataset):
+        raise UserError(f"dataset name {dataset!r} must be letters, digits, '_', '.' or '-' (not starting with . _ -)")
+
+
+def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shard_size: int,
+                manifest: Path | None = None, dry_run: bool = False) -> ScanResult:
+    """Read and hash a source, diff it against `dataset`'s stored listings, and plan the change.
 
     Args:
         source: "easy-vqa" or a folder (see `sources.open_source`).
         dataset: the dataset name (one path component: letters, digits, `_ . -`).
-        staging_dir: where `<dataset>/records-<hash>.parquet` is written (paths and QA, no image bytes).
-        known_ids: image ids already ingested; they are skipped, so a rerun plans nothing.
-        shard_size: most images per shard (shards never mix splits).
+        staging_dir: where the plan files are written (`<dataset>/plan-<hash>.parquet`, no image bytes).
+        store: the store to diff against (read only).
+        shard_size: most new image contents per shard.
         manifest: an explicit manifest for a folder source.
+        dry_run: count the change without writing anything.
     Returns:
-        The staging file, the new shard names and counts; unreadable files are in `bad_rows`.
+        Counts of each kind of change, the plan files and the new content shards to write.
     Raises:
-        ValueError: bad dataset name or shard size; `open_source`'s errors for unusable sources.
+        UserError: bad dataset name or shard size, unusable source or manifest (`sources.ManifestError`).
     """
-    if not DATASET_NAME.fullmatch(dataset):
-        raise ValueError(f"dataset name {dataset!r} must be letters, digits, '_', '.' or '-' (not starting with . _ -)")
+    check_dataset_name(dataset)
     if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        raise UserError(f"shard_size must be at least 1, got {shard_size}")
     records, bad_rows = open_source(source, manifest)
-    unique, unreadable = _hash_and_merge(records)
-    new = {image_id: record for image_id, record in unique.items() if image_id not in known_ids}
-    shard_of = _assign_shards(new, shard_size)
-    records_path = _write_staging(new, shard_of, staging_dir / dataset) if new else ""
-    result = ScanResult(
-        records_path, sorted(set(shard_of.values())), len(unique), len(new),
-        sum(len(record.qa) for record in new.values()), bad_rows + unreadable,
-    )
-    log.info("%s: %d images, %d new in %d shards, %d bad rows", dataset, result.n_images, result.n_new,
-             len(result.shards), len(result.bad_rows))
+    listed, unreadable = _hash(records)
+    stored = _stored_members(store, dataset)
+    # A listing whose row or file is broken right now is still listed: it is reported, not removed.
+    present = {member_id_of(dataset, r.relpath) for r in records} | {
+        member_id_of(dataset, b.relpath) for b in bad_rows if b.relpath}
+    plan = [_plan_row(dataset, record, image_id, stored.get(member_id_of(dataset, record.relpath)))
+            for record, image_id in listed]
+    plan = [row for row in plan if row["change"]]
+    plan += [{"member_id": member_id, "image_id": "", "old_image_id": old["image_id"], "change": REMOVED,
+              "dataset": dataset} for member_id, old in stored.items() if member_id not in present and old["active"]]
+    known = _known_contents(store, {row["image_id"] for row in plan if row["change"] in (ADDED, CHANGED)})
+    new_content = _new_content(listed, plan, known)
+    shard_of = _assign_shards(new_content, shard_size)
+    counts = {change: sum(row["change"] == change for row in plan) for change in (ADDED, CHANGED, REANNOTATED, REMOVED)}
+    result = ScanResult(dataset, "", "", sorted(set(shard_of.values())), len(listed), counts[ADDED], counts[CHANGED],
+                        counts[REANNOTATED], counts[REMOVED], len(listed) - counts[ADDED] - counts[CHANGED]
+                        - counts[REANNOTATED], len(new_content), bad_rows + unreadable)
+    if not dry_run and plan:
+        folder = staging_dir / dataset
+        digest = _digest([f"{r['member_id']}:{r['image_id']}:{r.get('annotation')}" for r in plan])
+        result.plan_path = str(folder / f"plan-{digest}.parquet")
+        _write_parquet_atomically(Path(result.plan_path), MEMBER_PLAN_SCHEMA,
+                                  [pa.Table.from_pylist(plan, MEMBER_PLAN_SCHEMA)])
+        if new_content:
+            rows = [{"image_id": i, "path": str(r.path), "ref": r.ref, "shard": shard_of[i]}
+                    for i, r in sorted(new_content.items(), key=lambda item: (shard_of[item[0]], item[0]))]
+            result.content_path = str(folder / f"content-{digest}.parquet")
+            _write_parquet_atomically(Path(result.content_path), CONTENT_PLAN_SCHEMA,
+                                      [pa.Table.from_pylist(rows, CONTENT_PLAN_SCHEMA)])
+    log.info("%s: %d listed; %d added, %d changed, %d re-annotated, %d removed, %d unchanged; %d new images in %d "
+             "shards; %d bad rows", dataset, result.images_seen, result.added, result.changed, result.reannotated,
+             result.removed, result.unchanged, result.new_content, len(result.shards), len(result.bad_rows))
     return result
 
 
-def _hash_and_merge(records: list[SourceRecord]) -> tuple[dict[str, SourceRecord], list[BadRow]]:
-    """Records keyed by image id; the same bytes listed twice become one record with the QA pairs of both."""
-    unique: dict[str, SourceRecord] = {}
-    bad: list[BadRow] = []
+def _hash(records: list[SourceRecord]) -> tuple[list[tuple[SourceRecord, str]], list[BadRow]]:
+    listed, bad = [], []
     for record in records:
         try:
-            image_id = image_id_of(record.path)
+            listed.append((record, image_id_of(record.path)))
         except OSError as err:
-            bad.append(BadRow(record.ref, f"cannot read {record.path} ({err.strerror or err}): {FIX_FILE}"))
-            continue
-        kept = unique.setdefault(image_id, SourceRecord(record.ref, record.path, record.split, None, []))
-        if kept.split != record.split:
-            log.warning("%s and %s are the same image in splits %s and %s: keeping it in %s",
-                        kept.ref, record.ref, kept.split, record.split, kept.split)
-        kept.caption = kept.caption or record.caption
-        kept.qa = _distinct_qa(kept.qa + record.qa)
-    log.info("%d records, %d distinct images", len(records) - len(bad), len(unique))
-    return unique, bad
+            bad.append(BadRow(record.ref, f"cannot read {record.path} ({err.strerror or err}): {FIX_FILE}",
+                              record.relpath))
+    return listed, bad
 
 
-def _distinct_qa(pairs: list[QAPair]) -> list[QAPair]:
-    """First pair per (question, answer): the `qa` table's key, so a second one could only overwrite it."""
-    first: dict[tuple[str, str], QAPair] = {}
+def _stored_members(store: Store, dataset: str) -> dict[str, dict]:
+    """member id -> {image_id, annotation, active} of the dataset's stored listings (removed ones included)."""
+    if not store.has(IMAGES):
+        return {}
+    rows = store.read(IMAGES, columns=["member_id", "image_id", "annotation", "removed_at"],
+                      where=f"dataset = {sql_quote(dataset)}")
+    return {r["member_id"]: {"image_id": r["image_id"], "annotation": r["annotation"],
+                             "active": r["removed_at"] is None} for r in rows.to_pylist()}
+
+
+def _plan_row(dataset: str, record: SourceRecord, image_id: str, stored: dict | None) -> dict:
+    qa = [vars(pair) for pair in _distinct_qa(record.qa)]
+    extra = json.dumps(record.extra, sort_keys=True) if record.extra else None
+    annotation = annotation_of(record.split, record.caption, record.extra, qa)
+    if stored is None or not stored["active"]:
+        change = ADDED
+    elif stored["image_id"] != image_id:
+        change = CHANGED
+    elif stored["annotation"] != annotation:
+        change = REANNOTATED
+    else:
+        change = ""
+    return {"member_id": member_id_of(dataset, record.relpath), "image_id": image_id,
+            "old_image_id": stored["image_id"] if stored and change == CHANGED else None, "change": change,
+            "dataset": dataset, "split": record.split, "path": record.relpath, "uri": str(record.path),
+            "caption": record.caption, "extra": extra, "annotation": annotation, "qa": qa}
+
+
+def _distinct_qa(pairs):
+    """First pair per (question, answer): a listing asked the same thing twice has one QA row."""
+    first = {}
     for pair in pairs:
         first.setdefault((pair.question, pair.answer), pair)
     return list(first.values())
 
 
+def _known_contents(store: Store, image_ids: set[str]) -> set[str]:
+    return store.existing_ids(CONTENTS, "image_id", image_ids) if image_ids else set()
+
+
+def _new_content(listed, plan, known: set[str]) -> dict[str, SourceRecord]:
+    """image id -> a record to read its bytes from, for contents the plan needs and the store lacks."""
+    needed = {row["image_id"] for row in plan if row["change"] in (ADDED, CHANGED)} - known
+    new: dict[str, SourceRecord] = {}
+    for record, image_id in listed:
+        if image_id in needed:
+            new.setdefault(image_id, record)
+    return new
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.blake2b("\n".join(sorted(parts)).encode()).hexdigest()[:12]
+
+
 def _assign_shards(records: dict[str, SourceRecord], shard_size: int) -> dict[str, str]:
-    """image id -> shard name. Ids are sorted before chunking, so the names depend only on the set of new ids,
-    and removing whole loaded shards (a rerun after a crash) leaves the other shards' names unchanged."""
-    by_split: dict[str, list[str]] = {}
-    for image_id, record in records.items():
-        by_split.setdefault(record.split, []).append(image_id)
+    """image id -> shard name. Ids are sorted before chunking, so the names depend only on the set of new ids."""
+    ids = sorted(records)
     shard_of = {}
-    for split, ids in by_split.items():
-        ids.sort()
-        for start in range(0, len(ids), shard_size):
-            chunk = ids[start : start + shard_size]
-            digest = hashlib.blake2b("\n".join(chunk).encode()).hexdigest()[:12]
-            shard_of.update(dict.fromkeys(chunk, f"{split}-{digest}"))
+    for start in range(0, len(ids), shard_size):
+        chunk = ids[start : start + shard_size]
+        shard_of.update(dict.fromkeys(chunk, f"images-{_digest(chunk)}"))
     return shard_of
 
 
-def _write_staging(records: dict[str, SourceRecord], shard_of: dict[str, str], folder: Path) -> str:
-    ids = sorted(records, key=lambda image_id: (shard_of[image_id], image_id))
-    rows = [
-        {"image_id": image_id, "path": str(records[image_id].path), "ref": records[image_id].ref,
-         "split": records[image_id].split, "caption": records[image_id].caption,
-         "qa": [vars(pair) for pair in records[image_id].qa], "shard": shard_of[image_id]}
-        for image_id in ids
-    ]
-    digest = hashlib.blake2b("\n".join(sorted(set(shard_of.values()))).encode()).hexdigest()[:12]
-    path = folder / f"records-{digest}.parquet"
-    _write_parquet_atomically(path, STAGING_SCHEMA, [pa.Table.from_pylist(rows, STAGING_SCHEMA)])
-    return str(path)
+def write_shard(content_path: str, shard: str, parquet_dir: Path,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ShardResult:
+    """Validate, decode and store one shard of new image contents as `parquet_dir/content/<shard>.parquet`.
 
-
-def write_shard(records_path: str, shard: str, dataset: str, parquet_dir: Path) -> ShardResult:
-    """Validate and encode one shard's images into `parquet_dir/<dataset>/<shard>.parquet` (atomically).
-
-    Args:
-        records_path: the staging file from `scan_source`.
-        shard: one of its shard names.
-        dataset: the dataset name.
-        parquet_dir: root of the Parquet shards.
     Returns:
-        The shard path and counts; images that fail validation are left out and listed in `bad_rows`. When none
+        The shard path and count; images that fail validation are left out and listed in `bad_rows`. When none
         is left, no shard is written and the path is "".
     Raises:
-        ValueError: `shard` has no rows in `records_path`.
+        ValueError: `shard` has no rows in `content_path`.
     """
-    rows = pq.read_table(records_path, filters=[("shard", "==", shard)]).to_pylist()
+    rows = pq.read_table(content_path, filters=[("shard", "==", shard)]).to_pylist()
     if not rows:
-        raise ValueError(f"shard {shard!r} has no rows in {records_path}: rerun the scan")
-    path = parquet_dir / dataset / f"{shard}.parquet"
+        raise ValueError(f"shard {shard!r} has no rows in {content_path}: rerun the ingest")
+    path = parquet_dir / CONTENT_DIR / f"{shard}.parquet"
     bad: list[BadRow] = []
-    counts = {"images": 0, "qa": 0}
+    written = 0
 
     def batches():
-        # Generator so only one batch of image bytes is in memory at a time.
+        nonlocal written
+        # A generator, so only one batch of image bytes is in memory at a time.
         for start in range(0, len(rows), WRITE_BATCH_ROWS):
             good = []
             for row in rows[start : start + WRITE_BATCH_ROWS]:
-                result = _shard_row(row, dataset)
-                if isinstance(result, BadRow):
-                    bad.append(result)
-                else:
-                    good.append(result)
-                    counts["images"] += 1
-                    counts["qa"] += len(result["qa"])
+                result = _shard_row(row, max_pixels)
+                (bad if isinstance(result, BadRow) else good).append(result)
+            written += len(good)
             yield pa.Table.from_pylist(good, SHARD_SCHEMA)
 
     _write_parquet_atomically(path, SHARD_SCHEMA, batches())
-    log.info("%s: %d images, %d QA, %d bad", path, counts["images"], counts["qa"], len(bad))
-    if not counts["images"]:
+    log.info("%s: %d images, %d bad", path, written, len(bad))
+    if not written:
         # Every image of the shard failed validation: no empty shard for later stages to trip over.
         path.unlink()
-        return ShardResult("", 0, 0, bad)
-    return ShardResult(str(path), counts["images"], counts["qa"], bad)
+        return ShardResult("", 0, bad)
+    return ShardResult(str(path), written, bad)
 
 
-def _shard_row(row: dict, dataset: str) -> dict | BadRow:
-    """One staged record as a shard row with its bytes, size and thumbnail, or why the image is unusable."""
+def _shard_row(row: dict, max_pixels: int) -> dict | BadRow:
+    """One new content as a shard row with its bytes, size and thumbnail, or why the image is unusable."""
     path, ref = Path(row["path"]), row["ref"]
     try:
         data = path.read_bytes()
     except OSError as err:
         return BadRow(ref, f"cannot read {path} ({err.strerror or err}): {FIX_FILE}")
-    if not data:
-        return BadRow(ref, f"{path} is empty (0 bytes): {FIX_FILE}")
     if hashlib.blake2b(data, digest_size=16).hexdigest() != row["image_id"]:
         return BadRow(ref, f"{path} changed after it was scanned: rerun the ingest")
-    from PIL import UnidentifiedImageError
-
     try:
-        width, height, image_format, thumbnail = _decode(data)
-    except UnidentifiedImageError:
-        return BadRow(ref, f"{path} is not an image format PIL can read: {FIX_FILE}")
-    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, struct.error ... for broken files
-        return BadRow(ref, f"{path} is a damaged image ({type(err).__name__}: {err}): {FIX_FILE}")
-    if width == 0 or height == 0:
-        return BadRow(ref, f"{path} has zero size ({width}x{height}): {FIX_FILE}")
-    return {
-        "image_id": row["image_id"], "dataset": dataset, "split": row["split"], "uri": str(path),
-        "width": width, "height": height, "format": image_format, "caption": row["caption"],
-        "image": data, "thumbnail": thumbnail, "qa": row["qa"],
-    }
-
-
-def _decode(data: bytes) -> tuple[int, int, str, bytes]:
-    """(width, height, format, JPEG thumbnail); raises if PIL cannot fully decode the bytes."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.verify()  # structure and checksums, without decoding pixels
-    with Image.open(io.BytesIO(data)) as image:
-        width, height, image_format = image.width, image.height, image.format
-        image.load()  # full decode: catches truncated pixel data that verify() lets through
-        thumbnail = image.convert("RGB")
-    thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buffer = io.BytesIO()
-    thumbnail.save(buffer, format="JPEG", quality=85)
-    return width, height, image_format, buffer.getvalue()
+        decoded = decode_image(data, max_pixels)
+    except ImageRejected as err:
+        return BadRow(ref, f"{path}: {err}")
+    return {"image_id": row["image_id"], "image": data, "width": decoded.width, "height": decoded.height,
+            "format": decoded.format, "source_mode": decoded.source_mode,
+            "thumbnail": thumbnail_jpeg(decoded.image, THUMBNAIL_SIDE)}
 
 
 def _write_parquet_atomically(path: Path, schema: pa.Schema, tables) -> None:
@@ -263,45 +299,41 @@ def _write_parquet_atomically(path: Path, schema: pa.Schema, tables) -> None:
         partial.unlink(missing_ok=True)
 
 
-def load_shard(store: Store, shard_path: str) -> LoadResult:
-    """Upsert one shard's rows (without the image bytes) into `images` and its QA pairs into `qa`.
-
-    Returns:
-        How many rows were new; loading a shard twice adds nothing the second time.
-    """
+def load_shard(store: Store, shard_path: str) -> int:
+    """Register one content shard's rows (without the bytes) in `contents`; returns how many were new."""
     table = pq.read_table(shard_path, columns=[name for name in SHARD_SCHEMA.names if name != "image"])
-    images = _images_rows(table, shard_path)
-    qa = _qa_rows(table)
-    result = LoadResult(shard_path, store.upsert(IMAGES, images, "image_id"), store.upsert(QA, qa, "qa_id"))
-    log.info("%s: %d new images, %d new QA", shard_path, result.new_images, result.new_qa)
-    return result
+    table = table.append_column("shard", pa.array([shard_path] * table.num_rows, pa.string()))
+    new = store.upsert(CONTENTS, table.select(CONTENTS_SCHEMA.names).cast(CONTENTS_SCHEMA), "image_id")
+    log.info("%s: %d new image contents", shard_path, new)
+    return new
 
 
-def _images_rows(table: pa.Table, shard_path: str) -> pa.Table:
-    n = table.num_rows
-    columns = {name: table.column(name) for name in IMAGES_SCHEMA.names if name in table.column_names}
-    columns["shard"] = pa.array([shard_path] * n, pa.string())
-    columns["ingested_at"] = pa.array([datetime.now(timezone.utc)] * n, IMAGES_SCHEMA.field("ingested_at").type)
-    return pa.table([columns[name] for name in IMAGES_SCHEMA.names], schema=IMAGES_SCHEMA)
+def ingest_all(source: str, dataset: str, store: Store, data_dir: Path, *, manifest: Path | None = None,
+               shard_size: int = 1000, dry_run: bool = False, keep_removed: bool = False,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestSummary:
+    """The whole ingest in one process, step by step as the flow runs it (for notebooks and tests)."""
+    scan = scan_source(source, dataset, data_dir / "staging", store, shard_size, manifest, dry_run)
+    bad = list(scan.bad_rows)
+    if not dry_run:
+        for shard in scan.shards:
+            written = write_shard(scan.content_path, shard, data_dir / "parquet", max_pixels)
+            bad += written.bad_rows
+            if written.path:
+                load_shard(store, written.path)
+        if scan.plan_path:
+            applied = apply_plan(store, scan.plan_path, keep_removed)
+            return summarize(scan, applied, bad)
+    return summarize(scan, None, bad, dry_run)
 
 
-def qa_id_of(image_id: str, question: str, answer: str) -> str:
-    """Key of one QA pair: the same question and answer on the same image is one row however often loaded."""
-    key = "\x1f".join((image_id, question, answer))
-    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).hexdigest()
+def summarize(scan: ScanResult, applied: ApplyResult | None, bad_rows: list[BadRow], dry_run: bool = False) -> IngestSummary:
+    """What the run did: the applied counts when it applied a plan, else what the scan found."""
+    counts = applied or scan
+    return IngestSummary(scan.dataset, scan.images_seen, counts.added, counts.changed, counts.reannotated,
+                         counts.removed, scan.unchanged, scan.new_content, bad_rows, dry_run)
 
 
-def _qa_rows(table: pa.Table) -> pa.Table:
-    rows = {}
-    columns = (table.column(name).to_pylist() for name in ("image_id", "dataset", "split", "qa"))
-    for image_id, dataset, split, pairs in zip(*columns):
-        for pair in pairs or []:
-            qa_id = qa_id_of(image_id, pair["question"], pair["answer"])
-            rows.setdefault(qa_id, {"qa_id": qa_id, "image_id": image_id, "dataset": dataset, "split": split, **pair})
-    return pa.Table.from_pylist(list(rows.values()), QA_SCHEMA)
-
-
-def shard_paths(parquet_dir: Path, dataset: str) -> list[str]:
-    """Sorted paths of a dataset's existing shard files (never a half-written one)."""
-    folder = parquet_dir / dataset
+def content_shards(parquet_dir: Path) -> list[str]:
+    """Sorted paths of every content shard (never a half-written one)."""
+    folder = parquet_dir / CONTENT_DIR
     return sorted(str(path) for path in folder.glob("*.parquet")) if folder.is_dir() else []

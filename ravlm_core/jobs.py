@@ -1,4 +1,8 @@
-"""Bulk retrieval-augmented jobs over one Parquet shard: read items → retrieve + answer/caption → upsert rows."""
+"""Bulk retrieval-augmented jobs over one part of a query set: read items → retrieve + answer/caption → upsert rows.
+
+A query set is a (dataset, split) of listed images, labelled or not; it is cut into parts by ranges of member id
+(hashes, so parts are even), which is all a task is given: no item lists travel between tasks.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,111 +10,141 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 
+import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ravlm_core.answerers import FusionAnswerer
 from ravlm_core.captioning import consensus_captions, direct_captions
 from ravlm_core.embed import text_id
-from ravlm_core.knowledge import KnowledgeBase, load_knowledge_base
-from ravlm_core.retrieve import search, vectors_by_id
+from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
+from ravlm_core.membership import qa_id_of
+from ravlm_core.retrieve import kb_filter, search, vectors_by_id
 from ravlm_core.store import (CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
-                              predictions_schema, question_vectors_table, sql_quote,
-                              text_vectors_table)
-from ravlm_core.vqa import answer, pred_ids, prediction_rows, read_items, retrieve_for_items
+                              predictions_schema, question_vectors_table, sql_quote, text_vectors_table)
+from ravlm_core.vqa import ITEM_COLUMNS, answer, pred_ids, prediction_rows, read_items, retrieve_for_items
 
 log = logging.getLogger(__name__)
 
 CAPTION_VARIANTS = ("consensus", "direct")
+# Member ids are hex hashes: parts are ranges of their first four hex digits.
+ID_SPACE = 16**4
 
-CAPTION_SCHEMA = predictions_schema(
-    [("image_id", pa.string()), ("prediction", pa.string()), ("reference", pa.string())]
-)
+CAPTION_SCHEMA = predictions_schema([("prediction", pa.string()), ("reference", pa.string())])
 
 
 @dataclass
 class JobResult:
     job_id: str
-    shard: str
+    part: str
     n_items: int
     n_new: int
+    near_duplicates: int  # items with at least one KB image left out by the leakage guard
 
 
-def cached_knowledge_base(store_uri: str, model_tag: str, question_tag: str, dataset: str, split: str) -> KnowledgeBase:
-    """The KB, loaded once per process while its tables are unchanged (not once per shard task)."""
+def query_parts(store: Store, dataset: str, split: str, part_size: int) -> list[str]:
+    """The query set cut into about `part_size` listed images per part, as "lo:hi" member id ranges."""
+    n = store.count(IMAGES, kb_filter(dataset, split))
+    parts = max(1, min(ID_SPACE, -(-n // max(1, part_size))))
+    bounds = [f"{i * ID_SPACE // parts:04x}" for i in range(parts)] + ["g"]  # "g" sorts after every hex digit
+    return [f"{lo}:{hi}" for lo, hi in zip(bounds, bounds[1:])]
+
+
+def _range(part: str) -> tuple[str, str]:
+    lo, hi = part.split(":")
+    return lo, hi
+
+
+def cached_knowledge_base(store_uri: str, model_tag: str, question_tag: str, sets: list[tuple[str, str]],
+                          config: RetrievalConfig) -> KnowledgeBase:
+    """The KB, loaded once per process while its tables are unchanged (not once per part)."""
     store = Store(store_uri)
     tables = (IMAGES, QA, image_vectors_table(model_tag), text_vectors_table(model_tag),
               question_vectors_table(question_tag))
     versions = tuple(store.table(t).version if store.has(t) else 0 for t in tables)
-    return _knowledge_base(store_uri, model_tag, question_tag, dataset, split, versions)
+    return _knowledge_base(store_uri, model_tag, question_tag, tuple(map(tuple, sets)), config, versions)
 
 
 @lru_cache(maxsize=4)
-def _knowledge_base(store_uri: str, model_tag: str, question_tag: str, dataset: str, split: str,
+def _knowledge_base(store_uri: str, model_tag: str, question_tag: str, sets: tuple, config: RetrievalConfig,
                     versions: tuple) -> KnowledgeBase:
-    return load_knowledge_base(Store(store_uri), model_tag, question_tag, dataset, split)
+    return load_knowledge_base(Store(store_uri), model_tag, question_tag, list(sets), config)
 
 
-def _shard_meta(shard_path: str) -> tuple[list[str], str, list[str | None]]:
-    """A shard's image ids, its split (one per shard), and captions."""
-    table = pq.read_table(shard_path, columns=["image_id", "split", "caption"])
-    splits = set(table.column("split").to_pylist())
-    if len(splits) != 1:
-        raise ValueError(f"shard {shard_path} mixes splits {sorted(splits)}; re-ingest it (shards hold one split)")
-    return table.column("image_id").to_pylist(), splits.pop(), table.column("caption").to_pylist()
+def _members(store: Store, dataset: str, split: str, part: str) -> pd.DataFrame:
+    lo, hi = _range(part)
+    where = f"{kb_filter(dataset, split)} AND member_id >= '{lo}' AND member_id < '{hi}'"
+    rows = store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "caption"], where=where)
+    frame = rows.to_pandas() if rows.num_rows else pd.DataFrame(columns=["member_id", "image_id", "dataset", "split",
+                                                                         "caption"])
+    return frame.astype(object).where(frame.notna(), None).sort_values("member_id").reset_index(drop=True)
 
 
-def run_vqa_shard(store: Store, kb: KnowledgeBase, shard_path: str, job: str, variant: str, k: int,
-                  answerer_dir: str | None = None, device: str = "cpu", run_id: str = "") -> JobResult:
-    """Answer the questions about one shard's images that `job` has not answered yet."""
-    image_ids, split, _ = _shard_meta(shard_path)
-    items = read_items(store, kb.dataset, split, image_ids)
+def vqa_items(store: Store, dataset: str, split: str, part: str, questions: list[str] | None = None) -> pd.DataFrame:
+    """The part's items: its QA pairs, or with `questions` (an unlabeled set) every question for every image."""
+    if questions is None:
+        return read_items(store, [(dataset, split)], _range(part))
+    members = _members(store, dataset, split, part)
+    rows = [{"qa_id": qa_id_of(m.member_id, m.image_id, q, None, None), "member_id": m.member_id,
+             "image_id": m.image_id, "dataset": m.dataset, "split": m.split, "question": q, "answer": None,
+             "question_type": None} for m in members.itertuples() for q in questions]
+    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
+
+
+def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: str, variant: str, k: int,
+                 answerer_dir: str | None = None, device: str = "cpu", run_id: str = "",
+                 questions: list[str] | None = None) -> JobResult:
+    """Answer the questions about one part's images that `job` has not answered yet."""
+    items = vqa_items(store, dataset, split, part, questions)
     done = store.existing_ids(VQA_PREDICTIONS, "qa_id", where=f"job_id = {sql_quote(job)}")
     items = items[~items["qa_id"].isin(done)].reset_index(drop=True)
     if items.empty:
-        return JobResult(job, shard_path, 0, 0)
-    retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k,
-                                   leave_one_out=split == kb.split)
+        return JobResult(job, part, 0, 0, 0)
+    retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
     answerer = FusionAnswerer(answerer_dir, device) if answerer_dir else None
     rows = prediction_rows(job, kb, items, retrieved, answer(kb, retrieved, variant, answerer), variant, run_id)
     n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
-    log.info("vqa[%s] %s: %d questions", variant, shard_path, len(items))
-    return JobResult(job, shard_path, len(items), n_new)
+    near = sum(n > 0 for n in retrieved.neighbours.near_duplicates)
+    log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", variant, dataset, split, part,
+             len(items), near)
+    return JobResult(job, part, len(items), n_new, near)
 
 
-def run_caption_shard(store: Store, kb: KnowledgeBase, shard_path: str, job: str, variant: str, k: int,
-                      run_id: str = "") -> JobResult:
-    """Caption the images of one shard that `job` has not captioned yet."""
-    image_ids, split, references = _shard_meta(shard_path)
-    done = store.existing_ids(CAPTION_PREDICTIONS, "image_id", where=f"job_id = {sql_quote(job)}")
-    todo = [(i, r) for i, r in zip(image_ids, references) if i not in done]
-    if not todo:
-        return JobResult(job, shard_path, 0, 0)
-    ids = [i for i, _ in todo]
-    image_vectors = vectors_by_id(store, kb.image_table, ids, "image_id")
+def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: str, variant: str,
+                     k: int, run_id: str = "") -> JobResult:
+    """Caption the images of one part that `job` has not captioned yet."""
+    members = _members(store, dataset, split, part)
+    done = store.existing_ids(CAPTION_PREDICTIONS, "member_id", where=f"job_id = {sql_quote(job)}")
+    members = members[~members["member_id"].isin(done)].reset_index(drop=True)
+    if members.empty:
+        return JobResult(job, part, 0, 0, 0)
+    n = len(members)
+    image_ids = members["image_id"].tolist()
+    image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
     kb_captions = sorted(set(kb.captions.values()))
     caption_vectors = vectors_by_id(store, kb.text_table, [text_id(c) for c in kb_captions], "text_id")
     if variant == "consensus":
+        guard = kb.config.leakage_guard
         neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
-                            exclude=ids if split == kb.split else None)
+                            exclude=image_ids if guard else None, near_duplicate=kb.config.near_duplicate if guard else None)
         predictions = consensus_captions(neighbours, kb.captions, dict(zip(kb_captions, caption_vectors)))
-        neighbour_ids, neighbour_scores = neighbours.ids, neighbours.scores
+        neighbour_ids, neighbour_scores, near = neighbours.ids, neighbours.scores, neighbours.near_duplicates
     elif variant == "direct":
         predictions = direct_captions(image_vectors, kb_captions, caption_vectors)
-        neighbour_ids, neighbour_scores = [[] for _ in ids], [[] for _ in ids]
+        neighbour_ids, neighbour_scores, near = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
     else:
         raise ValueError(f"unknown caption variant {variant!r}; choose one of {CAPTION_VARIANTS}")
     now = datetime.now(timezone.utc)
     rows = pa.Table.from_pydict(
         {
-            "pred_id": pred_ids(job, ids), "job_id": [job] * len(ids), "dataset": [kb.dataset] * len(ids),
-            "split": [split] * len(ids), "image_id": ids, "prediction": predictions,
-            "reference": [r for _, r in todo], "variant": [variant] * len(ids), "neighbour_ids": neighbour_ids,
-            "neighbour_scores": neighbour_scores, "model_tag": [kb.model_tag] * len(ids),
-            "run_id": [run_id] * len(ids), "created_at": [now] * len(ids),
+            "pred_id": pred_ids(job, members["member_id"].tolist()), "job_id": [job] * n,
+            "dataset": members["dataset"].tolist(), "split": members["split"].tolist(),
+            "member_id": members["member_id"].tolist(), "image_id": image_ids, "prediction": predictions,
+            "reference": members["caption"].tolist(), "variant": [variant] * n, "kb": [kb.label] * n,
+            "neighbour_ids": neighbour_ids, "neighbour_scores": neighbour_scores, "near_duplicates": near,
+            "model_tag": [kb.model_tag] * n, "run_id": [run_id] * n, "created_at": [now] * n,
         },
         schema=CAPTION_SCHEMA,
     )
     n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
-    log.info("caption[%s] %s: %d images", variant, shard_path, len(ids))
-    return JobResult(job, shard_path, len(ids), n_new)
+    log.info("caption[%s] %s/%s part %s: %d images", variant, dataset, split, part, n)
+    return JobResult(job, part, n, n_new, sum(x > 0 for x in near))

@@ -1,4 +1,4 @@
-"""The knowledge base retrieval searches: one dataset split's images, their captions and QA pairs, as vectors.
+"""The knowledge base retrieval searches: one or more (dataset, split) sets' images, captions and QA pairs.
 
 VQA context is retrieved per (image, question): the item's question is matched to the closest KB question, and
 the neighbours are the nearest KB images that were asked *that* question. Matching questions among whatever
@@ -12,22 +12,54 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from ravlm_core.embed import text_id
-from ravlm_core.retrieve import Neighbours, kb_filter, vectors_by_id
+from ravlm_core.errors import UserError
+from ravlm_core.retrieve import Neighbours, sets_filter, vector_sets_filter, vectors_by_id
 from ravlm_core.store import IMAGES, QA, Store, image_vectors_table, question_vectors_table, text_vectors_table
 
 # How sharply closer neighbours outvote farther ones (softmax temperature over cosine similarity).
 IMAGE_TAU = 0.05
+# In the fallback (no close KB question), how sharply a neighbour's QA pair counts by its question's similarity.
+QUESTION_TAU = 0.05
 # Part of every KB fingerprint: bump it when retrieval or `votes` change meaning, so job ids and trained
 # answerers that depend on them are recomputed rather than reused.
-CONTEXT_VERSION = "question-conditioned-1"
+CONTEXT_VERSION = "question-conditioned-2"
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How retrieval treats a query; part of the KB fingerprint, so a change recomputes jobs and answerers."""
+
+    # Below this cosine to its closest KB question, a query's question counts as new: its context comes from
+    # plain image neighbours and all their QA pairs (weighted by question similarity) instead.
+    question_match_min: float = 0.9
+    # Leakage guard: a query never retrieves its own bytes (under any name or dataset), nor KB images at this
+    # image-vector cosine or above (re-encodes, resizes, small edits). Off, queries see whatever is nearest;
+    # answerers train leave-one-out either way.
+    leakage_guard: bool = True
+    near_duplicate: float = 0.98
+
+
+def parse_kb(specs: list[str] | None, query_dataset: str, default_split: str = "train") -> list[tuple[str, str]]:
+    """`--kb DATASET[:SPLIT]` values as (dataset, split) sets; none means the query dataset's train split."""
+    sets = []
+    for spec in specs or [query_dataset]:
+        dataset, _, split = spec.partition(":")
+        if not dataset:
+            raise UserError(f"--kb {spec!r}: write DATASET or DATASET:SPLIT, e.g. --kb easy-vqa:train")
+        sets.append((dataset, split or default_split))
+    return list(dict.fromkeys(sets))
+
+
+def kb_label(sets: list[tuple[str, str]]) -> str:
+    return ",".join(f"{d}:{s}" for d, s in sets)
 
 
 @dataclass
 class KnowledgeBase:
-    dataset: str
-    split: str
+    sets: list[tuple[str, str]]  # (dataset, split) sets searched together
     model_tag: str
     question_tag: str  # question encoder: question vectors live in its own space (see encoders/questions.py)
     answers: list[str]  # answer vocabulary, most frequent first
@@ -36,6 +68,7 @@ class KnowledgeBase:
     qa_by_image: dict[str, tuple[np.ndarray, np.ndarray]]  # image_id -> (question indices, answer indices)
     captions: dict[str, str]  # image_id -> caption
     fingerprint: str  # changes whenever the KB's content changes
+    config: RetrievalConfig = field(default_factory=RetrievalConfig)
     _answer_index: dict[str, int] = field(default_factory=dict, repr=False)
     _images_by_question: dict[int, list[str]] = field(default_factory=dict, repr=False)
 
@@ -53,7 +86,12 @@ class KnowledgeBase:
 
     @property
     def where(self) -> str:
-        return kb_filter(self.dataset, self.split)
+        """Prefilter on the image vector table: rows listed in any of the KB's sets."""
+        return vector_sets_filter(self.sets)
+
+    @property
+    def label(self) -> str:
+        return kb_label(self.sets)
 
     def answer_index(self, answer: str) -> int:
         """Index of an answer in the vocabulary, -1 when the KB never saw it."""
@@ -69,29 +107,39 @@ class KnowledgeBase:
         best = sims.argmax(1)
         return best, sims[np.arange(len(best)), best]
 
-    def votes(self, neighbours: Neighbours, question_index: np.ndarray, question_sim: np.ndarray) -> np.ndarray:
+    def votes(self, neighbours: Neighbours, question_index: np.ndarray, question_sim: np.ndarray,
+              question_vectors: np.ndarray | None = None) -> np.ndarray:
         """Retrieval context per item: what its neighbours answered to the KB question matched to it.
 
         Args:
-            neighbours: per item, KB images that were asked its matched question (see `vqa.retrieve_for_vectors`).
+            neighbours: per item, KB images that were asked its matched question (see `vqa.retrieve_for_vectors`),
+                or, for an item whose question matched none closely, its plain nearest KB images.
             question_index: int [n_items], the matched KB question of each item.
             question_sim: float32 [n_items], how close that match is (1.0: the same question).
+            question_vectors: float32 [n_items, dq]; needed for the fallback items.
         Returns:
             float32 [n_items, n_answers + 1]: the answer histogram weighted by image similarity (softmax at
-            IMAGE_TAU, summing to 1), then the question match similarity.
+            IMAGE_TAU, summing to 1), then the question match similarity. A fallback item's histogram counts
+            every QA pair of its neighbours, each also weighted by how close its question is to the item's.
         """
         n_answers = len(self.answers)
         out = np.zeros((len(question_index), n_answers + 1), np.float32)
         for item, (ids, scores) in enumerate(zip(neighbours.ids, neighbours.scores)):
-            answers, sims = [], []
+            fallback = question_sim[item] < self.config.question_match_min and question_vectors is not None
+            answers, logits = [], []
             for image_id, score in zip(ids, scores):
                 questions, image_answers = self.qa_by_image.get(image_id, (np.empty(0, int), np.empty(0, int)))
-                for answer in image_answers[questions == question_index[item]]:
-                    answers.append(answer)
-                    sims.append(score)
+                if fallback:
+                    q_sims = self.question_vectors[questions] @ question_vectors[item] if len(questions) else []
+                    answers += image_answers.tolist()
+                    logits += [score / IMAGE_TAU + q / QUESTION_TAU for q in q_sims]
+                else:
+                    chosen = image_answers[questions == question_index[item]]
+                    answers += chosen.tolist()
+                    logits += [score / IMAGE_TAU] * len(chosen)
             if answers:
-                sims = np.asarray(sims, np.float32)
-                hist = np.bincount(answers, np.exp((sims - sims.max()) / IMAGE_TAU), minlength=n_answers)
+                logits = np.asarray(logits, np.float64)
+                hist = np.bincount(answers, np.exp(logits - logits.max()), minlength=n_answers)
                 out[item, :n_answers] = hist / hist.sum()
             out[item, n_answers] = question_sim[item]
         return out
@@ -105,18 +153,26 @@ class KnowledgeBase:
         return self._images_by_question.get(question_index, [])
 
 
-def load_knowledge_base(store: Store, model_tag: str, question_tag: str, dataset: str, split: str) -> KnowledgeBase:
-    """Read one dataset split's QA pairs, captions and question vectors (embedded under `question_tag`).
+def load_knowledge_base(store: Store, model_tag: str, question_tag: str, sets: list[tuple[str, str]],
+                        config: RetrievalConfig | None = None) -> KnowledgeBase:
+    """Read the sets' QA pairs, captions and question vectors (embedded under `question_tag`).
 
     Raises:
-        ValueError: the split holds no images (nothing to retrieve).
+        UserError: a set holds no images (nothing to retrieve).
     """
-    where = kb_filter(dataset, split)
-    qa = store.read(QA, columns=["image_id", "question", "answer"], where=where).to_pandas()
-    images = store.read(IMAGES, columns=["image_id", "caption"], where=where).to_pandas()
-    if images.empty:
-        raise ValueError(f"knowledge base {dataset}/{split} has no images: ingest that split first (ravlm ingest), "
-                         "or pick another with --kb-split")
+    config = config or RetrievalConfig()
+    where = sets_filter(sets)
+    qa = store.read(QA, columns=["image_id", "question", "answer"], where=f"{where} AND answer IS NOT NULL")
+    qa = qa.to_pandas() if qa.num_rows else pd.DataFrame(columns=["image_id", "question", "answer"])
+    images = store.read(IMAGES, columns=["image_id", "dataset", "split", "caption"], where=where).to_pandas()
+    if not images.empty:  # a stable order, so the same KB always gives the same captions and fingerprint
+        images = images.sort_values(["image_id", "dataset", "split"], kind="stable")
+    found = set(zip(images.get("dataset", []), images.get("split", [])))
+    for dataset, split in sets:
+        if (dataset, split) not in found:
+            raise UserError(f"knowledge base {dataset}:{split} has no images: ingest it first (ravlm ingest) or "
+                            f"name another with --kb DATASET[:SPLIT]; `ravlm sql \"select dataset, split, count(*) "
+                            f"from images group by 1, 2\"` lists what the store holds")
     answers = qa["answer"].value_counts().index.tolist() if not qa.empty else []
     questions = sorted(qa["question"].unique().tolist()) if not qa.empty else []
     q_index = {q: i for i, q in enumerate(questions)}
@@ -128,9 +184,9 @@ def load_knowledge_base(store: Store, model_tag: str, question_tag: str, dataset
     vectors = vectors_by_id(store, question_vectors_table(question_tag), [text_id(q) for q in questions], "text_id")
     captions = {i: c for i, c in zip(images["image_id"], images["caption"]) if isinstance(c, str) and c}
     digest = hashlib.blake2b(digest_size=8)
-    parts = (CONTEXT_VERSION, IMAGE_TAU, model_tag, question_tag, dataset, split, *sorted(qa_by_image), *questions,
-             *answers, *sorted(captions.items()))
+    parts = (CONTEXT_VERSION, IMAGE_TAU, QUESTION_TAU, config, model_tag, question_tag, kb_label(sets),
+             *sorted(qa_by_image), *questions, *answers, *sorted(captions.items()))
     for part in parts:
         digest.update(str(part).encode() + b"\x1f")
-    return KnowledgeBase(dataset, split, model_tag, question_tag, answers, questions, vectors, qa_by_image, captions,
-                         digest.hexdigest())
+    return KnowledgeBase(sets, model_tag, question_tag, answers, questions, vectors, qa_by_image, captions,
+                         digest.hexdigest(), config)

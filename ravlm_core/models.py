@@ -1,7 +1,6 @@
 """Which encoder a store uses: a user-given model, or the built-in one, trained once and then pinned."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections import defaultdict
@@ -12,7 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ravlm_core.store import IMAGES, Store, sql_quote
+from ravlm_core.imaging import decode_image
+from ravlm_core.store import ACTIVE, CONTENTS, IMAGES, Store, chunks, in_list, sql_quote
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,20 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
 
 def alignment_pairs(store: Store, split: str, limit: int = MAX_ALIGNMENT_PAIRS) -> tuple[list[Image.Image], list[str]]:
     """Decoded images and their captions for every captioned image of `split` (all datasets), up to `limit`."""
-    rows = store.read(IMAGES, columns=["image_id", "caption", "shard"],
-                      where=f"split = {sql_quote(split)} AND caption IS NOT NULL")
+    rows = store.read(IMAGES, columns=["image_id", "caption"],
+                      where=f"split = {sql_quote(split)} AND caption IS NOT NULL AND {ACTIVE}")
+    caption_of = dict(sorted(zip(*(rows.column(c).to_pylist() for c in ("image_id", "caption"))))) if rows.num_rows else {}
     by_shard: dict[str, dict[str, str]] = defaultdict(dict)
-    for image_id, caption, shard in zip(*(rows.column(c).to_pylist() for c in ("image_id", "caption", "shard"))):
-        by_shard[shard][image_id] = caption
+    for ids in chunks(sorted(caption_of)):
+        shards = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", ids))
+        for image_id, shard in zip(*(shards.column(c).to_pylist() for c in ("image_id", "shard"))):
+            by_shard[shard][image_id] = caption_of[image_id]
     images, captions = [], []
     for shard, wanted in sorted(by_shard.items()):
         table = pq.read_table(shard, columns=["image_id", "image"])
         table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(list(wanted))))
         for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
-            image = Image.open(io.BytesIO(data)).convert("RGB")
+            image = decode_image(data).image
             image.thumbnail((256, 256))  # the heads see small inputs anyway; keeps 20k photos in memory cheap
             images.append(image)
             captions.append(wanted[image_id])

@@ -6,18 +6,22 @@ from pathlib import Path
 from PIL import Image
 
 from ravlm_core.answerers import FusionAnswerer, vote_answers
+from ravlm_core.errors import UserError
+from ravlm_core.imaging import ImageRejected, open_rgb
 from ravlm_core.knowledge import KnowledgeBase
 from ravlm_core.retrieve import search
-from ravlm_core.store import IMAGES, Store, image_vectors_table, sql_quote
+from ravlm_core.store import ACTIVE, IMAGES, Store, image_vectors_table, in_list
 from ravlm_core.vqa import retrieve_for_vectors
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Decode a query image, with an error that names the file when it cannot be read."""
+    """Decode a query image as ingest does, with an error that names the file when it cannot be used."""
     try:
-        return Image.open(path).convert("RGB")
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}; pass a JPEG/PNG/WebP file") from error
+        return open_rgb(Path(path).read_bytes())
+    except OSError as error:
+        raise UserError(f"cannot read image {path}: {error.strerror or error}") from error
+    except ImageRejected as error:
+        raise UserError(f"image {path}: {error}") from error
 
 
 def search_images(store: Store, encoder, *, text: str | None = None, image: str | Path | None = None, k: int = 10,
@@ -33,8 +37,8 @@ def search_images(store: Store, encoder, *, text: str | None = None, image: str 
 def _describe(store: Store, ids: list[str], scores: list[float]) -> list[dict]:
     if not ids:
         return []
-    rows = store.read(IMAGES, columns=["image_id", "dataset", "split", "caption", "uri"],
-                      where=f"image_id IN ({', '.join(sql_quote(i) for i in ids)})").to_pylist()
+    rows = store.read(IMAGES, columns=["image_id", "dataset", "split", "path", "caption", "uri"],
+                      where=f"{in_list('image_id', ids)} AND {ACTIVE}").to_pylist()
     by_id = {r["image_id"]: r for r in rows}
     return [{**by_id.get(i, {"image_id": i}), "score": round(float(s), 4)} for i, s in zip(ids, scores)]
 
@@ -44,11 +48,15 @@ def ask(store: Store, kb: KnowledgeBase, encoder, question_encoder, answerer: Fu
     """Answer one question about one (possibly unseen) image, retrieving from the KB."""
     image_vector = encoder.embed_images([open_image(image)])  # [1, d]
     question_vector = question_encoder.embed_texts([question])  # [1, dq]
+    # No id to exclude (the image may be new), but its near-duplicates in the KB are still left out.
     retrieved = retrieve_for_vectors(store, kb, image_vector, question_vector, k)
     context = retrieved.context(kb)
     matched = int(retrieved.question_index[0])
-    result = {"question": question, "matched_question": kb.questions[matched] if matched >= 0 else None,
-              "voting": vote_answers(context, kb.answers)[0]}
+    close = float(retrieved.question_sim[0]) >= kb.config.question_match_min
+    result = {"question": question, "kb": kb.label,
+              "matched_question": kb.questions[matched] if matched >= 0 and close else None,
+              "voting": vote_answers(context, kb.answers)[0],
+              "near_duplicates": retrieved.neighbours.near_duplicates[0]}
     if answerer is not None:
         result["answer"] = answerer.predict(image_vector, question_vector, context)[0]
     neighbours = retrieved.neighbours

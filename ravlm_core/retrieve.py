@@ -1,26 +1,40 @@
-"""Nearest neighbours from a LanceDB vector table, batched, with optional filters and leave-one-out."""
+"""Nearest neighbours from a LanceDB vector table, batched, with filters and a leakage guard."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ravlm_core.store import Store, sql_quote
+from ravlm_core.store import ACTIVE, Store, membership_label, sql_quote
 
 # Queries per LanceDB call: one call answers many queries (rows carry `query_index`).
 QUERY_BATCH = 512
+# Extra hits fetched per query when near-duplicates are dropped, so most queries still get k neighbours.
+GUARD_OVERFETCH = 8
 
 
 @dataclass
 class Neighbours:
     ids: list[list[str]]  # [n_queries][<=k], best first
     scores: list[list[float]]  # cosine similarity, same shape as ids
+    near_duplicates: list[int] = field(default_factory=list)  # [n_queries]: hits dropped by the leakage guard
 
 
-def kb_filter(dataset: str, split: str | None) -> str:
-    """The SQL filter selecting one dataset's knowledge-base split."""
-    where = f"dataset = {sql_quote(dataset)}"
+def kb_filter(dataset: str, split: str | None = None) -> str:
+    """The SQL filter selecting the listed (not removed) rows of one dataset (split) in `images` / `qa`."""
+    where = f"dataset = {sql_quote(dataset)} AND {ACTIVE}"
     return where if split is None else f"{where} AND split = {sql_quote(split)}"
+
+
+def sets_filter(sets: list[tuple[str, str]]) -> str:
+    """`images` / `qa` rows in any of these (dataset, split) sets."""
+    return "(" + " OR ".join(f"({kb_filter(d, s)})" for d, s in sets) + ")"
+
+
+def vector_sets_filter(sets: list[tuple[str, str]]) -> str:
+    """Image vector rows listed in any of these (dataset, split) sets (their `memberships` labels)."""
+    labels = ", ".join(sql_quote(membership_label(d, s)) for d, s in sets)
+    return f"array_has_any(memberships, [{labels}])"
 
 
 def search(
@@ -32,15 +46,19 @@ def search(
     key: str = "image_id",
     where: str | None = None,
     exclude: list[str] | None = None,
+    near_duplicate: float | None = None,
     refine_factor: int = 10,
 ) -> Neighbours:
     """The k nearest rows of `table` for each query vector (float32 [n, d], L2-normalised), by cosine.
 
-    `exclude[i]` is an id query i must not get back (its own image, for leave-one-out training).
+    Leakage guard: `exclude[i]` is an id query i must not get back (its own image: the same bytes under any name
+    share the id), and with `near_duplicate` every hit at that cosine or above is dropped too (re-encodes,
+    resizes, small edits). Dropped hits are counted per query in `near_duplicates`.
     With an IVF index in place, `refine_factor` re-ranks candidates by exact distance for usable recall.
     """
     handle = store.table(table)
-    extra = 1 if exclude is not None else 0
+    extra = (1 if exclude is not None else 0) + (GUARD_OVERFETCH if near_duplicate is not None else 0)
+    dropped: list[int] = []
     ids: list[list[str]] = []
     scores: list[list[float]] = []
     for start in range(0, len(vectors), QUERY_BATCH):
@@ -60,10 +78,13 @@ def search(
         for offset, hits in enumerate(per_query):
             hits.sort(key=lambda h: -h[0])
             own = exclude[start + offset] if exclude is not None else None
-            kept = [h for h in hits if h[1] != own][:k]
+            limit = near_duplicate if near_duplicate is not None else float("inf")
+            kept = [h for h in hits if h[1] != own and h[0] < limit]
+            dropped.append(len(hits) - len(kept))
+            kept = kept[:k]
             ids.append([h[1] for h in kept])
             scores.append([h[0] for h in kept])
-    return Neighbours(ids, scores)
+    return Neighbours(ids, scores, dropped)
 
 
 def vectors_by_id(store: Store, table: str, ids: list[str], key: str) -> np.ndarray:

@@ -7,7 +7,9 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from ravlm_core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,12 @@ EASY_VQA_RGB = {
 }
 # Words that flip an easy-VQA yes/no question ("is there NOT a red shape?", "is NO circle present?").
 NEGATIONS = frozenset({"not", "no"})
+TEXT_COLUMNS = ("image", "caption", "question", "answer", "question_type", "split")
+# Longer text is a broken or hostile row, not an annotation (COCO captions are ~60 characters).
+MAX_TEXT_CHARS = 10_000
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest that cannot be used at all (as opposed to single bad rows, which become `BadRow`s)."""
 
 
@@ -41,16 +46,20 @@ class QAPair:
 @dataclass
 class SourceRecord:
     ref: str  # human reference for error messages: "manifest.csv row 12" or the image file path
-    path: Path
+    path: Path  # the file to read, inside the source folder
+    relpath: str  # its path relative to the source folder (posix): with the dataset, the membership's key
     split: str
     caption: str | None
     qa: list[QAPair] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # the manifest's other columns (first value seen per column)
 
 
 @dataclass(frozen=True)
 class BadRow:
     ref: str
     reason: str  # what is wrong AND what to do about it
+    # The image path the row names, when it names one: a listed image whose row is broken is not "removed".
+    relpath: str | None = None
 
 
 def open_source(source: str, manifest: Path | None = None) -> tuple[list[SourceRecord], list[BadRow]]:
@@ -62,20 +71,20 @@ def open_source(source: str, manifest: Path | None = None) -> tuple[list[SourceR
     Returns:
         The usable records (one per image path) and the rows that had to be skipped.
     Raises:
-        FileNotFoundError: the folder or the explicit manifest does not exist.
-        ManifestError: the manifest is ambiguous or lacks the `image` column.
+        UserError: the folder or the explicit manifest does not exist.
+        ManifestError: the manifest is unreadable, ambiguous, empty or lacks the `image` column.
     """
     if source == EASY_VQA:
         return _open_easy_vqa(), []
-    folder = Path(source)
+    folder = Path(source).absolute()
     if not folder.is_dir():
-        raise FileNotFoundError(f"source {source!r} is neither {EASY_VQA!r} nor an existing folder")
+        raise UserError(f"source {source!r} is neither {EASY_VQA!r} nor an existing folder")
     if manifest is None:
         manifest = _find_manifest(folder)
     elif not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
+        raise UserError(f"manifest {manifest} does not exist")
     if manifest is None:
-        return _open_plain_folder(folder), []
+        return _open_plain_folder(folder)
     return _open_manifest(folder, manifest)
 
 
@@ -103,7 +112,8 @@ def _open_easy_vqa() -> list[SourceRecord]:
             qa_by_image[num].append(QAPair(question, answer, _easy_vqa_question_type(answer, vocab)))
         for num in sorted(image_paths):
             path = Path(image_paths[num])
-            records.append(SourceRecord(str(path), path, split, _easy_vqa_caption(path, qa_by_image[num], vocab), qa_by_image[num]))
+            caption = _easy_vqa_caption(path, qa_by_image[num], vocab)
+            records.append(SourceRecord(str(path), path, f"{split}/{path.name}", split, caption, qa_by_image[num]))
     log.info("easy-vqa: %d images, %d without a caption", len(records), sum(r.caption is None for r in records))
     return records
 
@@ -205,10 +215,17 @@ def _find_manifest(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _open_plain_folder(folder: Path) -> list[SourceRecord]:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    log.info("%s: no manifest, %d image files", folder, len(paths))
-    return [SourceRecord(str(p), p, DEFAULT_SPLIT, None, []) for p in paths]
+def _open_plain_folder(folder: Path) -> tuple[list[SourceRecord], list[BadRow]]:
+    records, bad = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+        relpath = path.relative_to(folder).as_posix()
+        reason = _unsafe_path(folder, relpath)
+        if reason:
+            bad.append(BadRow(str(path), reason))
+        elif path.is_file():
+            records.append(SourceRecord(str(path), path, relpath, DEFAULT_SPLIT, None, []))
+    log.info("%s: no manifest, %d image files", folder, len(records))
+    return records, bad
 
 
 def _open_manifest(folder: Path, manifest: Path) -> tuple[list[SourceRecord], list[BadRow]]:
@@ -217,16 +234,26 @@ def _open_manifest(folder: Path, manifest: Path) -> tuple[list[SourceRecord], li
     for ref, row in rows:
         reason = _add_row(folder, ref, row, records)
         if reason:
-            bad.append(BadRow(ref, reason))
+            image = row.get("image")
+            bad.append(BadRow(ref, reason, PurePosixPath(image).as_posix() if isinstance(image, str) else None))
     log.info("%s: %d rows, %d images, %d bad rows", manifest, len(rows), len(records), len(bad))
+    if not records:
+        # Never read a manifest that yields nothing as "every image was removed".
+        first = f" (first: {bad[0].ref}: {bad[0].reason})" if bad else ""
+        raise ManifestError(f"manifest {manifest} has no usable rows{first}: fix it and rerun")
     return list(records.values()), bad
 
 
 def _add_row(folder: Path, ref: str, row: dict, records: dict[str, SourceRecord]) -> str | None:
     """Merge one manifest row into `records` (keyed by image path); returns why it was skipped, if it was."""
-    image, caption = _text(row.get("image")), _text(row.get("caption"))
-    question, answer = _text(row.get("question")), _text(row.get("answer"))
-    split = _text(row.get("split")) or DEFAULT_SPLIT
+    values = {}
+    for column in TEXT_COLUMNS:
+        value, problem = _text(row.get(column), column)
+        if problem:
+            return problem
+        values[column] = value
+    image, caption, question, answer = (values[c] for c in ("image", "caption", "question", "answer"))
+    split = values["split"] or DEFAULT_SPLIT
     if not SPLIT_NAME.fullmatch(split):
         return f"split {split!r} is not a plain name (letters, digits, '_', '.', '-'): rename it"
     if image is None:
@@ -234,17 +261,62 @@ def _add_row(folder: Path, ref: str, row: dict, records: dict[str, SourceRecord]
     if (question is None) != (answer is None):
         given, missing = ("question", "answer") if answer is None else ("answer", "question")
         return f"has a {given} but no {missing}: add the {missing} or remove the row"
-    key = os.path.normpath(image)
-    path = folder / key
-    if key not in records and not path.is_file():
-        return f"image file {path} does not exist: fix the path (relative to {folder}) or remove the row"
-    record = records.setdefault(key, SourceRecord(ref, path, split, None, []))
+    key = PurePosixPath(image.replace("\\", "/")).as_posix()
+    if key not in records:
+        reason = _unsafe_path(folder, key) or _not_a_file(folder, key)
+        if reason:
+            return reason
+    record = records.setdefault(key, SourceRecord(ref, folder / key, key, split, None, []))
     if record.split != split:
         return f"{image} is in split {record.split!r} at {record.ref} but {split!r} here: give each image one split"
     record.caption = record.caption or caption
     if question is not None:
-        record.qa.append(QAPair(question, answer, _text(row.get("question_type"))))
+        record.qa.append(QAPair(question, answer, values["question_type"]))
+    for column, value in row.items():
+        if column not in TEXT_COLUMNS and _jsonable(value):
+            record.extra.setdefault(str(column), value)
     return None
+
+
+def _unsafe_path(folder: Path, relpath: str) -> str | None:
+    """Why a manifest path may not be read: it must name a file inside the source folder, symlinks resolved."""
+    if "\x00" in relpath:
+        return f"image path {relpath!r} contains a NUL character: fix the path"
+    pure = PurePosixPath(relpath)
+    if pure.is_absolute() or re.match(r"^[A-Za-z]:", relpath):
+        return f"image path {relpath!r} is absolute: give it relative to {folder} (files outside it are never read)"
+    if ".." in pure.parts:
+        return f"image path {relpath!r} leaves {folder} with '..': move the file into the folder"
+    try:
+        resolved = (folder / relpath).resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python 3.11)
+        return f"image path {relpath!r} cannot be resolved ({getattr(err, 'strerror', None) or err}): fix the path"
+    if not resolved.is_relative_to(folder.resolve()):
+        return f"image path {relpath!r} is a symlink to {resolved}, outside {folder}: copy the file into the folder"
+    return None
+
+
+def _not_a_file(folder: Path, relpath: str) -> str | None:
+    path = folder / relpath
+    try:
+        if path.is_file():
+            return None
+        what = ("is a folder, not a file" if path.is_dir() else "is not a regular file (a device, pipe or socket)"
+                if path.exists() else "does not exist")
+    except OSError as err:  # e.g. a name too long for the file system
+        what = f"cannot be checked ({err.strerror or err})"
+    return f"image file {path} {what}: fix the path (relative to {folder}) or remove the row"
+
+
+def _jsonable(value: object) -> bool:
+    """Extra columns are kept when they can be stored as JSON; empty cells are missing, not values."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return False
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _read_manifest(manifest: Path) -> tuple[list[tuple[str, dict]], list[BadRow]]:
@@ -255,18 +327,20 @@ def _read_manifest(manifest: Path) -> tuple[list[tuple[str, dict]], list[BadRow]
         rows, bad = _read_jsonl(manifest)
         columns = sorted({key for _, row in rows for key in row})
     elif suffix == ".csv":
-        import pandas as pd  # lazy: only CSV manifests need it
-
-        # Everything as text: names like "007" must stay text, and empty cells mean "missing".
-        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        columns, rows = list(table.columns), _numbered(manifest, table.to_dict("records"))
+        columns, rows = _read_csv(manifest)
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(manifest)
+        try:
+            table = pq.read_table(manifest)
+        except (pa.ArrowException, OSError) as err:
+            raise ManifestError(f"manifest {manifest} is not a readable Parquet file ({_one_line(err)})") from err
         columns, rows = table.column_names, _numbered(manifest, table.to_pylist())
     else:
         raise ManifestError(f"manifest {manifest} is not .jsonl, .csv or .parquet: convert it to one of those")
+    if not rows and not bad:
+        raise ManifestError(f"manifest {manifest} has no rows: list at least one image (or remove the manifest)")
     if "image" not in columns:
         raise ManifestError(
             f"manifest {manifest} has no `image` column (it has: {', '.join(map(str, columns)) or 'none'}); "
@@ -275,31 +349,92 @@ def _read_manifest(manifest: Path) -> tuple[list[tuple[str, dict]], list[BadRow]
     return rows, bad
 
 
+def _read_csv(manifest: Path) -> tuple[list[str], list[tuple[str, dict]]]:
+    import pandas as pd  # lazy: only CSV manifests need it
+
+    try:
+        # Everything as text: names like "007" must stay text, and empty cells mean "missing".
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError as err:
+        raise ManifestError(f"manifest {manifest} is empty: list at least one image (or remove it)") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise ManifestError(f"manifest {manifest} is not valid UTF-8 CSV ({_one_line(err)}): fix it") from err
+    # CSV rows count from 1 after the header line, so "row 3" is the file's fourth line.
+    return [str(c) for c in table.columns], _numbered(manifest, table.to_dict("records"))
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _numbered(manifest: Path, rows: list[dict]) -> list[tuple[str, dict]]:
     return [(f"{manifest.name} row {number}", row) for number, row in enumerate(rows, start=1)]
 
 
 def _read_jsonl(manifest: Path) -> tuple[list[tuple[str, dict]], list[BadRow]]:
     rows, bad = [], []
-    with manifest.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            ref = f"{manifest.name} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                bad.append(BadRow(ref, f"not valid JSON ({err}): fix the line or remove it"))
-                continue
-            if isinstance(row, dict):
-                rows.append((ref, row))
-            else:
-                bad.append(BadRow(ref, "not a JSON object: write one object per line"))
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")  # -sig: Notepad and Excel start UTF-8 files with a BOM
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"manifest {manifest} is not UTF-8 text (byte {err.start}): save it as UTF-8 JSON lines") from err
+    # Lines end at "\n" only: str.splitlines would also split inside JSON strings holding U+2028 and the like.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        ref = f"{manifest.name} line {number}"
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            bad.append(BadRow(ref, f"not valid JSON ({_one_line(err)}): fix the line or remove it"))
+            continue
+        if isinstance(row, dict):
+            rows.append((ref, row))
+        else:
+            bad.append(BadRow(ref, "not a JSON object: write one object per line"))
     return rows, bad
 
 
-def _text(value: object) -> str | None:
-    """A manifest cell as stripped text; empty, null and NaN all mean missing."""
+def _text(value: object, column: str) -> tuple[str | None, str | None]:
+    """A manifest cell as stripped text, or why it cannot be one. Empty, null and NaN mean missing; numbers are
+    taken as text (answers like 2); lists, objects and booleans are errors."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value).strip() or None
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None, f"`{column}` is {type(value).__name__} {_preview(value)}, not text: write it as a string"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if len(text) > MAX_TEXT_CHARS:
+        return None, f"`{column}` is {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,}: shorten it"
+    return text or None, None
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def read_questions_file(path: Path) -> list[str]:
+    """Questions to ask of every image of an unlabeled query set: a text file with one question per line, or a
+    .jsonl / .csv file with a `question` column. Duplicates are dropped, order kept.
+
+    Raises:
+        UserError: the file is missing, unreadable or holds no question.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"questions file {path} does not exist")
+    if path.suffix.lower() in (".jsonl", ".csv"):
+        rows = _read_jsonl(path)[0] if path.suffix.lower() == ".jsonl" else _read_csv(path)[1]
+        values = [_text(row.get("question"), "question") for _, row in rows]
+        questions = [text for text, problem in values if text and not problem]
+    else:
+        try:
+            questions = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as err:
+            raise UserError(f"questions file {path} is not UTF-8 text: save it as UTF-8") from err
+    questions = list(dict.fromkeys(q for q in questions if q and len(q) <= MAX_TEXT_CHARS))
+    if not questions:
+        raise UserError(f"questions file {path} holds no question: write one question per line")
+    return questions

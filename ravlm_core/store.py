@@ -9,35 +9,58 @@ import pyarrow as pa
 
 IMAGES = "images"
 QA = "qa"
+CONTENTS = "contents"
 CAPTION_PREDICTIONS = "caption_predictions"
 VQA_PREDICTIONS = "vqa_predictions"
+PREDICTION_TABLES = (VQA_PREDICTIONS, CAPTION_PREDICTIONS)
 EVAL_RUNS = "eval_runs"
+# Rows kept with `ingest --keep-removed` carry `removed_at`; every reader of the living collection filters on this.
+ACTIVE = "removed_at IS NULL"
 
+# One row per listing of an image in a dataset: (dataset, path) is a membership, the bytes are content.
 IMAGES_SCHEMA = pa.schema(
     [
-        ("image_id", pa.string()),  # content hash of the image bytes
+        ("member_id", pa.string()),  # hash of (dataset, path)
+        ("image_id", pa.string()),  # content hash of the image bytes (one `contents` row however often listed)
         ("dataset", pa.string()),
         ("split", pa.string()),
-        ("uri", pa.string()),  # where the image came from
-        ("width", pa.int32()),
+        ("path", pa.string()),  # relative to the dataset folder, posix
+        ("uri", pa.string()),  # where the file was read from
+        ("width", pa.int32()),  # as displayed (EXIF orientation applied)
         ("height", pa.int32()),
         ("format", pa.string()),
         ("caption", pa.string()),
-        ("thumbnail", pa.binary()),  # small JPEG; the full bytes live in the Parquet shard
-        ("shard", pa.string()),  # Parquet shard path holding the full image
+        ("extra", pa.string()),  # JSON object of the manifest's other columns, or null
+        ("annotation", pa.string()),  # digest of split, caption, extra and QA pairs: a change is a re-annotation
         ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("removed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
 QA_SCHEMA = pa.schema(
     [
-        ("qa_id", pa.string()),  # hash of (image_id, question, answer)
+        ("qa_id", pa.string()),  # hash of (member_id, image_id, question, answer, question_type)
+        ("member_id", pa.string()),
         ("image_id", pa.string()),
         ("dataset", pa.string()),
         ("split", pa.string()),
         ("question", pa.string()),
         ("answer", pa.string()),
         ("question_type", pa.string()),
+        ("removed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# One row per distinct image content; the full bytes live in the Parquet shard named by `shard`.
+CONTENTS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("source_mode", pa.string()),  # the file's pixel mode before normalisation to RGB (I;16, P, CMYK ...)
+        ("thumbnail", pa.binary()),  # small JPEG of the normalised pixels the encoder sees
+        ("shard", pa.string()),
     ]
 )
 
@@ -55,6 +78,15 @@ def text_vectors_table(model_tag: str) -> str:
 
 def question_vectors_table(question_tag: str) -> str:
     return f"{question_tag}__question_vectors"
+
+
+# Image vector rows carry the "dataset:split" sets their image belongs to, so a knowledge base of several
+# datasets is one prefilter (`array_has_any`) however many datasets list the same bytes.
+MEMBERSHIPS = [("memberships", pa.list_(pa.string()))]
+
+
+def membership_label(dataset: str, split: str) -> str:
+    return f"{dataset}:{split}"
 
 
 def vector_schema(dim: int, key: str, extra: Iterable[tuple[str, pa.DataType]] = ()) -> pa.Schema:
@@ -114,6 +146,13 @@ class Store:
             query = query.where(where)
         return query.to_arrow()
 
+    def delete(self, name: str, where: str) -> None:
+        if self.has(name):
+            self.table(name).delete(where)
+
+    def image_vector_tables(self) -> list[str]:
+        return [name for name in self.db.list_tables().tables if name.endswith("__image_vectors")]
+
     def count(self, name: str, where: str | None = None) -> int:
         """Rows of a table (matching `where` when given); 0 when the table does not exist."""
         return self.table(name).count_rows(where) if self.has(name) else 0
@@ -127,9 +166,12 @@ def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
     """
     return pa.schema(
         [("pred_id", pa.string()), ("job_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
-         *item_fields,
-         ("variant", pa.string()), ("neighbour_ids", pa.list_(pa.string())),
-         ("neighbour_scores", pa.list_(pa.float32())), ("model_tag", pa.string()),
+         ("member_id", pa.string()), ("image_id", pa.string()), *item_fields,
+         ("variant", pa.string()), ("kb", pa.string()),  # the knowledge base searched: "dataset:split,..."
+         ("neighbour_ids", pa.list_(pa.string())), ("neighbour_scores", pa.list_(pa.float32())),
+         # KB images left out because they are the query's own bytes or a near-duplicate (leakage guard)
+         ("near_duplicates", pa.int32()),
+         ("model_tag", pa.string()),
          ("run_id", pa.string()),  # the orchestrator run that wrote the row (Prefect flow run id), for provenance
          ("created_at", pa.timestamp("us", tz="UTC"))]
     )
@@ -138,3 +180,15 @@ def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
 def sql_quote(value: str) -> str:
     """Quote a string literal for a LanceDB / DataFusion `where` clause."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def in_list(column: str, values: Iterable[str]) -> str:
+    """`column IN (...)` with quoted values; `false` for none (an empty IN list is a syntax error)."""
+    values = list(values)
+    return f"{column} IN ({', '.join(sql_quote(v) for v in values)})" if values else "false"
+
+
+def chunks(values: list, size: int = 2000) -> Iterable[list]:
+    """Slices of `values`, so an IN list never grows with the collection."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

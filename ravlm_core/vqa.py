@@ -1,4 +1,4 @@
-"""The retrieval-augmented VQA job: items → image neighbours + neighbours' QA → answers → prediction rows."""
+"""The retrieval-augmented VQA job: items → KB neighbours + their QA → answers → prediction rows."""
 from __future__ import annotations
 
 import hashlib
@@ -13,13 +13,14 @@ import pyarrow as pa
 from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
 from ravlm_core.embed import text_id
 from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.retrieve import Neighbours, kb_filter, search, vectors_by_id
-from ravlm_core.store import QA, QA_SCHEMA, Store, predictions_schema, sql_quote
+from ravlm_core.retrieve import Neighbours, search, sets_filter, vectors_by_id
+from ravlm_core.store import QA, QA_SCHEMA, Store, in_list, predictions_schema
 
 VARIANTS = ("fusion", "fusion-no-retrieval", "voting")
+ITEM_COLUMNS = ["qa_id", "member_id", "image_id", "dataset", "split", "question", "answer", "question_type"]
 
 PREDICTIONS_SCHEMA = predictions_schema(
-    [("qa_id", pa.string()), ("image_id", pa.string()), ("question", pa.string()), ("question_type", pa.string()),
+    [("qa_id", pa.string()), ("question", pa.string()), ("question_type", pa.string()),
      ("answer", pa.string()), ("prediction", pa.string())]
 )
 
@@ -32,55 +33,68 @@ class Retrieved:
     question_vectors: np.ndarray  # float32 [n_items, dq], question encoder space
     question_index: np.ndarray  # int [n_items], matched KB question
     question_sim: np.ndarray  # float32 [n_items]
-    neighbours: Neighbours  # per item: nearest KB images that were asked the matched question
+    neighbours: Neighbours  # per item: nearest KB images asked the matched question (or plain image neighbours)
 
     def context(self, kb: KnowledgeBase) -> np.ndarray:
-        return kb.votes(self.neighbours, self.question_index, self.question_sim)
+        return kb.votes(self.neighbours, self.question_index, self.question_sim, self.question_vectors)
 
 
-def read_items(store: Store, dataset: str, split: str, image_ids: list[str] | None = None) -> pd.DataFrame:
-    """QA rows of a dataset split (optionally only for `image_ids`), in a stable order."""
-    where = kb_filter(dataset, split)
-    if image_ids is not None:
-        if not image_ids:
-            return QA_SCHEMA.empty_table().to_pandas()
-        where += f" AND image_id IN ({', '.join(sql_quote(i) for i in image_ids)})"
-    items = store.read(QA, where=where).to_pandas()
-    return items.sort_values("qa_id", kind="stable").reset_index(drop=True) if not items.empty else items
+def read_items(store: Store, sets: list[tuple[str, str]], member_range: tuple[str, str] | None = None,
+               labelled: bool = False) -> pd.DataFrame:
+    """QA rows of the listed images of these sets (optionally one member id range), in a stable order."""
+    where = sets_filter(sets)
+    if member_range is not None:
+        where += f" AND member_id >= '{member_range[0]}' AND member_id < '{member_range[1]}'"
+    if labelled:
+        where += " AND answer IS NOT NULL"
+    items = store.read(QA, columns=ITEM_COLUMNS, where=where)
+    if not items.num_rows:
+        return QA_SCHEMA.empty_table().select(ITEM_COLUMNS).to_pandas()
+    # Arrow → pandas keeps missing text as None (not NaN), so optional columns survive the round trip.
+    items = items.to_pandas().astype(object).where(lambda frame: frame.notna(), None)
+    return items.sort_values("qa_id", kind="stable").reset_index(drop=True)
 
 
 def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], questions: list[str], k: int,
-                       leave_one_out: bool) -> Retrieved:
+                       training: bool = False) -> Retrieved:
     """Look up the stored vectors of the items' images and questions, then retrieve (`retrieve_for_vectors`).
 
-    `leave_one_out` keeps each item's own image out of its neighbours (items drawn from the KB itself).
+    With the leakage guard on, each item's own image (its bytes, under any name or dataset) and its near-duplicates
+    are never retrieved; `training` items (the KB's own) always leave their own image out.
     """
     image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")  # reads each distinct id once
     question_vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in questions], "text_id")
+    guard = kb.config.leakage_guard
     return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k,
-                                exclude=image_ids if leave_one_out else None)
+                                exclude=image_ids if guard or training else None)
 
 
 def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndarray, question_vectors: np.ndarray,
                          k: int, exclude: list[str] | None = None) -> Retrieved:
     """Per item: match its question to a KB question, then search the k nearest KB images asked that question.
 
-    One batched search per distinct matched question, filtered to the images that were asked it.
+    One batched search per distinct matched question, filtered to the images that were asked it. Items whose
+    question matches no KB question closely (`kb.config.question_match_min`) get their plain nearest KB images.
     """
+    n = len(image_vectors)
     question_index, question_sim = kb.match_questions(question_vectors)
-    ids: list[list[str]] = [[] for _ in range(len(image_vectors))]
-    scores: list[list[float]] = [[] for _ in range(len(image_vectors))]
-    for q in np.unique(question_index):
-        items = np.flatnonzero(question_index == q)
-        candidates = kb.images_asked(int(q)) if q >= 0 else []
-        if not candidates:
+    fallback = question_sim < kb.config.question_match_min
+    ids: list[list[str]] = [[] for _ in range(n)]
+    scores: list[list[float]] = [[] for _ in range(n)]
+    dropped = [0] * n
+    groups = [(np.flatnonzero(fallback), None)] + [
+        (np.flatnonzero((question_index == q) & ~fallback), int(q)) for q in np.unique(question_index[~fallback])]
+    for items, q in groups:
+        candidates = kb.images_asked(q) if q is not None and q >= 0 else None
+        if not len(items) or candidates == []:
             continue
-        where = f"{kb.where} AND image_id IN ({', '.join(sql_quote(i) for i in candidates)})"
+        where = kb.where if candidates is None else f"{kb.where} AND {in_list('image_id', candidates)}"
         found = search(store, kb.image_table, image_vectors[items], k, where=where,
-                       exclude=[exclude[i] for i in items] if exclude is not None else None)
-        for item, item_ids, item_scores in zip(items, found.ids, found.scores):
-            ids[item], scores[item] = item_ids, item_scores
-    return Retrieved(image_vectors, question_vectors, question_index, question_sim, Neighbours(ids, scores))
+                       exclude=[exclude[i] for i in items] if exclude is not None else None,
+                       near_duplicate=kb.config.near_duplicate if kb.config.leakage_guard else None)
+        for item, item_ids, item_scores, item_dropped in zip(items, found.ids, found.scores, found.near_duplicates):
+            ids[item], scores[item], dropped[item] = item_ids, item_scores, item_dropped
+    return Retrieved(image_vectors, question_vectors, question_index, question_sim, Neighbours(ids, scores, dropped))
 
 
 def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
@@ -95,13 +109,14 @@ def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: Fusi
 
 def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
                    device: str = "cpu", config: FusionConfig | None = None) -> Path:
-    """Train (or reuse) a fusion answerer on the KB's own QA pairs, with leave-one-out retrieval."""
+    """Train (or reuse) a fusion answerer on the KB's own QA pairs, retrieving for each as inference will:
+    never its own image or a near-duplicate of it."""
     config = config or FusionConfig()
     config = FusionConfig(**{**config.__dict__, "use_retrieval": use_retrieval})
-    items = read_items(store, kb.dataset, kb.split)
+    items = read_items(store, kb.sets, labelled=True)
     if items.empty:
-        raise ValueError(f"{kb.dataset}/{kb.split} has no question-answer pairs to train an answerer on")
-    retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k, True)
+        raise ValueError(f"knowledge base {kb.label} has no question-answer pairs to train an answerer on")
+    retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k, training=True)
     labels = np.array([kb.answer_index(a) for a in items["answer"]])
     return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(kb), labels,
                         kb.answers, out_root, f"{kb.fingerprint}:k={k}", config, device)
@@ -121,28 +136,25 @@ def pred_ids(job: str, keys: list[str]) -> list[str]:
 def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
                     predictions: list[str], variant: str, run_id: str = "") -> pa.Table:
     """The `vqa_predictions` rows of one job over `items`."""
+    n = len(items)
     now = datetime.now(timezone.utc)
     uses_neighbours = variant != "fusion-no-retrieval"
-    ids = retrieved.neighbours.ids if uses_neighbours else [[] for _ in range(len(items))]
-    scores = retrieved.neighbours.scores if uses_neighbours else [[] for _ in range(len(items))]
+    empty = [[] for _ in range(n)]
+    columns = {name: items[name].tolist() for name in ITEM_COLUMNS}
     return pa.Table.from_pydict(
         {
-            "pred_id": pred_ids(job, items["qa_id"].tolist()),
-            "job_id": [job] * len(items),
-            "dataset": items["dataset"].tolist(),
-            "split": items["split"].tolist(),
-            "qa_id": items["qa_id"].tolist(),
-            "image_id": items["image_id"].tolist(),
-            "question": items["question"].tolist(),
-            "question_type": items["question_type"].tolist(),
-            "answer": items["answer"].tolist(),
+            **columns,
+            "pred_id": pred_ids(job, columns["qa_id"]),
+            "job_id": [job] * n,
             "prediction": predictions,
-            "variant": [variant] * len(items),
-            "neighbour_ids": ids,
-            "neighbour_scores": scores,
-            "model_tag": [kb.model_tag] * len(items),
-            "run_id": [run_id] * len(items),
-            "created_at": [now] * len(items),
+            "variant": [variant] * n,
+            "kb": [kb.label] * n,
+            "neighbour_ids": retrieved.neighbours.ids if uses_neighbours else empty,
+            "neighbour_scores": retrieved.neighbours.scores if uses_neighbours else empty,
+            "near_duplicates": retrieved.neighbours.near_duplicates if uses_neighbours else [0] * n,
+            "model_tag": [kb.model_tag] * n,
+            "run_id": [run_id] * n,
+            "created_at": [now] * n,
         },
         schema=PREDICTIONS_SCHEMA,
     )

@@ -44,9 +44,11 @@ def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, ba
 
 
 @task(cache_policy=NO_CACHE, retries=2)
-def embed_texts(store_uri: str, model_ref: str, shard_paths: list[str], device: str, batch_size: int) -> dict:
+def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, datasets: list[str] | None = None,
+                extra_questions: list[str] | None = None) -> dict:
     encoder, questions = load_cached_encoder(model_ref, device), load_cached_question_encoder(device)
-    return asdict(embed.embed_texts(Store(store_uri), encoder, shard_paths, batch_size * 4, questions))
+    return asdict(embed.embed_texts(Store(store_uri), encoder, datasets, batch_size * 4, questions,
+                                    extra_questions or []))
 
 
 @task(cache_policy=NO_CACHE)

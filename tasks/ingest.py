@@ -1,4 +1,4 @@
-"""Ingest tasks: scan a source, write one Parquet shard, load one shard into the `images` and `qa` tables."""
+"""Ingest tasks: scan and diff a source, write one content shard, register it, apply the membership plan."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -7,25 +7,30 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ravlm_core import ingest
-from ravlm_core.store import IMAGES, Store
+from ravlm_core import ingest, membership
+from ravlm_core.store import Store
 
 
 @task(cache_policy=NO_CACHE)
 def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, shard_size: int,
-                manifest: str | None = None) -> dict:
-    """Hash every image of the source and plan shards for those the store does not hold yet."""
-    known = Store(store_uri).existing_ids(IMAGES, "image_id")
-    result = ingest.scan_source(source, dataset, Path(staging_dir), known, shard_size,
-                                Path(manifest) if manifest else None)
+                manifest: str | None = None, dry_run: bool = False) -> dict:
+    """Hash every image of the source and plan what changed since the store last saw it."""
+    result = ingest.scan_source(source, dataset, Path(staging_dir), Store(store_uri), shard_size,
+                                Path(manifest) if manifest else None, dry_run)
     return asdict(result)
 
 
 @task(cache_policy=NO_CACHE, retries=1)
-def write_shard(records_path: str, shard: str, dataset: str, parquet_dir: str) -> dict:
-    return asdict(ingest.write_shard(records_path, shard, dataset, Path(parquet_dir)))
+def write_shard(content_path: str, shard: str, parquet_dir: str, max_pixels: int) -> dict:
+    return asdict(ingest.write_shard(content_path, shard, Path(parquet_dir), max_pixels))
 
 
 @task(cache_policy=NO_CACHE, retries=2)
-def load_shard(store_uri: str, shard_path: str) -> dict:
-    return asdict(ingest.load_shard(Store(store_uri), shard_path))
+def load_shard(store_uri: str, shard_path: str) -> int:
+    return ingest.load_shard(Store(store_uri), shard_path)
+
+
+@task(cache_policy=NO_CACHE, retries=2)
+def apply_plan(store_uri: str, plan_path: str, keep_removed: bool) -> dict:
+    """One task for the whole plan: membership writes never race each other."""
+    return asdict(membership.apply_plan(Store(store_uri), plan_path, keep_removed))

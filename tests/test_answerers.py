@@ -6,16 +6,16 @@ import pyarrow as pa
 import pytest
 
 from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
-from ravlm_core.knowledge import KnowledgeBase
+from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig
 from ravlm_core.retrieve import Neighbours
-from ravlm_core.store import vector_schema
+from ravlm_core.store import MEMBERSHIPS, vector_schema
 from ravlm_core.vqa import retrieve_for_vectors
 from tests.conftest import unit_rows
 
 
-def _kb(question_vectors, qa_by_image, answers) -> KnowledgeBase:
-    return KnowledgeBase("d", "train", "tag", "qtag", answers, [f"q{i}" for i in range(len(question_vectors))],
-                         question_vectors, qa_by_image, {}, "fp")
+def _kb(question_vectors, qa_by_image, answers, config=RetrievalConfig()) -> KnowledgeBase:
+    return KnowledgeBase([("d", "train")], "tag", "qtag", answers, [f"q{i}" for i in range(len(question_vectors))],
+                         question_vectors, qa_by_image, {}, "fp", config)
 
 
 def _question_and_negation(rng) -> np.ndarray:
@@ -62,9 +62,9 @@ def test_retrieval_finds_the_nearest_images_that_were_asked_the_question(store):
     qa = {f"i{n}": (np.array([n % 2]), np.array([0])) for n in range(40)}
     kb = _kb(questions, qa, ["yes", "no"])
     rows = pa.Table.from_pydict(
-        {"image_id": [f"i{n}" for n in range(40)], "vector": list(images), "dataset": ["d"] * 40,
-         "split": ["train"] * 40, "model_tag": ["t"] * 40, "embedded_at": [None] * 40},
-        schema=vector_schema(8, "image_id", [("dataset", pa.string()), ("split", pa.string())]))
+        {"image_id": [f"i{n}" for n in range(40)], "vector": list(images), "memberships": [["d:train"]] * 40,
+         "model_tag": ["t"] * 40, "embedded_at": [None] * 40},
+        schema=vector_schema(8, "image_id", MEMBERSHIPS))
     store.upsert(kb.image_table, rows, "image_id")
     queries = images[[1, 2]]  # an odd image asked question 0, an even image asked question 0 (left out)
     got = retrieve_for_vectors(store, kb, queries, questions[[0, 0]], 3, exclude=["i1", "i2"])
@@ -73,6 +73,24 @@ def test_retrieval_finds_the_nearest_images_that_were_asked_the_question(store):
         expected = [f"i{even[j]}" for j in np.argsort(-(images[even] @ query)) if f"i{even[j]}" != own][:3]
         assert ids == expected
     assert got.question_index.tolist() == [0, 0]
+
+
+def test_a_question_no_kb_question_matches_falls_back_to_image_neighbours_and_their_closest_questions():
+    rng = np.random.default_rng(2)
+    questions = unit_rows(rng, 3, 16)  # q0 "what colour?", q1 "what shape?", q2 an unrelated yes/no question
+    # Both neighbours answered q0 with "red" and q1 with "circle"; the item asks a paraphrase of q0 at cosine 0.8.
+    qa = {i: (np.array([0, 1]), np.array([0, 1])) for i in "ab"}
+    kb = _kb(questions, qa, ["red", "circle"], RetrievalConfig(question_match_min=0.9))
+    paraphrase = 0.8 * questions[0] + 0.6 * questions[2]
+    paraphrase = (paraphrase / np.linalg.norm(paraphrase))[None].astype(np.float32)
+    index, sim = kb.match_questions(paraphrase)
+    context = kb.votes(Neighbours([["a", "b"]], [[0.9, 0.9]]), index, sim, paraphrase)
+    assert sim[0] < 0.9 and vote_answers(context, kb.answers) == ["red"]
+    assert context[0, 0] > 0.99  # the q1 answers weigh e^-(0.8 - 0.0x)/QUESTION_TAU less
+    # The same item with a strict threshold off (0.0) takes the matched question's answers alone: no question
+    # vectors needed, and q1's "circle" never counts.
+    strict = _kb(questions, qa, ["red", "circle"], RetrievalConfig(question_match_min=0.0))
+    assert strict.votes(Neighbours([["a", "b"]], [[0.9, 0.9]]), index, sim)[0, 1] == 0
 
 
 def test_fusion_learns_from_retrieved_context_and_round_trips(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core import embed, ingest
-from ravlm_core.store import Store, image_vectors_table, question_vectors_table, text_vectors_table
+from ravlm_core.store import Store, image_vectors_table, in_list, question_vectors_table, text_vectors_table
 
 
 class CountingEncoder:
@@ -36,11 +36,11 @@ class CountingEncoder:
 
 
 @pytest.fixture
-def shards(tmp_path) -> list[str]:
+def shards(tmp_path, store) -> list[str]:
     folder = tmp_path / "src"
     make_shapes_dataset(folder, n_train=6, n_test=4, seed=2)
-    scan = ingest.scan_source(str(folder), "shapes", tmp_path / "staging", set(), shard_size=3)
-    return [ingest.write_shard(scan.records_path, s, "shapes", tmp_path / "parquet").path for s in scan.shards]
+    ingest.ingest_all(str(folder), "shapes", store, tmp_path / "data", shard_size=3)
+    return ingest.content_shards(tmp_path / "data" / "parquet")
 
 
 def test_images_are_embedded_once_across_reruns_and_new_shards(store: Store, shards):
@@ -52,23 +52,31 @@ def test_images_are_embedded_once_across_reruns_and_new_shards(store: Store, sha
     assert again.new_images == 0 and encoder.images == sum(sizes[:2])  # nothing decoded or encoded twice
     rest = [embed.embed_shard(store, encoder, path, batch_size=2) for path in shards[2:]]
     assert [r.new_images for r in rest] == sizes[2:] and encoder.images == sum(sizes) == 10
-    table = store.read(image_vectors_table(encoder.tag), columns=["image_id", "split"])
+    table = store.read(image_vectors_table(encoder.tag), columns=["image_id", "memberships"])
     ids = table.column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == 10
-    assert sorted(set(table.column("split").to_pylist())) == ["test", "train"]
+    assert sorted({m for labels in table.column("memberships").to_pylist() for m in labels}) == [
+        "shapes:test", "shapes:train"]
+
+
+def test_images_no_dataset_lists_are_not_embedded(store: Store, shards):
+    removed = store.read("images", columns=["image_id"]).column("image_id").to_pylist()[:3]
+    store.delete("images", in_list("image_id", removed))
+    encoder = CountingEncoder()
+    done = sum(embed.embed_shard(store, encoder, path).new_images for path in shards)
+    assert done == encoder.images == 7
+    assert not store.existing_ids(image_vectors_table(encoder.tag), "image_id", removed)
 
 
 def test_texts_of_all_shards_are_embedded_once(store: Store, shards):
     encoder, questions = CountingEncoder(), CountingEncoder()
-    captions, asked = set(), set()
-    for path in shards:
-        c, q = embed.shard_texts(path)
-        captions.update(c)
-        asked.update(q)
-    result = embed.embed_texts(store, encoder, shards, batch_size=4, question_encoder=questions)
+    captions, asked = embed.listed_texts(store)
+    captions, asked = set(captions), set(asked)
+    assert len(captions) > 3 and len(asked) > 10
+    result = embed.embed_texts(store, encoder, batch_size=4, question_encoder=questions)
     assert result.new_texts == len(captions | asked) == len(encoder.texts)
     assert result.new_questions == len(asked) == len(questions.texts)
     assert store.count(text_vectors_table(encoder.tag)) == len(captions | asked)
     assert store.count(question_vectors_table(questions.tag)) == len(asked)
-    rerun = embed.embed_texts(store, encoder, shards, batch_size=4, question_encoder=questions)
+    rerun = embed.embed_texts(store, encoder, batch_size=4, question_encoder=questions)
     assert (rerun.new_texts, rerun.new_questions) == (0, 0) and len(encoder.texts) == len(captions | asked)

@@ -1,227 +1,216 @@
-"""Tests for ravlm_core.ingest: scan → write_shard → load_shard into a throwaway LanceDB store."""
+"""Ingest keeps the store true to the source: memberships, diffs (added / changed / re-annotated / removed),
+content stored once, every table (images, qa, contents, vectors, predictions) following the source."""
 from __future__ import annotations
 
-import hashlib
-import io
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
-from ravlm_core import ingest
-from ravlm_core.store import IMAGES, QA, Store
+from ravlm_core import embed, ingest
+from ravlm_core.errors import UserError
+from ravlm_core.store import CONTENTS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table, predictions_schema
+from tests.test_embed import CountingEncoder
 
 N_TRAIN, N_TEST = 6, 4
 
 
 @pytest.fixture
 def source(tmp_path) -> Path:
-    """10 shapes images + a byte-identical copy with extra QA + a truncated PNG + random bytes named .png."""
     folder = tmp_path / "src"
-    manifest = make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
-    rows = pd.read_csv(manifest)
-    original = rows.image[0]
-    shutil.copy(folder / original, folder / "images/copy.png")
-    first_qa = rows.iloc[0]
-    big = Image.effect_noise((128, 128), 60).convert("RGB")  # noisy, so its PNG has a long pixel stream to cut
-    big.save(folder / "images/whole.png")
-    data = (folder / "images/whole.png").read_bytes()
-    (folder / "images/truncated.png").write_bytes(data[: len(data) // 2])
-    (folder / "images/whole.png").unlink()
-    (folder / "images/random.png").write_bytes(bytes(range(256)) * 4)
-    extra = pd.DataFrame(
-        [
-            {"image": "images/copy.png", "question": "Is this a copy?", "answer": "yes", "split": first_qa.split},
-            # Exactly the original's first QA pair again: must not be stored twice.
-            {"image": "images/copy.png", "question": first_qa.question, "answer": first_qa.answer,
-             "split": first_qa.split, "question_type": first_qa.question_type},
-            {"image": "images/truncated.png", "question": "q", "answer": "a", "split": "test"},
-            {"image": "images/random.png", "question": "q", "answer": "a", "split": "test"},
-        ]
-    )
-    pd.concat([rows, extra]).to_csv(manifest, index=False)
+    make_shapes_dataset(folder, n_train=N_TRAIN, n_test=N_TEST, seed=0)
     return folder
 
 
-def _scan(source: Path, tmp_path: Path, store: Store, shard_size: int = 4) -> ingest.ScanResult:
-    known = store.existing_ids(IMAGES, "image_id")
-    return ingest.scan_source(str(source), "shapes", tmp_path / "staging", known, shard_size)
+def _manifest(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
 
 
-def _write_all(scan: ingest.ScanResult, tmp_path: Path, dataset: str = "shapes") -> list[ingest.ShardResult]:
-    return [ingest.write_shard(scan.records_path, shard, dataset, tmp_path / "parquet") for shard in scan.shards]
+def _ingest(folder: Path, store: Store, tmp_path: Path, dataset: str = "shapes", **options) -> ingest.IngestSummary:
+    return ingest.ingest_all(str(folder), dataset, store, tmp_path / "data", shard_size=4, **options)
 
 
-def _write_and_load_all(scan: ingest.ScanResult, tmp_path: Path, store: Store) -> list[ingest.ShardResult]:
-    written = _write_all(scan, tmp_path)
-    for result in written:
-        if result.path:  # "" when every image of the shard was rejected
-            ingest.load_shard(store, result.path)
-    return written
+def _rows(store: Store, table: str, *columns: str) -> list[tuple]:
+    data = store.read(table, columns=list(columns))
+    return sorted(zip(*(data.column(c).to_pylist() for c in columns))) if data.num_rows else []
 
 
-def _remove_broken(source: Path) -> None:
-    (source / "images/truncated.png").unlink()
-    (source / "images/random.png").unlink()
+def _embed(store: Store, tmp_path: Path, encoder: CountingEncoder) -> None:
+    for shard in ingest.content_shards(tmp_path / "data" / "parquet"):
+        embed.embed_shard(store, encoder, shard)
 
 
-def _files(folder: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
+def _add_prediction(store: Store, member_id: str, image_id: str) -> None:
+    schema = predictions_schema([("qa_id", pa.string())])
+    row = {name: None for name in schema.names} | {"pred_id": f"p-{member_id}", "job_id": "j", "member_id": member_id,
+                                                    "image_id": image_id}
+    store.upsert(VQA_PREDICTIONS, pa.Table.from_pylist([row], schema), "pred_id")
 
 
-def test_end_to_end_fills_tables_and_reports_bad_images(source, tmp_path):
-    store = Store(str(tmp_path / "db"))
-    manifest = pd.read_csv(source / "manifest.csv")
-    scan = _scan(source, tmp_path, store)
-    assert scan.n_images == N_TRAIN + N_TEST + 2  # the copy merges into its original; the two broken files hash fine
-    assert scan.n_new == scan.n_images
-    assert pq.read_schema(scan.records_path).names == ["image_id", "path", "ref", "split", "caption", "qa", "shard"]
-    written = _write_all(scan, tmp_path)
-    bad = [b for w in written for b in w.bad_rows]
-    assert sorted(b.ref for b in bad) == [f"manifest.csv row {len(manifest) - 1}", f"manifest.csv row {len(manifest)}"]
-    reasons = " ".join(b.reason for b in bad)
-    assert "truncated.png" in reasons and "random.png" in reasons and "fix or remove the file" in reasons
-    loaded = [ingest.load_shard(store, w.path) for w in written]
-
-    shapes_qa = manifest[manifest.image.str.startswith("images/train_") | manifest.image.str.startswith("images/test_")]
-    assert store.count(IMAGES) == N_TRAIN + N_TEST == sum(r.new_images for r in loaded)
-    assert store.count(QA) == len(shapes_qa) + 1 == sum(r.new_qa for r in loaded)  # +1: the copy's new question
-    images = store.read(IMAGES).to_pandas()
-    assert set(images.split) == {"train", "test"}
-    assert (images.width == 64).all() and (images.format == "PNG").all()
-    assert images.caption.str.startswith("a drawing of a ").all()
-    assert set(images.shard) == {w.path for w in written if w.n_images}
-    with Image.open(io.BytesIO(images.thumbnail[0])) as thumb:
-        assert thumb.format == "JPEG" and max(thumb.size) <= 128
-    assert ingest.shard_paths(tmp_path / "parquet", "shapes") == sorted(w.path for w in written)
+def test_first_ingest_fills_every_table_and_a_rerun_changes_nothing(source, tmp_path, store):
+    first = _ingest(source, store, tmp_path)
+    assert (first.added, first.new_content, first.bad_rows) == (N_TRAIN + N_TEST, N_TRAIN + N_TEST, [])
+    manifest = _manifest(source)
+    assert store.count(IMAGES) == store.count(CONTENTS) == N_TRAIN + N_TEST
+    assert store.count(QA) == len(manifest.drop_duplicates(["image", "question", "answer"]))
+    assert {r[0] for r in _rows(store, IMAGES, "path")} == set(manifest.image)
+    versions = {t: store.table(t).version for t in (IMAGES, QA, CONTENTS)}
+    again = _ingest(source, store, tmp_path)
+    assert (again.added, again.changed, again.reannotated, again.removed, again.unchanged) == (0, 0, 0, 0, 10)
+    assert {t: store.table(t).version for t in versions} == versions  # not even an empty commit
 
 
-def test_shards_hold_original_bytes_and_respect_size_and_split(source, tmp_path):
-    _remove_broken(source)
-    scan = _scan(source, tmp_path, Store(str(tmp_path / "db")), shard_size=3)
-    for result in _write_all(scan, tmp_path):
-        table = pq.read_table(result.path).to_pandas()
-        assert len(table) <= 3 and table.split.nunique() <= 1
-        assert Path(result.path).name.startswith(f"{table.split.iloc[0]}-")
-        for row in table.itertuples():
-            assert hashlib.blake2b(row.image, digest_size=16).hexdigest() == row.image_id
-            assert Path(row.uri).read_bytes() == row.image
-
-
-def test_duplicate_bytes_are_stored_once_with_merged_qa(source, tmp_path):
-    store = Store(str(tmp_path / "db"))
-    scan = _scan(source, tmp_path, store)
-    for written in _write_all(scan, tmp_path):
-        ingest.load_shard(store, written.path)
-    original = source / pd.read_csv(source / "manifest.csv").image[0]
-    image_id = ingest.image_id_of(original)
-    assert image_id == ingest.image_id_of(source / "images/copy.png")
-    images = store.read(IMAGES).to_pandas()
-    assert (images.image_id == image_id).sum() == 1
-    questions = store.read(QA).to_pandas().query("image_id == @image_id").question.tolist()
-    assert "Is this a copy?" in questions
-    assert len(questions) == len(set(questions))
-
-
-def test_rerun_with_known_ids_plans_and_writes_nothing(source, tmp_path):
-    _remove_broken(source)
-    store = Store(str(tmp_path / "db"))
-    _write_and_load_all(_scan(source, tmp_path, store), tmp_path, store)
-    before = _files(tmp_path / "staging") | _files(tmp_path / "parquet")
-    rerun = _scan(source, tmp_path, store)
-    assert (rerun.shards, rerun.n_new, rerun.n_qa, rerun.records_path) == ([], 0, 0, "")
-    assert rerun.n_images == N_TRAIN + N_TEST
-    assert _files(tmp_path / "staging") | _files(tmp_path / "parquet") == before
-
-
-def test_rerun_plans_only_the_images_still_missing(source, tmp_path):
-    # Rejected images never reach the store, so each rerun retries (and reports) just them.
-    store = Store(str(tmp_path / "db"))
-    _write_and_load_all(_scan(source, tmp_path, store), tmp_path, store)
-    rerun = _scan(source, tmp_path, store)
-    assert rerun.n_new == 2 and len(rerun.shards) == 1
-    [result] = _write_all(rerun, tmp_path)
-    assert (result.path, result.n_images, len(result.bad_rows)) == ("", 0, 2)  # and no empty shard written
-
-
-def test_writing_and_loading_a_shard_twice_adds_nothing(source, tmp_path):
-    store = Store(str(tmp_path / "db"))
-    scan = _scan(source, tmp_path, store)
-    shard = scan.shards[0]
-    first = ingest.write_shard(scan.records_path, shard, "shapes", tmp_path / "parquet")
-    content = Path(first.path).read_bytes()
-    loaded = ingest.load_shard(store, first.path)
-    assert loaded.new_images == first.n_images > 0 and loaded.new_qa == first.n_qa > 0
-    again = ingest.write_shard(scan.records_path, shard, "shapes", tmp_path / "parquet")
-    assert again.path == first.path and Path(again.path).read_bytes() == content
-    assert ingest.load_shard(store, again.path) == ingest.LoadResult(first.path, 0, 0)
-    assert store.count(IMAGES) == first.n_images and store.count(QA) == first.n_qa
-    assert [p.name for p in (tmp_path / "parquet" / "shapes").iterdir()] == [Path(first.path).name]
-
-
-def test_crash_between_write_and_load_then_rerun_loads_exactly_once(source, tmp_path):
-    _remove_broken(source)
-    store = Store(str(tmp_path / "db"))
-    scan = _scan(source, tmp_path, store, shard_size=2)
-    written = _write_all(scan, tmp_path)
-    assert len(written) >= 3
-    loaded_first = ingest.load_shard(store, written[1].path)  # the "crash": only one shard got loaded
-    rerun = _scan(source, tmp_path, store, shard_size=2)
-    unloaded = [Path(w.path).stem for i, w in enumerate(written) if i != 1]
-    assert rerun.shards == sorted(unloaded)
-    rewritten = _write_all(rerun, tmp_path)
-    assert {w.path for w in rewritten} == {w.path for i, w in enumerate(written) if i != 1}
-    loaded_rest = [ingest.load_shard(store, w.path) for w in rewritten]
-    total = loaded_first.new_images + sum(r.new_images for r in loaded_rest)
-    assert total == store.count(IMAGES) == N_TRAIN + N_TEST
-    assert loaded_first.new_qa + sum(r.new_qa for r in loaded_rest) == store.count(QA)
-    assert len(ingest.shard_paths(tmp_path / "parquet", "shapes")) == len(written)
-
-
-def test_empty_file_truncated_jpeg_and_bad_dataset_name(tmp_path):
-    folder = tmp_path / "src"
+def test_a_manifest_without_optional_columns_ingests(tmp_path, store):
+    folder = tmp_path / "bare"
     folder.mkdir()
-    (folder / "empty.png").write_bytes(b"")
-    jpeg = io.BytesIO()
-    Image.effect_noise((96, 96), 60).convert("RGB").save(jpeg, format="JPEG")
-    (folder / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
-    Image.new("RGB", (5, 3), "green").save(folder / "ok.bmp")
-    scan = ingest.scan_source(str(folder), "plain", tmp_path / "staging", set(), 10)
-    [result] = _write_all(scan, tmp_path, "plain")
-    assert result.n_images == 1
-    reasons = {Path(b.ref).name: b.reason for b in result.bad_rows}
-    assert set(reasons) == {"empty.png", "cut.jpg"}
-    assert "empty (0 bytes)" in reasons["empty.png"] and "truncated" in reasons["cut.jpg"]
-    row = pq.read_table(result.path).to_pylist()[0]
-    assert (row["width"], row["height"], row["format"], row["split"]) == (5, 3, "BMP", "test")
-    with pytest.raises(ValueError, match="dataset name"):
-        ingest.scan_source(str(folder), "../up", tmp_path / "staging", set(), 10)
+    for n in range(3):
+        Image.new("RGB", (8, 8), (n * 80, 0, 0)).save(folder / f"{n}.png")
+    (folder / "manifest.csv").write_text("image\n0.png\n1.png\n2.png\n")
+    result = _ingest(folder, store, tmp_path, "bare")
+    assert result.added == 3 and store.count(QA) == 0
+    assert {r[0] for r in _rows(store, IMAGES, "split")} == {"test"}
 
 
-def test_a_shard_whose_images_all_fail_is_not_written(tmp_path):
-    folder = tmp_path / "src"
+def test_the_same_bytes_in_train_and_test_keep_both_listings_and_their_own_qa(source, tmp_path, store):
+    manifest = _manifest(source)
+    train_image = manifest[manifest.split == "train"].image.iloc[0]
+    shutil.copy(source / train_image, source / "images/copy_in_test.png")
+    extra = pd.DataFrame([{"image": "images/copy_in_test.png", "question": "is this the test copy?", "answer": "yes",
+                           "split": "test", "caption": "", "question_type": ""}])
+    pd.concat([manifest, extra]).to_csv(source / "manifest.csv", index=False)
+    _ingest(source, store, tmp_path)
+    listings = {path: (image_id, split) for path, image_id, split in _rows(store, IMAGES, "path", "image_id", "split")}
+    assert listings[train_image][0] == listings["images/copy_in_test.png"][0]  # one content ...
+    assert (listings[train_image][1], listings["images/copy_in_test.png"][1]) == ("train", "test")  # ... two splits
+    assert store.count(CONTENTS) == N_TRAIN + N_TEST
+    test_only = store.read(QA, where="question = 'is this the test copy?'").to_pylist()
+    assert [q["split"] for q in test_only] == ["test"]  # its test-only QA never joins the knowledge base
+    encoder = CountingEncoder()
+    _embed(store, tmp_path, encoder)
+    labels = dict(_rows(store, image_vectors_table(encoder.tag), "image_id", "memberships"))
+    assert labels[listings[train_image][0]] == ["shapes:test", "shapes:train"]
+
+
+def test_a_second_dataset_sharing_images_loses_nothing(source, tmp_path, store):
+    _ingest(source, store, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(source, other)
+    manifest = _manifest(other)
+    manifest["split"] = "train"
+    manifest.to_csv(other / "manifest.csv", index=False)
+    result = _ingest(other, store, tmp_path, "other")
+    assert (result.added, result.new_content) == (N_TRAIN + N_TEST, 0)  # no byte is stored twice
+    assert store.count(IMAGES, "dataset = 'shapes'") == store.count(IMAGES, "dataset = 'other'") == 10
+    assert store.count(IMAGES, "dataset = 'shapes' AND split = 'train'") == N_TRAIN
+    assert store.count(QA, "dataset = 'other'") == store.count(QA, "dataset = 'shapes'")
+
+
+def test_change_remove_reannotate_add_lands_exactly_in_every_table(source, tmp_path, store):
+    _ingest(source, store, tmp_path)
+    encoder = CountingEncoder()
+    _embed(store, tmp_path, encoder)
+    before = {t: _rows(store, t, *key) for t, key in
+              ((IMAGES, ("member_id", "image_id", "split", "caption")), (QA, ("qa_id",)))}
+    by_path = {p: (m, i) for p, m, i in _rows(store, IMAGES, "path", "member_id", "image_id")}
+    for member_id, image_id in by_path.values():
+        _add_prediction(store, member_id, image_id)
+
+    manifest = _manifest(source)
+    paths = sorted(manifest.image.unique())
+    changed, removed, reannotated = paths[0], paths[1:3], paths[3:6]
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(source / changed)  # new bytes at a known path
+    manifest = manifest[~manifest.image.isin(removed)]
+    manifest.loc[manifest.image == reannotated[0], "split"] = "test" if manifest[manifest.image == reannotated[0]].split.iloc[0] == "train" else "train"
+    manifest.loc[manifest.image == reannotated[1], "caption"] = "a freshly written caption"
+    first_qa = manifest.index[manifest.image == reannotated[2]][0]
+    manifest.loc[first_qa, "answer"] = "a corrected answer"
+    added = make_shapes_dataset(tmp_path / "more", n_train=10, n_test=0, seed=7)
+    more = pd.read_csv(added, dtype=str, keep_default_na=False)
+    for name in more.image.unique():
+        (source / "new").mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "more" / name, source / "new" / Path(name).name)
+    more["image"] = "new/" + more.image.map(lambda p: Path(p).name)
+    pd.concat([manifest, more]).to_csv(source / "manifest.csv", index=False)
+
+    dry = _ingest(source, store, tmp_path, dry_run=True)
+    assert (dry.added, dry.changed, dry.removed, dry.reannotated) == (10, 1, 2, 3)
+    assert _rows(store, IMAGES, "member_id", "image_id", "split", "caption") == before[IMAGES]  # nothing written
+
+    result = _ingest(source, store, tmp_path)
+    assert (result.added, result.changed, result.removed, result.reannotated, result.unchanged) == (10, 1, 2, 3, 4)
+    after = {p: row for p, *row in _rows(store, IMAGES, "path", "member_id", "image_id", "split", "caption")}
+    assert set(after) == (set(paths) - set(removed)) | set(more.image)
+    assert after[changed][1] != by_path[changed][1]  # the new bytes' content id
+    touched = {by_path[p][0] for p in [changed, *removed, *reannotated]}
+    kept_predictions = {r[0] for r in _rows(store, VQA_PREDICTIONS, "member_id")}
+    assert kept_predictions == {m for m, _ in by_path.values()} - touched  # recomputed by the next jobs
+    assert store.count(QA, "answer = 'a corrected answer'") == 1
+    assert not store.count(QA, f"member_id IN ('{by_path[removed[0]][0]}', '{by_path[removed[1]][0]}')")
+    # Vectors: the removed and replaced contents are gone, the new ones are embedded next, labels follow splits.
+    vectors = dict(_rows(store, image_vectors_table(encoder.tag), "image_id", "memberships"))
+    gone = {by_path[p][1] for p in [changed, *removed]}
+    assert not gone & set(vectors)
+    moved = after[reannotated[0]]
+    assert vectors[moved[1]] == [f"shapes:{moved[2]}"]
+    encoder.images = 0
+    _embed(store, tmp_path, encoder)
+    assert encoder.images == 11  # the 10 added and the changed one, nothing else
+    assert _ingest(source, store, tmp_path).unchanged == 18
+
+
+def test_keep_removed_marks_rows_and_a_listing_that_returns_is_active_again(source, tmp_path, store):
+    _ingest(source, store, tmp_path)
+    full = _manifest(source)
+    gone = sorted(full.image.unique())[0]
+    full[full.image != gone].to_csv(source / "manifest.csv", index=False)
+    assert _ingest(source, store, tmp_path, keep_removed=True).removed == 1
+    assert store.count(IMAGES) == 10 and store.count(IMAGES, "removed_at IS NULL") == 9
+    assert store.count(QA, "removed_at IS NOT NULL") == len(full[full.image == gone])
+    full.to_csv(source / "manifest.csv", index=False)
+    back = _ingest(source, store, tmp_path)
+    assert back.added == 1 and store.count(IMAGES, "removed_at IS NULL") == 10
+
+
+def test_a_broken_row_or_unreadable_file_is_reported_not_removed(source, tmp_path, store):
+    _ingest(source, store, tmp_path)
+    manifest = _manifest(source)
+    victim = sorted(manifest.image.unique())[0]
+    manifest.loc[manifest.image == victim, "split"] = "no/slashes"
+    manifest.to_csv(source / "manifest.csv", index=False)
+    result = _ingest(source, store, tmp_path)
+    assert result.removed == 0 and result.bad_rows and all("split" in b.reason for b in result.bad_rows)
+    assert store.count(IMAGES) == 10
+
+
+def test_broken_images_are_reported_and_never_listed(tmp_path, store):
+    folder = tmp_path / "broken"
     folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not an image")
     (folder / "empty.png").write_bytes(b"")
-    scan = ingest.scan_source(str(folder), "plain", tmp_path / "staging", set(), 10)
-    [result] = _write_all(scan, tmp_path, "plain")
-    assert (result.path, result.n_images, len(result.bad_rows)) == ("", 0, 1)
-    assert not list((tmp_path / "parquet").rglob("*.parquet"))
+    result = _ingest(folder, store, tmp_path, "broken")
+    assert result.added == 3 - len(result.bad_rows) == 1  # the plan counts what was written
+    assert sorted(Path(b.ref).name for b in result.bad_rows) == ["bad.png", "empty.png"]
+    assert [r[0] for r in _rows(store, IMAGES, "path")] == ["good.png"]
+    assert len(ingest.content_shards(tmp_path / "data" / "parquet")) == 1
 
 
-@pytest.mark.slow
-def test_full_easy_vqa_ingest(tmp_path):
-    store = Store(str(tmp_path / "db"))
-    started = time.perf_counter()
-    scan = ingest.scan_source("easy-vqa", "easy-vqa", tmp_path / "staging", set(), 1000)
-    written = [ingest.write_shard(scan.records_path, s, "easy-vqa", tmp_path / "parquet") for s in scan.shards]
-    loaded = [ingest.load_shard(store, w.path) for w in written]
-    elapsed = time.perf_counter() - started
-    assert sum(r.new_images for r in loaded) == store.count(IMAGES) == 5000
-    assert sum(r.new_qa for r in loaded) == store.count(QA)
-    assert all(not w.bad_rows for w in written)
-    print(f"easy-vqa ingest: {elapsed:.1f} s")  # noqa: T201 - a benchmark number for `pytest -s -m slow`
+def test_a_crash_before_the_plan_is_applied_is_finished_by_the_rerun(source, tmp_path, store):
+    scan = ingest.scan_source(str(source), "shapes", tmp_path / "data" / "staging", store, 4)
+    # Killed after one shard was written and loaded.
+    written = ingest.write_shard(scan.content_path, scan.shards[0], tmp_path / "data" / "parquet")
+    ingest.load_shard(store, written.path)
+    assert store.count(IMAGES) == 0 and 0 < written.n_images < 10
+    result = _ingest(source, store, tmp_path)
+    assert result.added == 10 and store.count(CONTENTS) == store.count(IMAGES) == 10
+    assert result.new_content == 10 - written.n_images  # the first shard's contents were kept, not decoded again
+
+
+def test_bad_dataset_names_are_user_errors(source, tmp_path, store):
+    for name in ("../up", "", ".hidden", "a/b"):
+        with pytest.raises(UserError, match="dataset name"):
+            _ingest(source, store, tmp_path, name)

@@ -39,10 +39,17 @@ class Ravlm:
         self.env = {**os.environ, "PREFECT_API_URL": api_url}
 
     def __call__(self, *args: str):
-        command = [sys.executable, "-m", "flows.cli", *self.options, *args, "--json"]
-        done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600)
+        done = self.raw(*args, "--json")
         assert done.returncode == 0, done.stderr[-4000:]
         return json.loads(done.stdout)  # stdout holds exactly one JSON document: logs go to stderr
+
+    def raw(self, *args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "flows.cli", *self.options, *args]
+        return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600)
+
+
+def store_count(tmp_path: Path, table: str) -> int:
+    return Store(str(tmp_path / "data" / "lancedb")).count(table)
 
 
 def table_counts(store: Store) -> dict[str, int]:
@@ -65,8 +72,8 @@ def run(harness, tmp_path_factory):
 
 def test_ingest_reads_the_manifest(run):
     manifest = [json.loads(line) for line in (run["folder"] / "manifest.jsonl").read_text().splitlines()]
-    assert run["ingest"]["new_images"] == N_TRAIN + N_TEST
-    assert run["ingest"]["new_qa"] == len(manifest)
+    assert run["ingest"]["new_images"] == run["ingest"]["added"] == N_TRAIN + N_TEST
+    assert run["store"].count(QA) == len(manifest)
     assert run["ingest"]["bad_rows"] == []
     assert run["store"].count(QA, "split = 'test'") == sum(row["split"] == "test" for row in manifest)
 
@@ -113,7 +120,7 @@ def test_search_ask_and_sql(run):
     hits = ravlm("search", "a drawing of a purple star", "-k", "5")
     assert len(hits) == 5 and all(h["dataset"] == "shapes" for h in hits)
     image = sorted((run["folder"] / "images").glob("test_*.png"))[0]
-    answer = ravlm("ask", str(image), "Which colour is the figure?", "--dataset", "shapes")
+    answer = ravlm("ask", str(image), "Which colour is the figure?", "--kb", "shapes")
     answers = set(run["store"].read(QA, columns=["answer"]).column("answer").to_pylist())
     assert answer["answer"] in answers and len(answer["neighbours"]) == 5
     rows = ravlm("sql", "select split, count(*) as n from images group by split order by split")
@@ -136,12 +143,53 @@ def test_rerunning_every_step_adds_only_a_run_record(run):
     assert store.count(IMAGES) == N_TRAIN + N_TEST
 
 
+def test_an_unlabeled_query_set_is_answered_against_another_datasets_knowledge_base(run, tmp_path):
+    ravlm, store = run["ravlm"], run["store"]
+    folder = tmp_path / "tonight"
+    folder.mkdir()
+    # New photos, unlabeled, no manifest; one is a byte copy of a knowledge-base (train) image.
+    images = sorted((run["folder"] / "images").glob("test_*.png"))[:2] + [run["folder"] / "images/train_00000.png"]
+    for n, image in enumerate(images):
+        (folder / f"photo{n}.png").write_bytes(image.read_bytes())
+    (tmp_path / "questions.txt").write_text("Which colour is the figure?\nWhat shape is this?\n")
+    assert ravlm("ingest", str(folder), "--dataset", "tonight")["added"] == 3
+    ravlm("embed")
+    vqa = ravlm("vqa", "--dataset", "tonight", "--kb", "shapes:train", "--questions", str(tmp_path / "questions.txt"))
+    assert vqa["items"] == 6 and vqa["kb"] == "shapes:train"
+    rows = store.read("vqa_predictions", where=f"job_id = '{vqa['job_id']}'").to_pylist()
+    assert len(rows) == 6 and all(r["answer"] is None and r["prediction"] for r in rows)
+    # The leakage guard: the copy of a train image never retrieves it, and says so.
+    copied = store.read("images", where="path = 'images/train_00000.png'").to_pylist()[0]["image_id"]
+    copies = [r for r in rows if r["image_id"] == copied]
+    assert len(copies) == 2 and all(r["near_duplicates"] >= 1 and copied not in r["neighbour_ids"] for r in copies)
+    result = ravlm("eval", "--dataset", "tonight", "--kb", "shapes:train", "--questions", str(tmp_path / "questions.txt"))
+    assert result["vqa"]["evaluated"] is False and result["vqa"]["items"] == 6
+
+
+def test_user_errors_are_one_line_and_rejected_rows_exit_3(run, tmp_path):
+    ravlm = run["ravlm"]
+    missing_kb = ravlm.raw("vqa", "--dataset", "shapes", "--kb", "nowhere:train")
+    assert missing_kb.returncode == 2 and "Traceback" not in missing_kb.stderr
+    assert "error: knowledge base nowhere:train has no images" in missing_kb.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.jsonl").write_text('{"x": 1}\n')
+    bad_manifest = ravlm.raw("ingest", str(broken))
+    assert bad_manifest.returncode == 2 and "Traceback" not in bad_manifest.stderr
+    assert "has no `image` column" in bad_manifest.stderr
+    (broken / "manifest.jsonl").write_text('{"image": "../escape.png"}\n{"image": "a.png"}\n')
+    (broken / "a.png").write_bytes((run["folder"] / "images" / "train_00000.png").read_bytes())
+    partly = ravlm.raw("ingest", str(broken), "--json")
+    assert partly.returncode == 3 and json.loads(partly.stdout)["added"] == 1
+    assert "leaves" in json.loads(partly.stdout)["bad_rows"][0]["reason"]
+
+
 @pytest.mark.slow
 def test_demo_on_easy_vqa_meets_the_accuracy_bar_and_reruns_add_only_a_run_record(harness, tmp_path):
     """The README's `make demo` job on the full embedded dataset (about 2 minutes on 2 cores)."""
     ravlm = Ravlm(tmp_path / "data", tmp_path / "reports", harness)
     first = ravlm("demo")
-    assert first["ingest"]["new_images"] == 5000 and first["ingest"]["new_qa"] == 48_248
+    assert first["ingest"]["new_images"] == 5000 and store_count(tmp_path, QA) == 48_248
     vqa = first["eval"]["vqa"]
     assert vqa["n"] == 9673 and vqa["accuracy"] >= 0.99  # the dataset author's CNN baseline: 0.938
     assert vqa["without_retrieval"]["n"] == 9673 and vqa["voting"]["accuracy"] >= 0.99
@@ -160,6 +208,6 @@ def test_the_same_commands_run_on_a_dask_cluster(harness, tmp_path, run):
     pytest.importorskip("prefect_dask", reason="pip install 'ravlm[dask]' to run the Dask check")
     ravlm = Ravlm(tmp_path / "data", tmp_path / "reports", harness)
     ravlm.options += ["--runner", "dask"]
-    assert ravlm("ingest", str(run["folder"]), "--dataset", "shapes")["new_images"] == N_TRAIN + N_TEST
+    assert ravlm("ingest", str(run["folder"]), "--dataset", "shapes")["added"] == N_TRAIN + N_TEST
     assert ravlm("embed")["new_images"] == N_TRAIN + N_TEST
     assert ravlm("eval", "--dataset", "shapes")["vqa"] == run["eval"]["vqa"]

@@ -11,7 +11,8 @@ from PIL import Image
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core import sources
-from ravlm_core.sources import ManifestError, open_source
+from ravlm_core.errors import UserError
+from ravlm_core.sources import ManifestError, open_source, read_questions_file
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +190,29 @@ def test_folder_without_manifest_lists_images_recursively(tmp_path):
 
 
 def test_unknown_source_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(UserError, match="neither"):
         open_source(str(tmp_path / "absent"))
+
+
+def test_extra_columns_and_numbers_are_kept_wrong_types_are_bad_rows(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "question": "how many?", "answer": 2, "photographer": "ann", "score": 0.5},
+            {"image": "a.png", "caption": ["a", "list"]}, {"image": "a.png", "question": True, "answer": "x"}]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    records, bad = open_source(str(tmp_path))
+    assert records[0].qa[0].answer == "2" and records[0].extra == {"photographer": "ann", "score": 0.5}
+    assert [(b.ref, b.relpath) for b in bad] == [("manifest.jsonl line 2", "a.png"), ("manifest.jsonl line 3", "a.png")]
+    assert "`caption` is list" in bad[0].reason and "`question` is bool" in bad[1].reason
+
+
+def test_questions_file_plain_or_with_a_question_column(tmp_path):
+    (tmp_path / "q.txt").write_text("what colour is it?\n\nis it round?\nwhat colour is it?\n")
+    assert read_questions_file(tmp_path / "q.txt") == ["what colour is it?", "is it round?"]
+    (tmp_path / "q.csv").write_text("question,other\nis it red?,1\n")
+    assert read_questions_file(tmp_path / "q.csv") == ["is it red?"]
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(UserError, match="holds no question"):
+        read_questions_file(tmp_path / "empty.txt")
 
 
 # --- shapes generator -----------------------------------------------------------------------------
