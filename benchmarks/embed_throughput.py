@@ -14,7 +14,6 @@ quality does not change the cost of a forward pass, and the backbones are the re
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -29,19 +28,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ravlm_core import embed, ingest  # noqa: E402
 from ravlm_core.encoders import load_encoder  # noqa: E402
-from ravlm_core.store import Store, image_vectors_table, vector_schema  # noqa: E402
+from ravlm_core.imaging import decode_image  # noqa: E402
+from ravlm_core.store import MEMBERSHIPS, Store, image_vectors_table, vector_schema  # noqa: E402
 
 
-def make_shard(work: Path, n_images: int) -> str:
-    """One Parquet shard holding the first `n_images` easy-VQA test images, written by the real ingest code."""
+def make_shard(work: Path, n_images: int, store: Store) -> str:
+    """One content shard holding the first `n_images` easy-VQA test images, ingested into `store` by the real
+    ingest code (embedding only embeds images some dataset lists)."""
     import easy_vqa
 
     folder = work / "images"
     folder.mkdir(parents=True)
     for num, path in sorted(easy_vqa.get_test_image_paths().items())[:n_images]:
         (folder / f"{num:05d}.png").write_bytes(Path(path).read_bytes())
-    scan = ingest.scan_source(str(folder), "bench", work / "staging", set(), shard_size=n_images)
-    return ingest.write_shard(scan.records_path, scan.shards[0], "bench", work / "parquet").path
+    ingest.ingest_all(str(folder), "bench", store, work, shard_size=n_images)
+    return ingest.content_shards(work / "parquet")[0]
 
 
 def quick_builtin(work: Path, device: str) -> str:
@@ -60,11 +61,11 @@ def shard_images(shard: str, limit: int) -> list[tuple[str, bytes]]:
 
 def one_at_a_time(store: Store, encoder, rows: list[tuple[str, bytes]]) -> float:
     """The naive loop: decode, encode and commit each image on its own. Returns seconds."""
-    schema = vector_schema(encoder.dim, "image_id", embed.IMAGE_FILTER_COLUMNS)
+    schema = vector_schema(encoder.dim, "image_id", MEMBERSHIPS)
     start = time.perf_counter()
     for image_id, data in rows:
-        vector = encoder.embed_images([Image.open(io.BytesIO(data)).convert("RGB")])
-        row = {"image_id": [image_id], "vector": [vector[0]], "dataset": ["bench"], "split": ["test"],
+        vector = encoder.embed_images([decode_image(data).image])
+        row = {"image_id": [image_id], "vector": [vector[0]], "memberships": [["bench:test"]],
                "model_tag": [encoder.tag], "embedded_at": [None]}
         store.upsert(image_vectors_table(encoder.tag), pa.Table.from_pydict(row, schema=schema), "image_id")
     return time.perf_counter() - start
@@ -72,7 +73,7 @@ def one_at_a_time(store: Store, encoder, rows: list[tuple[str, bytes]]) -> float
 
 def encode_only(encoder, rows: list[tuple[str, bytes]], batch_size: int) -> tuple[float, float]:
     """Seconds to encode already-decoded images in batches, and one by one."""
-    images = [Image.open(io.BytesIO(data)).convert("RGB") for _, data in rows]
+    images = [decode_image(data).image for _, data in rows]
     encoder.embed_images(images[:batch_size])  # warm-up: first-call allocations are not throughput
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
@@ -97,11 +98,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        shard = make_shard(work, max(args.images, args.single))
+        batched_store = Store(str(work / "batched.lancedb"))
+        shard = make_shard(work, max(args.images, args.single), batched_store)
         encoder = load_encoder(args.model or quick_builtin(work, args.device), device=args.device)
         encoder.embed_images([Image.new("RGB", (64, 64))] * 2)  # warm-up outside every timing
 
-        batched_store = Store(str(work / "batched.lancedb"))
         start = time.perf_counter()
         result = embed.embed_shard(batched_store, encoder, shard, args.batch_size)
         batched_s = time.perf_counter() - start

@@ -1,21 +1,24 @@
-"""Leakage guard: where near-duplicates sit in the image vector space, the threshold to use, and what the guard changes.
+"""Leakage guard: why it compares pixel signatures, the near-duplicate distance to use, and what the guard changes.
 
-    python benchmarks/leakage_bench.py [--out /tmp/ravlm-leakage] [--train 600] [--test 300] [--copies 0.5]
-        [--seed 0] [--thresholds 0.95 0.97 ...] [--max-false 0.01] [--compare 0.98] [--json]
+    python benchmarks/leakage_bench.py [--out /tmp/ravlm-leakage] [--train 400] [--test 200] [--copies 0.5]
+        [--seed 0] [--distances 1 1.5 2 ...] [--max-false 0.01] [--eval-at 3.0 ...] [--no-source-train] [--json]
 
 In one run, on a fresh folder:
 1. builds `make_leakage_dataset.py`'s folder (test images that are exact copies, JPEG re-encodes, one-pixel edits or
-   resizes of train images, and distinct test images), ingests it as dataset `leak` and embeds it (the built-in
-   encoder trains its heads on the train captions first);
-2. from the stored image vectors: each copy's cosine to its source, each distinct test image's cosine to its nearest
-   train image, and each train image's cosine to its nearest *other* train image (same-caption easy-VQA images are
-   alike: the hard case for a threshold). Per candidate threshold, the share of copies the guard catches and the
-   share of distinct test / train images whose nearest neighbour it wrongly drops. The recommendation: the candidate
-   with the highest recall of non-exact copies among those that wrongly drop the nearest neighbour of at most
-   `--max-false` of the distinct test images and of the train images (ties: the higher threshold). For comparison,
-   the same statistics for two signals the guard does not use: backbone features and 16x16 pixel thumbnails;
-3. `ravlm eval --dataset leak` with the guard off, on at the recommended threshold and on at `--compare` (the current
-   default), in the same store, with VQA accuracy and caption BLEU-4 split into copy and distinct test images.
+   resizes of train images, and distinct test images), ingests it as dataset `leak` and embeds it;
+2. measures, per group, how close each copy is to its source, each distinct test image to its nearest train image
+   and each train image to its nearest *other* train image (same-class easy-VQA images are alike: the hard case).
+   First, compactly, in the stored image vectors (cosine): the evidence why the guard does not use them (copies and
+   distinct images overlap). Then with the guard's own signal, the pixel signature stored at ingest
+   (`contents.signature`, mean absolute difference in grey levels, as `imaging.signature_distance`), also over
+   easy-VQA's whole train split (4,000 images, signatures computed from the decoded files: a bigger knowledge base
+   has closer neighbours). Per candidate distance, the share of copies the guard catches and the share of images
+   without a copy whose nearest neighbour it would wrongly drop. The rule: the highest recall of non-exact copies
+   among candidates that wrongly affect at most `--max-false` of each group without a copy; the default
+   `near_duplicate_distance` holds up when it is one of those;
+3. `ravlm eval --dataset leak` with the guard off and on at `--eval-at` (default: the library default), in the same
+   store, with VQA fusion / voting accuracy, caption BLEU-4 and `near_duplicate_items` (counted with the guard off
+   too) overall and per test image group, and how often a copy's source is among the neighbours kept.
 
 Prints the commands that reproduce steps 1 and 3 by hand. `--json` prints one JSON object on stdout, which is also
 written to OUT/leakage_bench.json.
@@ -23,6 +26,7 @@ written to OUT/leakage_bench.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -38,18 +42,28 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.make_leakage_dataset import KINDS, make_leakage_dataset  # noqa: E402
+from benchmarks.make_leakage_dataset import KINDS, NEAR_DUPLICATE_MAD, make_leakage_dataset  # noqa: E402
+from ravlm_core.config import Settings  # noqa: E402
+from ravlm_core.retrieve import kb_filter, signatures_of  # noqa: E402
 from ravlm_core.store import (CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES, VQA_PREDICTIONS, Store,  # noqa: E402
                               image_vectors_table, sql_quote)
 
 log = logging.getLogger("leakage_bench")
 
 DATASET = "leak"
-THRESHOLDS = (0.95, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999, 0.9995, 0.9999)
-NEAR_KINDS = tuple(k for k in KINDS if k != "exact")  # copies with other bytes: only the threshold can catch them
+DEFAULT_DISTANCE = Settings.model_fields["near_duplicate_distance"].default
+DISTANCES = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
+NEAR_KINDS = tuple(k for k in KINDS if k != "exact")  # copies with other bytes: only the distance can catch them
 DISTINCT, TRAIN = "distinct_test_nearest_train", "train_nearest_other_train"
+# Each image of the source's whole train split (easy-VQA: 4,000) vs its nearest other: nearest neighbours come
+# closer as the knowledge base grows, so a distance fitted on a few hundred train images alone is optimistic.
+SOURCE_TRAIN = "source_train_nearest_other_train"
+HARD = (DISTINCT, TRAIN, SOURCE_TRAIN)  # images with no copy anywhere: whatever the guard drops for them is wrong
 GROUPS = (*KINDS, "copy", "distinct")  # test image groups the eval metrics are split into
 MARKER = "leakage_bench.json"
+GUARD_ENV = ("RAVLM_LEAKAGE_GUARD", "RAVLM_NEAR_DUPLICATE_DISTANCE", "RAVLM_NEAR_DUPLICATE")
+ROLE_NAMES = {"vqa": "vqa fusion", "vqa_without_retrieval": "vqa no-retr.", "vqa_voting": "vqa voting",
+              "caption": "caption", "caption_without_retrieval": "caption direct"}
 
 
 # ---- running the CLI ------------------------------------------------------------------------------------------
@@ -61,7 +75,7 @@ def cli_args(work: Path, *args: str) -> list[str]:
 
 def ravlm(work: Path, env: dict[str, str], *args: str) -> tuple[dict, float]:
     """One CLI command as a user would run it; returns its --json output and wall-clock seconds."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("RAVLM_LEAKAGE_GUARD", "RAVLM_NEAR_DUPLICATE")}
+    full_env = {k: v for k, v in os.environ.items() if k not in GUARD_ENV}
     full_env.update(PREFECT_HOME=str(work / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **env)
     command = [sys.executable, "-m", "flows.cli", *cli_args(work, *args)]
     log.info("%s ravlm %s", " ".join(f"{k}={v}" for k, v in env.items()), " ".join(args))
@@ -88,13 +102,12 @@ def reproduce(work: Path, args: argparse.Namespace, guard_envs: dict[str, dict])
     ]
 
 
-# ---- similarities ---------------------------------------------------------------------------------------------
+# ---- what is stored -------------------------------------------------------------------------------------------
 
 
 def listings(store: Store) -> dict[str, dict]:
     """path → {member_id, image_id, split} for every listed image of the dataset."""
-    rows = store.read(IMAGES, columns=["member_id", "image_id", "split", "path"],
-                      where=f"dataset = {sql_quote(DATASET)} AND removed_at IS NULL").to_pylist()
+    rows = store.read(IMAGES, columns=["member_id", "image_id", "split", "path"], where=kb_filter(DATASET)).to_pylist()
     return {r["path"]: r for r in rows}
 
 
@@ -107,114 +120,152 @@ def stored_vectors(store: Store, model_tag: str, listed: dict[str, dict]) -> dic
     return {path: vectors[row["image_id"]] for path, row in listed.items()}
 
 
-def backbone_vectors(dataset_dir: Path, model_ref: str, paths: list[str]) -> dict[str, np.ndarray]:
-    """path → the frozen EfficientNet-Lite0 features (pooled, unit rows) the alignment head turns into the vector."""
+def stored_signatures(store: Store, listed: dict[str, dict]) -> dict[str, np.ndarray]:
+    """path → the pixel signature ingest stored for its content (`contents.signature`, uint8 [768])."""
+    found = signatures_of(store, {row["image_id"] for row in listed.values()})
+    return {path: np.frombuffer(found[row["image_id"]], np.uint8) for path, row in listed.items()}
+
+
+def signatures_match_files(dataset_dir: Path, signatures: dict[str, np.ndarray]) -> bool:
+    """Whether every stored signature is `imaging.signature` of the file as decoded now."""
+    from ravlm_core.imaging import open_rgb, signature
+
+    return all(signature(open_rgb(dataset_dir / p)) == s.tobytes() for p, s in signatures.items())
+
+
+def source_train_signatures() -> np.ndarray:
+    """Signatures of easy-VQA's whole train split, one per distinct file content (uint8 [n, 768]), computed from the
+    decoded files as ingest does (no ingest, no embedding). Files with the same bytes share an image id, so the
+    guard treats them as the query's own bytes: they count once."""
+    from ravlm_core.imaging import open_rgb, signature
+    from ravlm_core.sources import EASY_VQA, open_source
+
+    by_content: dict[str, np.ndarray] = {}
+    for record in (r for r in open_source(EASY_VQA)[0] if r.split == "train"):
+        data = Path(record.path).read_bytes()
+        by_content.setdefault(hashlib.sha256(data).hexdigest(), np.frombuffer(signature(open_rgb(data)), np.uint8))
+    return np.stack(list(by_content.values()))
+
+
+# ---- distances ------------------------------------------------------------------------------------------------
+# Both signals as distances (lower = closer): minus the cosine of unit vectors, or the signatures' mean absolute
+# difference in grey levels (`imaging.signature_distance`, what the guard compares to near_duplicate_distance).
+
+
+def pair_distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """[n]: row i of `a` against row i of `b`."""
+    if metric == "cosine":
+        return -(a * b).sum(1)
+    return np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(1)
+
+
+def all_distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """[n, m]: every row of `a` against every row of `b`."""
+    if metric == "cosine":
+        return -(a @ b.T)
     import torch
 
-    from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing
-    from ravlm_core.encoders.builtin import read_spec
-    from ravlm_core.encoders.runtime import inference, unit_rows
-    from ravlm_core.imaging import open_rgb
-
-    pre = read_spec(Path(model_ref)).preprocessing
-    backbone = ImageBackbone(ImagePreprocessing(pre.image_size, pre.mean, pre.std))
-    features = []
-    with inference("cpu"):
-        for start in range(0, len(paths), 64):
-            images = [open_rgb(dataset_dir / p) for p in paths[start : start + 64]]
-            features.append(backbone.features(images))
-    return dict(zip(paths, unit_rows(torch.cat(features))))
+    # Sums of absolute uint8 differences are integers below 2**24: exact in float32.
+    sums = torch.cdist(torch.from_numpy(a.astype(np.float32)), torch.from_numpy(b.astype(np.float32)), p=1)
+    return sums.double().numpy() / a.shape[1]
 
 
-def thumbnail_vectors(dataset_dir: Path, paths: list[str]) -> dict[str, np.ndarray]:
-    """path → 16x16 RGB box thumbnail (float32 [768], 0-255), as the dataset maker compares them."""
-    from benchmarks.make_leakage_dataset import _thumbnail  # the very same thumbnail, not a look-alike
-
-    return {p: _thumbnail(dataset_dir / p) for p in paths}
-
-
-def closeness(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """[n, m], higher is closer: cosine of unit rows, or minus the mean absolute pixel difference."""
-    if metric == "cosine":
-        return a @ b.T
-    return -np.concatenate([np.abs(a[i : i + 64, None, :] - b[None]).mean(-1) for i in range(0, len(a), 64)])
+def nearest_other(a: np.ndarray, metric: str) -> np.ndarray:
+    """[n]: each row's distance to its nearest other row."""
+    d = all_distances(a, a, metric)
+    np.fill_diagonal(d, np.inf)
+    return d.min(1)
 
 
-def measure(vectors: dict[str, np.ndarray], leakage: dict, train_paths: list[str],
-            metric: str) -> dict[str, np.ndarray]:
-    """Closeness per group: copies to their source; distinct test images and train images to their nearest train image.
+def measure(vectors: dict[str, np.ndarray], leakage: dict, train_paths: list[str], metric: str) -> dict[str, np.ndarray]:
+    """Distance per group: copies to their source; distinct test images and train images to their nearest train image.
 
     `train_paths` holds one path per distinct train content, so no train image meets its own bytes as "other".
     """
-    train = np.stack([vectors[p] for p in train_paths])
     out: dict[str, np.ndarray] = {}
     for kind in KINDS:
         pairs = [(e["image"], e["of"]) for e in leakage["test"] if e["kind"] == kind]
-        out[kind] = np.array([closeness(vectors[q][None], vectors[s][None], metric)[0, 0] for q, s in pairs])
-    distinct = [e["image"] for e in leakage["test"] if not e["copy"]]
-    out[DISTINCT] = closeness(np.stack([vectors[p] for p in distinct]), train, metric).max(1)
-    among = closeness(train, train, metric)
-    np.fill_diagonal(among, -np.inf)
-    out[TRAIN] = among.max(1)
+        out[kind] = pair_distance(np.stack([vectors[q] for q, _ in pairs]), np.stack([vectors[s] for _, s in pairs]),
+                                  metric)
+    train = np.stack([vectors[p] for p in train_paths])
+    distinct = np.stack([vectors[e["image"]] for e in leakage["test"] if not e["copy"]])
+    out[DISTINCT] = all_distances(distinct, train, metric).min(1)
+    out[TRAIN] = nearest_other(train, metric)
     return out
 
 
-def stats(values: np.ndarray, sign: float) -> dict:
-    """min / p5 / median / p95 / max in the signal's own units (sign -1 turns closeness back into a distance)."""
+def stats(values: np.ndarray, sign: float, points: tuple[int, ...]) -> dict:
+    """n and percentiles in the signal's own units (sign -1 turns minus-cosine back into a cosine)."""
     v = np.sort(values * sign)
-    q = lambda p: round(float(np.percentile(v, p)), 6)  # noqa: E731
-    return {"n": len(v), "min": q(0), "p5": q(5), "median": q(50), "p95": q(95), "max": q(100)}
+    names = {0: "min", 50: "median", 100: "max"}
+    return {"n": len(v), **{names.get(p, f"p{p}"): round(float(np.percentile(v, p)), 4) for p in points}}
 
 
 def loosest_cut(groups: dict[str, np.ndarray], max_false: float) -> dict:
-    """The loosest closeness cut at which at most `max_false` of distinct test images and of train images count as
-    near-duplicates, and the share of non-exact copies it catches (cut ≤ closeness means caught)."""
-    cut = -np.inf
-    for hard in (groups[DISTINCT], groups[TRAIN]):
+    """The loosest cut (caught: distance <= cut) that affects at most `max_false` of each group of images without a
+    copy, and the share of non-exact copies it catches."""
+    cut = np.inf
+    for hard in (np.sort(groups[g]) for g in HARD if g in groups):
         allowed = int(np.floor(max_false * len(hard)))
-        cut = max(cut, np.nextafter(np.sort(hard)[::-1][allowed], np.inf) if allowed < len(hard) else -np.inf)
+        if allowed < len(hard):
+            cut = min(cut, float(np.nextafter(hard[allowed], -np.inf)))
     near = np.concatenate([groups[k] for k in NEAR_KINDS])
-    return {"cut": float(cut), "near_copies_caught": round(float((near >= cut).mean()), 4),
-            **{kind: round(float((groups[kind] >= cut).mean()), 4) for kind in NEAR_KINDS}}
+    return {"cut": cut, "near_copies_caught": round(float((near <= cut).mean()), 4)}
 
 
-def threshold_table(groups: dict[str, np.ndarray], thresholds: list[float]) -> list[dict]:
-    """Per threshold (the guard drops KB hits at cosine >= threshold): copies caught and images wrongly affected."""
+def distance_table(groups: dict[str, np.ndarray], distances: list[float]) -> list[dict]:
+    """Per candidate distance (the guard drops KB hits whose signature is within it): the share of copies caught,
+    and the share of images without a copy whose nearest neighbour it would wrongly drop."""
     near = np.concatenate([groups[k] for k in NEAR_KINDS])
-    share = lambda values, t: round(float((values >= t).mean()), 4)  # noqa: E731
-    # Exact copies are always caught: the guard drops the query's own image id whatever the threshold.
-    return [{"threshold": t, "caught": {"exact": 1.0, **{k: share(groups[k], t) for k in NEAR_KINDS},
-                                        "near_copies": share(near, t)},
-             "distinct_test_affected": share(groups[DISTINCT], t), "train_affected": share(groups[TRAIN], t)}
-            for t in thresholds]
+    share = lambda values, d: round(float((values <= d).mean()), 4)  # noqa: E731
+    # Exact copies are always caught: the guard drops the query's own image id whatever the distance.
+    return [{"distance": d, "caught": {"exact": 1.0, **{k: share(groups[k], d) for k in NEAR_KINDS},
+                                       "near_copies": share(near, d)},
+             "wrongly_affected": {g: share(groups[g], d) for g in HARD if g in groups}}
+            for d in distances]
 
 
-def recommend(table: list[dict], max_false: float) -> dict:
-    ok = [r for r in table if r["distinct_test_affected"] <= max_false and r["train_affected"] <= max_false]
-    rule = (f"highest recall of non-exact copies among thresholds that wrongly drop the nearest neighbour of at most "
-            f"{max_false:.0%} of distinct test images and of train images; ties: the higher threshold")
+def verdict(table: list[dict], groups: dict[str, np.ndarray], max_false: float, default: float) -> dict:
+    """Which candidates the rule accepts, the one it picks, and whether the default distance holds up."""
+    ok = [r for r in table if max(r["wrongly_affected"].values()) <= max_false]
+    rule = (f"highest recall of non-exact copies among distances that wrongly drop the nearest neighbour of at most "
+            f"{max_false:.0%} of the images in each of {', '.join(table[0]['wrongly_affected'])}")
+    near = np.concatenate([groups[k] for k in NEAR_KINDS])
+    margins = {"farthest_near_copy": round(float(near.max()), 4),
+               **{f"closest_{g}": round(float(groups[g].min()), 4) for g in HARD if g in groups}}
     if not ok:
-        best = max(table, key=lambda r: r["threshold"])
-        return {"threshold": best["threshold"], "rule": rule, "met": False, "row": best}
-    best = max(ok, key=lambda r: (r["caught"]["near_copies"], r["threshold"]))
-    return {"threshold": best["threshold"], "rule": rule, "met": True, "row": best}
+        return {"rule": rule, "met": False, "accepted": [], "pick": None, "default": default,
+                "default_holds": False, "margins": margins}
+    best = max(r["caught"]["near_copies"] for r in ok)
+    accepted = [r for r in ok if r["caught"]["near_copies"] == best]
+    # Among equals: the fewest wrong drops, then the larger distance (headroom for harsher copies than these).
+    pick = min(accepted, key=lambda r: (max(r["wrongly_affected"].values()), -r["distance"]))
+    at_default = next((r for r in table if r["distance"] == default), None)
+    if at_default is None:  # the default is not a candidate: judge it all the same
+        at_default = distance_table(groups, [default])[0]
+    holds = (max(at_default["wrongly_affected"].values()) <= max_false and at_default["caught"]["near_copies"] == best)
+    return {"rule": rule, "met": True, "accepted": [r["distance"] for r in accepted], "pick": pick["distance"],
+            "pick_row": pick, "default": default, "default_holds": holds, "at_default": at_default,
+            "margins": margins}
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------------
 
 
-def member_groups(listed: dict[str, dict], leakage: dict) -> dict[str, str]:
-    """member_id of each test listing → its kind (exact, jpeg, pixel, resize) or "distinct"."""
-    return {listed[e["image"]]["member_id"]: e["kind"] or "distinct" for e in leakage["test"]}
+def test_items(listed: dict[str, dict], leakage: dict) -> dict[str, tuple[str, str | None]]:
+    """member_id of each test listing → (its kind or "distinct", the image id of the train image it copies)."""
+    return {listed[e["image"]]["member_id"]: (e["kind"] or "distinct", listed[e["of"]]["image_id"] if e["of"] else None)
+            for e in leakage["test"]}
 
 
-def job_ids(store: Store, run_id: str) -> dict[str, str]:
+def job_config(store: Store, run_id: str) -> dict:
     row = store.read(EVAL_RUNS, columns=["config"], where=f"run_id = {sql_quote(run_id)}").to_pylist()
-    return json.loads(row[0]["config"])["jobs"]
+    return json.loads(row[0]["config"])
 
 
-def split_metrics(store: Store, jobs: dict[str, str], groups: dict[str, str]) -> dict:
-    """Per job role and test image group: accuracy or BLEU-4, guard drops, neighbours kept."""
+def split_metrics(store: Store, jobs: dict[str, str], items: dict[str, tuple[str, str | None]]) -> dict:
+    """Per job role and test image group: accuracy or BLEU-4, items with a near-duplicate among the hits, and for
+    retrieval jobs the neighbours kept and how often a copy's source is one of them."""
     from ravlm_core.metrics import caption_metrics, vqa_metrics
 
     out: dict = {}
@@ -224,7 +275,7 @@ def split_metrics(store: Store, jobs: dict[str, str], groups: dict[str, str]) ->
         out[role] = {}
         for group in GROUPS:
             kinds = set(KINDS) if group == "copy" else {group}
-            mine = [r for r in rows if groups.get(r["member_id"]) in kinds]
+            mine = [r for r in rows if items.get(r["member_id"], ("",))[0] in kinds]
             if not mine:
                 continue
             if table == VQA_PREDICTIONS:
@@ -233,11 +284,15 @@ def split_metrics(store: Store, jobs: dict[str, str], groups: dict[str, str]) ->
             else:
                 score = {"bleu4": round(caption_metrics([r["prediction"] for r in mine],
                                                         [[r["reference"]] for r in mine])["bleu4"], 4)}
-            kept = [len(r["neighbour_ids"] or []) for r in mine]
-            out[role][group] = {"items": len(mine), **score,
-                                "near_duplicate_items": sum((r["near_duplicates"] or 0) > 0 for r in mine),
-                                "mean_neighbours": round(float(np.mean(kept)), 2),
-                                "no_neighbours": sum(n == 0 for n in kept)}
+            m = {"items": len(mine), **score,
+                 "near_duplicate_items": sum((r["near_duplicates"] or 0) > 0 for r in mine)}
+            if not role.endswith("without_retrieval"):
+                kept = [r["neighbour_ids"] or [] for r in mine]
+                m["mean_neighbours"] = round(float(np.mean([len(k) for k in kept])), 2)
+                if group != "distinct":
+                    sources = [items[r["member_id"]][1] for r in mine]
+                    m["source_retrieved"] = round(float(np.mean([s in k for s, k in zip(sources, kept)])), 4)
+            out[role][group] = m
     return out
 
 
@@ -257,16 +312,33 @@ def overall(result: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
 
-def checks(similarity: dict, evals: dict) -> dict:
+def evaluate_guards(work: Path, store: Store, guard_envs: dict[str, dict], items: dict, timings: dict) -> dict:
+    """`ravlm eval` once per guard setting, in the same store: headline figures and figures per test image group."""
+    evals = {}
+    for label, env in guard_envs.items():
+        result, timings[f"eval {label}"] = ravlm(work, env, "eval", "--dataset", DATASET)
+        config = job_config(store, result["run_id"])
+        evals[label] = {"run_id": result["run_id"], "retrieval": config.get("retrieval"), "overall": overall(result),
+                        "by_group": split_metrics(store, config["jobs"], items)}
+    return evals
+
+
+def checks(signature_groups: dict[str, np.ndarray], signatures_ok: bool, listed: dict, leakage: dict,
+           evals: dict) -> dict:
     """What must hold if the pipeline is right; reported, not asserted, so the numbers still come out."""
-    out = {"exact_copy_cosine_min": similarity["exact"]["min"]}
+    exact_same_id = all(listed[e["image"]]["image_id"] == listed[e["of"]]["image_id"]
+                        for e in leakage["test"] if e["kind"] == "exact")
+    out = {"stored signatures = imaging.signature of the files": signatures_ok,
+           "exact copies share their source's image id": exact_same_id,
+           "exact copies at signature distance 0": float(signature_groups["exact"].max()) == 0.0}
     for label, run in evals.items():
-        if label == "off":
-            out["off: voting accuracy on exact copies"] = run["by_group"]["vqa_voting"]["exact"]["accuracy"]
-            continue
         for role in ("vqa", "vqa_voting", "caption"):
-            exact = run["by_group"][role]["exact"]
-            out[f"{label}: {role} exact copies caught"] = round(exact["near_duplicate_items"] / exact["items"], 4)
+            copy, distinct = run["by_group"][role]["copy"], run["by_group"][role]["distinct"]
+            out[f"{label}: {role} copies counted as near-duplicate"] = round(copy["near_duplicate_items"]
+                                                                             / copy["items"], 4)
+            out[f"{label}: {role} distinct counted as near-duplicate"] = round(distinct["near_duplicate_items"]
+                                                                               / distinct["items"], 4)
+            out[f"{label}: {role} copies retrieving their source"] = copy["source_retrieved"]
     no_retrieval = {label: run["overall"]["without_retrieval_accuracy"] for label, run in evals.items()}
     out["without-retrieval accuracy equal across guard settings"] = len(set(no_retrieval.values())) == 1
     return out
@@ -290,6 +362,7 @@ def prepare(work: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Steps 1-3 of the module docstring; returns the report (also written to OUT/leakage_bench.json)."""
     work = args.out.resolve()
     prepare(work)
     timings: dict[str, float] = {}
@@ -300,58 +373,53 @@ def run(args: argparse.Namespace) -> dict:
     _, timings["ingest"] = ravlm(work, {}, "ingest", str(work / "dataset"), "--dataset", DATASET)
     embedded, timings["embed"] = ravlm(work, {}, "embed")
 
-    tick = time.perf_counter()
     store = Store(str(work / "data" / "lancedb"))
     listed = listings(store)
     train_paths = list({r["image_id"]: p for p, r in sorted(listed.items()) if r["split"] == "train"}.values())
-    vectors = stored_vectors(store, embedded["model_tag"], listed)
-    groups = measure(vectors, leakage, train_paths, "cosine")
-    table = threshold_table(groups, args.thresholds)
-    choice = recommend(table, args.max_false)
-    stored = {"space": f"stored image vectors ({embedded['model_tag']}), cosine",
-              "stats": {g: stats(v, 1) for g, v in groups.items()},
-              "loosest_cut_at_max_false": {**(cut := loosest_cut(groups, args.max_false)), "cut": round(cut["cut"], 6)}}
-    timings["similarity"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    paths = sorted(listed)
-    others = {}
-    for name, vecs, metric in (
-        ("backbone_cosine", backbone_vectors(work / "dataset", embedded["model_ref"], paths), "cosine"),
-        ("thumbnail_mad", thumbnail_vectors(work / "dataset", paths), "mad"),
-    ):
-        found = measure(vecs, leakage, train_paths, metric)
-        sign = 1 if metric == "cosine" else -1
-        cut = loosest_cut(found, args.max_false)
-        others[name] = {"stats": {g: stats(v, sign) for g, v in found.items()},
-                        "loosest_cut_at_max_false": {**cut, "cut": round(cut["cut"] * sign, 6)}}
-    timings["other_signals"] = time.perf_counter() - tick
+    cos_groups = measure(stored_vectors(store, embedded["model_tag"], listed), leakage, train_paths, "cosine")
+    cut = loosest_cut(cos_groups, args.max_false)
+    cosine = {"space": f"stored image vectors ({embedded['model_tag']}), cosine",
+              "stats": {g: stats(v, -1, (0, 50, 100)) for g, v in cos_groups.items()},
+              "loosest_cut_at_max_false": {"cosine": round(-cut["cut"], 6),
+                                           "near_copies_caught": cut["near_copies_caught"]}}
+    timings["cosine"] = time.perf_counter() - tick
 
-    guard_envs = {"off": {"RAVLM_LEAKAGE_GUARD": "false"},
-                  f"on@{choice['threshold']}": {"RAVLM_LEAKAGE_GUARD": "true",
-                                                "RAVLM_NEAR_DUPLICATE": str(choice["threshold"])}}
-    if args.compare is not None and args.compare != choice["threshold"]:
-        guard_envs[f"on@{args.compare}"] = {"RAVLM_LEAKAGE_GUARD": "true", "RAVLM_NEAR_DUPLICATE": str(args.compare)}
-    membership = member_groups(listed, leakage)
-    evals = {}
-    for label, env in guard_envs.items():
-        result, seconds = ravlm(work, env, "eval", "--dataset", DATASET)
-        timings[f"eval {label}"] = seconds
-        evals[label] = {"run_id": result["run_id"], "overall": overall(result),
-                        "by_group": split_metrics(store, job_ids(store, result["run_id"]), membership)}
+    tick = time.perf_counter()
+    signatures = stored_signatures(store, listed)
+    groups = measure(signatures, leakage, train_paths, "mad")
+    if args.source_train:
+        groups[SOURCE_TRAIN] = nearest_other(source_train_signatures(), "mad")
+    table = distance_table(groups, args.distances)
+    cut = loosest_cut(groups, args.max_false)
+    signature = {
+        "signal": "contents.signature (16x16 RGB), mean absolute difference in grey levels",
+        "stats": {g: stats(v, 1, (0, 1, 5, 50, 95, 100)) for g, v in groups.items()},
+        "distances": table,
+        "loosest_cut_at_max_false": {"distance": round(cut["cut"], 4), "near_copies_caught": cut["near_copies_caught"]},
+        "verdict": verdict(table, groups, args.max_false, DEFAULT_DISTANCE),
+        "note": (f"distinct test images are drawn at >= {NEAR_DUPLICATE_MAD} from every train image by the dataset "
+                 f"maker ({leakage['near_duplicates_skipped']} skipped), so that group cannot be wrongly affected "
+                 "below it; the train groups are not filtered"),
+    }
+    signatures_ok = signatures_match_files(work / "dataset", signatures)
+    timings["signatures"] = time.perf_counter() - tick
+
+    guard_envs = {"off": {"RAVLM_LEAKAGE_GUARD": "false"}}
+    for distance in args.eval_at:
+        guard_envs[f"on@{distance:g}"] = {"RAVLM_LEAKAGE_GUARD": "true", "RAVLM_NEAR_DUPLICATE_DISTANCE": f"{distance:g}"}
+    items = test_items(listed, leakage)
+    evals = evaluate_guards(work, store, guard_envs, items, timings)
 
     report = {
         "sizes": {"train": args.train, "test": args.test, "copies": args.copies, "seed": args.seed},
         "dataset": {k: leakage[k] for k in ("copies", "distinct", "near_duplicates_skipped", "manifest_rows")},
         "model_tag": embedded["model_tag"],
-        "similarity": stored,
-        "thresholds": table,
-        "recommendation": {**choice, "max_false": args.max_false,
-                           "current_default": args.compare,
-                           "at_current_default": next((r for r in table if r["threshold"] == args.compare), None)},
-        "other_signals": others,
+        "cosine": cosine,
+        "signature": signature,
         "eval": evals,
-        "checks": checks(stored["stats"], evals),
+        "checks": checks(groups, signatures_ok, listed, leakage, evals),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "commands": [shlex.join(["python", "benchmarks/leakage_bench.py", *sys.argv[1:]])]
         + reproduce(work, args, guard_envs),
@@ -377,49 +445,58 @@ def print_human(report: dict) -> None:
             t.add_row(*("" if x is None else str(x) for x in r))
         console.print(t)
 
-    cols = ["n", "min", "p5", "median", "p95", "max"]
-    table(report["similarity"]["space"], ["group", *cols],
-          [[g, *(s[c] for c in cols)] for g, s in report["similarity"]["stats"].items()])
-    table("threshold (drop KB hits at cosine >= t)",
-          ["t", *NEAR_KINDS, "near copies caught", "distinct test affected", "train affected"],
-          [[r["threshold"], *(r["caught"][k] for k in NEAR_KINDS), r["caught"]["near_copies"],
-            r["distinct_test_affected"], r["train_affected"]] for r in report["thresholds"]])
-    for name, signal in report["other_signals"].items():
-        cut = signal["loosest_cut_at_max_false"]
-        table(f"{name} (not used by the guard): loosest cut {cut['cut']} catches {cut['near_copies_caught']} of "
-              "near copies", ["group", *cols], [[g, *(s[c] for c in cols)] for g, s in signal["stats"].items()])
+    def stats_table(title: str, by_group: dict) -> None:
+        cols = [c for c in next(iter(by_group.values())) if c != "n"]
+        table(title, ["group", "n", *cols], [[g, s["n"], *(s[c] for c in cols)] for g, s in by_group.items()])
+
+    cos = report["cosine"]
+    stats_table(f"{cos['space']}: loosest cut {cos['loosest_cut_at_max_false']['cosine']} catches "
+                f"{cos['loosest_cut_at_max_false']['near_copies_caught']} of near copies (not used by the guard)",
+                cos["stats"])
+    sig = report["signature"]
+    stats_table(sig["signal"], sig["stats"])
+    wrong = sig["distances"][0]["wrongly_affected"]
+    table("near_duplicate_distance candidates (drop KB hits within d)",
+          ["d", *NEAR_KINDS, "near copies caught", *(f"wrong: {g}" for g in wrong)],
+          [[r["distance"], *(r["caught"][k] for k in NEAR_KINDS), r["caught"]["near_copies"],
+            *r["wrongly_affected"].values()] for r in sig["distances"]])
     keys = list(next(iter(report["eval"].values()))["overall"])
     table("ravlm eval --dataset leak", ["metric", *report["eval"]],
           [[k, *(run["overall"][k] for run in report["eval"].values())] for k in keys])
     rows = []
     for label, run in report["eval"].items():
-        for role, by_group in run["by_group"].items():
-            for group, m in by_group.items():
-                rows.append([label, role, group, m["items"], m.get("accuracy", m.get("bleu4")),
-                             m["near_duplicate_items"], m["mean_neighbours"], m["no_neighbours"]])
-    table("by test image group", ["guard", "job", "group", "items", "accuracy / BLEU-4", "near-dup items",
-                                  "mean neighbours", "no neighbours"], rows)
+        for role in ("vqa", "vqa_voting", "caption"):
+            cells = run["by_group"].get(role, {})
+            rows.append([label, ROLE_NAMES[role], *(
+                f"{m.get('accuracy', m.get('bleu4'))} nd {m['near_duplicate_items']}/{m['items']}"
+                + (f" src {m['source_retrieved']}" if "source_retrieved" in m else "") if m else None
+                for m in (cells.get(g) for g in GROUPS))])
+    table("by test image group: accuracy / BLEU-4, near-duplicate items, share of copies retrieving their source",
+          ["guard", "job", *GROUPS], rows)
     table("checks", ["check", "value"], [[k, v] for k, v in report["checks"].items()])
-    rec = report["recommendation"]
-    console.print(f"recommended near_duplicate: {rec['threshold']} ({'meets' if rec['met'] else 'NO candidate meets'} "
-                  f"the rule: {rec['rule']})")
-    console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()))
+    v = sig["verdict"]
+    console.print(f"rule: {v['rule']}; accepted: {v['accepted']}, pick {v['pick']}; default {v['default']} "
+                  f"{'HOLDS' if v['default_holds'] else 'does NOT hold'}; margins {v['margins']}")
+    console.print(sig["note"])
+    console.print("timings (s): " + ", ".join(f"{k} {t}" for k, t in report["timings_s"].items()))
     console.print("reproduce:\n  " + "\n  ".join(report["commands"]), soft_wrap=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/ravlm-leakage"), help="work folder (replaced)")
-    parser.add_argument("--train", type=int, default=600, help="train images")
-    parser.add_argument("--test", type=int, default=300, help="test images")
+    parser.add_argument("--train", type=int, default=400, help="train images")
+    parser.add_argument("--test", type=int, default=200, help="test images")
     parser.add_argument("--copies", type=float, default=0.5, help="share of test images that copy a train image")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
-                        help="candidate near_duplicate cosines")
+    parser.add_argument("--distances", type=float, nargs="+", default=list(DISTANCES),
+                        help="candidate near_duplicate_distance values (grey levels)")
     parser.add_argument("--max-false", type=float, default=0.01,
-                        help="largest share of distinct test / train images whose nearest neighbour may be dropped")
-    parser.add_argument("--compare", type=float, default=0.98,
-                        help="also evaluate the guard at this threshold (the current default)")
+                        help="largest share of images without a copy whose nearest neighbour may be dropped")
+    parser.add_argument("--eval-at", type=float, nargs="+", default=[DEFAULT_DISTANCE],
+                        help="evaluate with the guard on at these distances (besides off); each adds a few minutes")
+    parser.add_argument("--no-source-train", dest="source_train", action="store_false",
+                        help="skip the hard case over easy-VQA's whole train split (saves ~30 s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)

@@ -238,13 +238,11 @@ def main() -> None:
 
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
+        code = app(standalone_mode=False)  # a raised typer.Exit comes back as its exit code
+    except typer.Abort:
+        sys.exit(1)
     except Exception as error:  # noqa: BLE001 - the one place errors meet the user
-        import click
-
-        if isinstance(error, click.ClickException):
+        if hasattr(error, "show") and hasattr(error, "exit_code"):  # a usage error (typer's own click): one box
             error.show()
             sys.exit(error.exit_code)
         line = _user_error_line(error)
@@ -252,6 +250,7 @@ def main() -> None:
             raise
         typer.echo(f"error: {line}", err=True)
         sys.exit(USER_ERROR)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

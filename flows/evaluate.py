@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from flows.common import settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
 from ravlm_core.evaluate import split_contents
+from ravlm_core.jobs import check_query_set
 from ravlm_core.knowledge import kb_label, parse_kb
 from ravlm_core.store import Store
 from tasks.embed import resolve_encoder
@@ -25,7 +26,9 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     runner = task_runner(settings)
     sets = parse_kb(kb, dataset, settings.kb_split)
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), settings.torch_device())
-    has = split_contents(Store(settings.store_uri), dataset, split, sets)
+    store = Store(settings.store_uri)
+    check_query_set(store, dataset, split)
+    has = split_contents(store, dataset, split, sets)
     has["qa"] = has["qa"] or bool(questions)
     for what, found in has.items():
         if not found:

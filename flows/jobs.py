@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger, unmapped
 
 from flows.common import settings_from
 from ravlm_core.config import Settings
+from ravlm_core.errors import UserError
 from ravlm_core.jobs import CAPTION_VARIANTS
 from ravlm_core.knowledge import kb_label, parse_kb
 from ravlm_core.sources import read_questions_file
@@ -23,7 +24,7 @@ def _summary(job: str, variant: str, kb: list, results: list[dict]) -> dict:
 
 def retrieval_settings(settings: Settings) -> dict:
     return {"question_match_min": settings.question_match_min, "leakage_guard": settings.leakage_guard,
-            "near_duplicate": settings.near_duplicate}
+            "near_duplicate_distance": settings.near_duplicate_distance}
 
 
 @flow(name="vqa")
@@ -32,7 +33,7 @@ def vqa_flow(dataset: str, split: str = "test", variant: str = "fusion", kb: lis
     """Answer every question of `dataset`/`split` (or, for an unlabeled set, every line of the `questions` file for
     every image) with neighbours from the knowledge base `kb` (["DATASET[:SPLIT]", ...]; default: its train split)."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown VQA variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise UserError(f"unknown VQA variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     settings = settings_from(overrides)
     device = settings.torch_device()
     sets = [list(s) for s in parse_kb(kb, dataset, settings.kb_split)]
@@ -63,7 +64,7 @@ def caption_flow(dataset: str, split: str = "test", variant: str = "consensus", 
     """Caption every image of `dataset`/`split` from its neighbours in the knowledge base `kb` (`direct`: no
     neighbours, the KB caption whose text is closest to the image)."""
     if variant not in CAPTION_VARIANTS:
-        raise ValueError(f"unknown caption variant {variant!r}; choose one of {', '.join(CAPTION_VARIANTS)}")
+        raise UserError(f"unknown caption variant {variant!r}; choose one of {', '.join(CAPTION_VARIANTS)}")
     settings = settings_from(overrides)
     sets = [list(s) for s in parse_kb(kb, dataset, settings.kb_split)]
     retrieval = retrieval_settings(settings)

@@ -118,6 +118,25 @@ def thumbnail_jpeg(image: Image.Image, side: int = 128, quality: int = 85) -> by
     return buffer.getvalue()
 
 
+SIGNATURE_SIDE = 16
+
+
+def signature(image: Image.Image) -> bytes:
+    """A tiny-image fingerprint: the normalised pixels box-averaged to 16x16 RGB (768 bytes).
+
+    Near-duplicates (re-encodes, resizes, one-pixel edits) stay within a few grey levels of their original on it,
+    where distinct images of the same class do not; learnt embeddings fold those together (see README).
+    """
+    return to_rgb(image).resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BOX).tobytes()
+
+
+def signature_distance(a: bytes, b: bytes) -> float:
+    """Mean absolute difference of two signatures, in grey levels (0..255)."""
+    import numpy as np
+
+    return float(np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8)).mean())
+
+
 def _identify(data: bytes) -> ImageFile.ImageFile:
     """Parse the header as Image.open does, without its process-wide pixel limit (decode_image applies max_pixels).
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ravlm_core.errors import UserError
-from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, thumbnail_jpeg
+from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, signature, thumbnail_jpeg
 from ravlm_core.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
                                    member_id_of)
 from ravlm_core.sources import BadRow, SourceRecord, open_source
@@ -281,7 +281,7 @@ def _shard_row(row: dict, max_pixels: int) -> dict | BadRow:
         return BadRow(ref, f"{path}: {err}")
     return {"image_id": row["image_id"], "image": data, "width": decoded.width, "height": decoded.height,
             "format": decoded.format, "source_mode": decoded.source_mode,
-            "thumbnail": thumbnail_jpeg(decoded.image, THUMBNAIL_SIDE)}
+            "thumbnail": thumbnail_jpeg(decoded.image, THUMBNAIL_SIDE), "signature": signature(decoded.image)}
 
 
 def _write_parquet_atomically(path: Path, schema: pa.Schema, tables) -> None:

@@ -16,12 +16,13 @@ import pyarrow as pa
 from ravlm_core.answerers import FusionAnswerer
 from ravlm_core.captioning import consensus_captions, direct_captions
 from ravlm_core.embed import text_id
+from ravlm_core.errors import UserError
 from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
 from ravlm_core.membership import qa_id_of
 from ravlm_core.retrieve import kb_filter, search, vectors_by_id
-from ravlm_core.store import (CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
+from ravlm_core.store import (ACTIVE, CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
                               predictions_schema, question_vectors_table, sql_quote, text_vectors_table)
-from ravlm_core.vqa import ITEM_COLUMNS, answer, pred_ids, prediction_rows, read_items, retrieve_for_items
+from ravlm_core.vqa import ITEM_COLUMNS, answer, stored_guard, pred_ids, prediction_rows, read_items, retrieve_for_items
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,20 @@ class JobResult:
     near_duplicates: int  # items with at least one KB image left out by the leakage guard
 
 
+def check_query_set(store: Store, dataset: str, split: str) -> int:
+    """How many listed images the query set has; none is a user error naming the sets the store does hold."""
+    n = store.count(IMAGES, kb_filter(dataset, split))
+    if n == 0:
+        rows = store.read(IMAGES, columns=["dataset", "split"], where=ACTIVE) if store.has(IMAGES) else None
+        held = sorted({f"{d}:{s}" for d, s in zip(*(rows.column(c).to_pylist() for c in ("dataset", "split")))}) if rows else []
+        raise UserError(f"query set {dataset}:{split} has no images: ingest it first (ravlm ingest) or pick one of: "
+                        f"{', '.join(held) or 'none, the store is empty'}")
+    return n
+
+
 def query_parts(store: Store, dataset: str, split: str, part_size: int) -> list[str]:
     """The query set cut into about `part_size` listed images per part, as "lo:hi" member id ranges."""
-    n = store.count(IMAGES, kb_filter(dataset, split))
+    n = check_query_set(store, dataset, split)
     parts = max(1, min(ID_SPACE, -(-n // max(1, part_size))))
     bounds = [f"{i * ID_SPACE // parts:04x}" for i in range(parts)] + ["g"]  # "g" sorts after every hex digit
     return [f"{lo}:{hi}" for lo, hi in zip(bounds, bounds[1:])]
@@ -123,16 +135,15 @@ def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, 
     kb_captions = sorted(set(kb.captions.values()))
     caption_vectors = vectors_by_id(store, kb.text_table, [text_id(c) for c in kb_captions], "text_id")
     if variant == "consensus":
-        guard = kb.config.leakage_guard
         neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
-                            exclude=image_ids if guard else None, near_duplicate=kb.config.near_duplicate if guard else None)
+                            guard=stored_guard(store, kb, image_ids))
         predictions = consensus_captions(neighbours, kb.captions, dict(zip(kb_captions, caption_vectors)))
         neighbour_ids, neighbour_scores, near = neighbours.ids, neighbours.scores, neighbours.near_duplicates
     elif variant == "direct":
         predictions = direct_captions(image_vectors, kb_captions, caption_vectors)
         neighbour_ids, neighbour_scores, near = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
     else:
-        raise ValueError(f"unknown caption variant {variant!r}; choose one of {CAPTION_VARIANTS}")
+        raise UserError(f"unknown caption variant {variant!r}; choose one of {', '.join(CAPTION_VARIANTS)}")
     now = datetime.now(timezone.utc)
     rows = pa.Table.from_pydict(
         {

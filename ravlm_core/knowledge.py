@@ -35,11 +35,11 @@ class RetrievalConfig:
     # Below this cosine to its closest KB question, a query's question counts as new: its context comes from
     # plain image neighbours and all their QA pairs (weighted by question similarity) instead.
     question_match_min: float = 0.9
-    # Leakage guard: a query never retrieves its own bytes (under any name or dataset), nor KB images at this
-    # image-vector cosine or above (re-encodes, resizes, small edits). Off, queries see whatever is nearest;
-    # answerers train leave-one-out either way.
+    # Leakage guard: a query never retrieves its own bytes (under any name or dataset), nor KB images whose
+    # 16x16 pixel signature is within this many grey levels of its own (re-encodes, resizes, small edits).
+    # Off, such hits are still counted but kept; answerers train leave-one-out either way.
     leakage_guard: bool = True
-    near_duplicate: float = 0.98
+    near_duplicate_distance: float = 3.0
 
 
 def parse_kb(specs: list[str] | None, query_dataset: str, default_split: str = "train") -> list[tuple[str, str]]:

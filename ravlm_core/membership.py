@@ -77,6 +77,7 @@ def apply_plan(store: Store, plan_path: str, keep_removed: bool = False) -> Appl
 
     affected = {r["image_id"] for r in writable} | {r["old_image_id"] for r in plan if r["old_image_id"]}
     sync_vector_memberships(store, sorted(affected))
+    _drop_unlisted_contents(store, sorted(affected))
     counts = defaultdict(int, {change: sum(r["change"] == change for r in writable) for change in (ADDED, CHANGED, REANNOTATED)})
     result = ApplyResult(counts[ADDED], counts[CHANGED], counts[REANNOTATED], len(removed),
                          len(wanted) - len(writable), len(qa_rows))
@@ -128,6 +129,14 @@ def _remove(store: Store, member_ids: list[str], keep_removed: bool, now: dateti
                 store.table(table).update(where=f"{where} AND {ACTIVE}", values={"removed_at": now})
             else:
                 store.delete(table, where)
+
+
+def _drop_unlisted_contents(store: Store, image_ids: list[str]) -> None:
+    """Contents no listing refers to any more (not even one kept with --keep-removed) leave `contents` too."""
+    for ids in chunks(image_ids):
+        unlisted = set(ids) - store.existing_ids(IMAGES, "image_id", where=in_list("image_id", ids))
+        if unlisted:
+            store.delete(CONTENTS, in_list("image_id", sorted(unlisted)))
 
 
 def sync_vector_memberships(store: Store, image_ids: list[str]) -> int:

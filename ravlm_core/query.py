@@ -7,9 +7,9 @@ from PIL import Image
 
 from ravlm_core.answerers import FusionAnswerer, vote_answers
 from ravlm_core.errors import UserError
-from ravlm_core.imaging import ImageRejected, open_rgb
+from ravlm_core.imaging import ImageRejected, open_rgb, signature
 from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.retrieve import search
+from ravlm_core.retrieve import Guard, search
 from ravlm_core.store import ACTIVE, IMAGES, Store, image_vectors_table, in_list
 from ravlm_core.vqa import retrieve_for_vectors
 
@@ -46,10 +46,12 @@ def _describe(store: Store, ids: list[str], scores: list[float]) -> list[dict]:
 def ask(store: Store, kb: KnowledgeBase, encoder, question_encoder, answerer: FusionAnswerer | None,
         image: str | Path, question: str, k: int) -> dict:
     """Answer one question about one (possibly unseen) image, retrieving from the KB."""
-    image_vector = encoder.embed_images([open_image(image)])  # [1, d]
+    pixels = open_image(image)
+    image_vector = encoder.embed_images([pixels])  # [1, d]
     question_vector = question_encoder.embed_texts([question])  # [1, dq]
-    # No id to exclude (the image may be new), but its near-duplicates in the KB are still left out.
-    retrieved = retrieve_for_vectors(store, kb, image_vector, question_vector, k)
+    # The image may be new to the store: its own bytes and near-duplicates in the KB are found by its pixels.
+    guard = Guard([None], [signature(pixels)], kb.config.near_duplicate_distance, kb.config.leakage_guard)
+    retrieved = retrieve_for_vectors(store, kb, image_vector, question_vector, k, guard=guard)
     context = retrieved.context(kb)
     matched = int(retrieved.question_index[0])
     close = float(retrieved.question_sim[0]) >= kb.config.question_match_min

@@ -5,12 +5,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ravlm_core.store import ACTIVE, Store, membership_label, sql_quote
+from ravlm_core.store import ACTIVE, CONTENTS, Store, chunks, in_list, membership_label, sql_quote
 
 # Queries per LanceDB call: one call answers many queries (rows carry `query_index`).
 QUERY_BATCH = 512
 # Extra hits fetched per query when near-duplicates are dropped, so most queries still get k neighbours.
 GUARD_OVERFETCH = 8
+
+
+@dataclass
+class Guard:
+    """The leakage guard for a batch of queries: a KB image that is a query's own bytes (same content id) or a
+    near-duplicate of it (pixel signatures within `max_distance` grey levels) is counted, and dropped when `drop`."""
+
+    own_ids: list[str | None]  # [n_queries]: the query's content id, None for an image the store never saw
+    signatures: list[bytes | None]  # [n_queries]: `imaging.signature` of the query image
+    max_distance: float
+    drop: bool = True
 
 
 @dataclass
@@ -46,18 +57,17 @@ def search(
     key: str = "image_id",
     where: str | None = None,
     exclude: list[str] | None = None,
-    near_duplicate: float | None = None,
+    guard: Guard | None = None,
     refine_factor: int = 10,
 ) -> Neighbours:
     """The k nearest rows of `table` for each query vector (float32 [n, d], L2-normalised), by cosine.
 
-    Leakage guard: `exclude[i]` is an id query i must not get back (its own image: the same bytes under any name
-    share the id), and with `near_duplicate` every hit at that cosine or above is dropped too (re-encodes,
-    resizes, small edits). Dropped hits are counted per query in `near_duplicates`.
+    `exclude[i]` is an id query i must not get back (leave-one-out training). `guard` counts each query's own
+    bytes and near-duplicates among its hits (`near_duplicates`) and drops them unless told only to count.
     With an IVF index in place, `refine_factor` re-ranks candidates by exact distance for usable recall.
     """
     handle = store.table(table)
-    extra = (1 if exclude is not None else 0) + (GUARD_OVERFETCH if near_duplicate is not None else 0)
+    extra = (1 if exclude is not None else 0) + (GUARD_OVERFETCH if guard is not None else 0)
     dropped: list[int] = []
     ids: list[list[str]] = []
     scores: list[list[float]] = []
@@ -75,16 +85,41 @@ def search(
         per_query: list[list[tuple[float, str]]] = [[] for _ in range(len(batch))]
         for q, hit, sim in zip(qidx, hit_ids, sims):
             per_query[q].append((float(sim), hit))
+        hit_signatures = signatures_of(store, set(hit_ids)) if guard is not None else {}
         for offset, hits in enumerate(per_query):
             hits.sort(key=lambda h: -h[0])
             own = exclude[start + offset] if exclude is not None else None
-            limit = near_duplicate if near_duplicate is not None else float("inf")
-            kept = [h for h in hits if h[1] != own and h[0] < limit]
-            dropped.append(len(hits) - len(kept))
+            hits = [h for h in hits if h[1] != own]
+            leaks = _leaks(guard, start + offset, hits, hit_signatures) if guard is not None else set()
+            dropped.append(len(leaks))
+            kept = [h for h in hits if h[1] not in leaks] if guard is not None and guard.drop else hits
             kept = kept[:k]
             ids.append([h[1] for h in kept])
             scores.append([h[0] for h in kept])
     return Neighbours(ids, scores, dropped)
+
+
+def _leaks(guard: Guard, query: int, hits: list[tuple[float, str]], hit_signatures: dict[str, bytes]) -> set[str]:
+    """The hits that are query `query`'s own bytes or near-duplicates of it."""
+    own, mine = guard.own_ids[query], guard.signatures[query]
+    leaks = {hit for _, hit in hits if hit == own}
+    if mine is not None:
+        query_pixels = np.frombuffer(mine, np.uint8).astype(np.int16)
+        for _, hit in hits:
+            theirs = hit_signatures.get(hit)
+            if theirs is not None and np.abs(query_pixels - np.frombuffer(theirs, np.uint8)).mean() <= guard.max_distance:
+                leaks.add(hit)
+    return leaks
+
+
+def signatures_of(store: Store, image_ids) -> dict[str, bytes]:
+    """Pixel signatures of stored contents (see `imaging.signature`)."""
+    found: dict[str, bytes] = {}
+    for ids in chunks(sorted(set(image_ids))):
+        rows = store.read(CONTENTS, columns=["image_id", "signature"], where=in_list("image_id", ids))
+        if rows.num_rows:
+            found.update(zip(rows.column("image_id").to_pylist(), rows.column("signature").to_pylist()))
+    return found
 
 
 def vectors_by_id(store: Store, table: str, ids: list[str], key: str) -> np.ndarray:

@@ -60,6 +60,7 @@ CONTENTS_SCHEMA = pa.schema(
         ("format", pa.string()),
         ("source_mode", pa.string()),  # the file's pixel mode before normalisation to RGB (I;16, P, CMYK ...)
         ("thumbnail", pa.binary()),  # small JPEG of the normalised pixels the encoder sees
+        ("signature", pa.binary()),  # 16x16 RGB of the same pixels: the leakage guard's near-duplicate test
         ("shard", pa.string()),
     ]
 )

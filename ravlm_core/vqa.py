@@ -13,7 +13,7 @@ import pyarrow as pa
 from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
 from ravlm_core.embed import text_id
 from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.retrieve import Neighbours, search, sets_filter, vectors_by_id
+from ravlm_core.retrieve import Guard, Neighbours, search, sets_filter, signatures_of, vectors_by_id
 from ravlm_core.store import QA, QA_SCHEMA, Store, in_list, predictions_schema
 
 VARIANTS = ("fusion", "fusion-no-retrieval", "voting")
@@ -64,13 +64,20 @@ def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], qu
     """
     image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")  # reads each distinct id once
     question_vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in questions], "text_id")
-    guard = kb.config.leakage_guard
+    guard = stored_guard(store, kb, image_ids)
     return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k,
-                                exclude=image_ids if guard or training else None)
+                                exclude=image_ids if training and not guard.drop else None, guard=guard)
+
+
+def stored_guard(store: Store, kb: KnowledgeBase, image_ids: list[str]) -> Guard:
+    """The leakage guard for stored images: their own ids and pixel signatures."""
+    signatures = signatures_of(store, image_ids)
+    return Guard(image_ids, [signatures.get(i) for i in image_ids], kb.config.near_duplicate_distance,
+                 drop=kb.config.leakage_guard)
 
 
 def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndarray, question_vectors: np.ndarray,
-                         k: int, exclude: list[str] | None = None) -> Retrieved:
+                         k: int, exclude: list[str] | None = None, guard: Guard | None = None) -> Retrieved:
     """Per item: match its question to a KB question, then search the k nearest KB images asked that question.
 
     One batched search per distinct matched question, filtered to the images that were asked it. Items whose
@@ -91,10 +98,16 @@ def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndar
         where = kb.where if candidates is None else f"{kb.where} AND {in_list('image_id', candidates)}"
         found = search(store, kb.image_table, image_vectors[items], k, where=where,
                        exclude=[exclude[i] for i in items] if exclude is not None else None,
-                       near_duplicate=kb.config.near_duplicate if kb.config.leakage_guard else None)
+                       guard=_subset(guard, items))
         for item, item_ids, item_scores, item_dropped in zip(items, found.ids, found.scores, found.near_duplicates):
             ids[item], scores[item], dropped[item] = item_ids, item_scores, item_dropped
     return Retrieved(image_vectors, question_vectors, question_index, question_sim, Neighbours(ids, scores, dropped))
+
+
+def _subset(guard: Guard | None, items: np.ndarray) -> Guard | None:
+    if guard is None:
+        return None
+    return Guard([guard.own_ids[i] for i in items], [guard.signatures[i] for i in items], guard.max_distance, guard.drop)
 
 
 def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:

@@ -154,6 +154,7 @@ def test_change_remove_reannotate_add_lands_exactly_in_every_table(source, tmp_p
     vectors = dict(_rows(store, image_vectors_table(encoder.tag), "image_id", "memberships"))
     gone = {by_path[p][1] for p in [changed, *removed]}
     assert not gone & set(vectors)
+    assert store.count(CONTENTS) == 10 - 3 + 11 and not store.existing_ids(CONTENTS, "image_id", gone)
     moved = after[reannotated[0]]
     assert vectors[moved[1]] == [f"shapes:{moved[2]}"]
     encoder.images = 0

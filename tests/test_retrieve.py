@@ -3,8 +3,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ravlm_core.retrieve import search, vector_sets_filter, vectors_by_id
-from ravlm_core.store import MEMBERSHIPS, vector_schema
+from PIL import Image
+
+from ravlm_core.imaging import signature, signature_distance
+from ravlm_core.retrieve import Guard, search, vector_sets_filter, vectors_by_id
+from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, MEMBERSHIPS, vector_schema
 from tests.conftest import unit_rows
 
 
@@ -46,16 +49,31 @@ def test_leave_one_out_drops_only_the_query_itself(store, vectors):
         assert without_self[:2] == with_self[1:3]
 
 
-def test_near_duplicate_guard_drops_hits_at_or_above_the_cosine_and_counts_them(store, vectors):
-    # A query a hair away from i5 (a near-duplicate: cosine > 0.999) and far from everything else.
-    query = vectors[5] + 0.01 * vectors[6]
-    query = (query / np.linalg.norm(query))[None].astype(np.float32)
-    plain = search(store, "vec", query, 3)
-    guarded = search(store, "vec", query, 3, near_duplicate=0.999)
-    assert plain.ids[0][0] == "i5" and plain.scores[0][0] > 0.999
-    assert "i5" not in guarded.ids[0] and guarded.ids[0] == plain.ids[0][1:] + guarded.ids[0][2:]
-    assert guarded.near_duplicates == [1] and len(guarded.ids[0]) == 3
+def _contents(store, signatures: dict[str, bytes]) -> None:
+    rows = [{"image_id": i, "signature": sig} for i, sig in signatures.items()]
+    store.upsert(CONTENTS, pa.Table.from_pylist(rows, pa.schema([CONTENTS_SCHEMA.field("image_id"), CONTENTS_SCHEMA.field("signature")])), "image_id")
+
+
+def test_the_guard_drops_own_bytes_and_pixel_near_duplicates_and_counts_them(store, vectors):
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    edited = photo.copy()
+    edited.putpixel((5, 5), (0, 0, 0))  # a one-pixel edit
+    other = Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    # Of the query's three nearest hits by vector, the first holds the edited copy, the second a distinct image,
+    # and the third is the query's own bytes (same content id).
+    query = vectors[5][None]
+    plain = search(store, "vec", query, 4)
+    copy, distinct, own = plain.ids[0][:3]
+    _contents(store, {copy: signature(edited), distinct: signature(other), own: signature(photo)})
     assert plain.near_duplicates == [0]
+    guard = Guard([own], [signature(photo)], max_distance=3.0)
+    guarded = search(store, "vec", query, 4, guard=guard)
+    assert guarded.ids[0][0] == distinct and not {copy, own} & set(guarded.ids[0]) and len(guarded.ids[0]) == 4
+    assert guarded.near_duplicates == [2]
+    counted = search(store, "vec", query, 4, guard=Guard([own], [signature(photo)], 3.0, drop=False))
+    assert counted.ids == plain.ids and counted.near_duplicates == [2]
+    assert signature_distance(signature(photo), signature(edited)) < 1 < 3 < signature_distance(signature(photo), signature(other))
 
 
 def test_vectors_by_id_keeps_order_and_names_missing(store, vectors):

@@ -270,8 +270,6 @@ def _text_features(texts: list[str], device: str, batch_size: int = 256):
     import torch
 
     from ravlm_core.encoders.backbones import TextBackbone
-    from tqdm.auto import tqdm
-
     from ravlm_core.encoders.runtime import chunks, inference
 
     backbone = TextBackbone(device)
