@@ -15,7 +15,7 @@ same). At the default threshold the sweep's predictions are compared with the CL
 Diagnostics, for the cross-KB items: accuracy by answer category, colour and shape; the best question-match
 cosine (MiniLM) and whether the matched KB question has the same polarity (negated or not); the answer the
 matched KB question has on KB images of the item's own class (what perfect image retrieval would give, the
-question side alone); and the nearest KB image's class with and without the near-duplicate guard (the image side
+question side alone); and the nearest KB image's class with and without the leakage guard (the image side
 alone). Prints one JSON object with `--json`, else a summary; both list the commands that reproduce it.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from ravlm_core.embed import text_id  # noqa: E402
 from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base  # noqa: E402
 from ravlm_core.retrieve import search, vectors_by_id  # noqa: E402
 from ravlm_core.store import EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS, Store, sql_quote  # noqa: E402
-from ravlm_core.vqa import answer, read_items, retrieve_for_items, train_answerer  # noqa: E402
+from ravlm_core.vqa import answer, read_items, retrieve_for_items, stored_guard, train_answerer  # noqa: E402
 
 log = logging.getLogger("cross_kb")
 
@@ -188,9 +188,9 @@ def sweep(store: Store, settings: Settings, tags: dict, thresholds: list[float],
     items = read_items(store, [(QUERY, "test")], labelled=True)
     kb_items = read_items(store, CROSS_KB, labelled=True)
 
-    def knowledge(threshold: float, guard: bool = settings.leakage_guard) -> KnowledgeBase:
-        config = RetrievalConfig(question_match_min=threshold, leakage_guard=guard,
-                                 near_duplicate=settings.near_duplicate)
+    def knowledge(threshold: float) -> KnowledgeBase:
+        config = RetrievalConfig(question_match_min=threshold, leakage_guard=settings.leakage_guard,
+                                 near_duplicate_distance=settings.near_duplicate_distance)
         return load_knowledge_base(store, tags["model_tag"], tags["question_tag"], CROSS_KB, config)
 
     def training_context(kb: KnowledgeBase) -> np.ndarray:
@@ -210,7 +210,7 @@ def sweep(store: Store, settings: Settings, tags: dict, thresholds: list[float],
         same_inputs = np.array_equal(training_context(kb), default_context)
         fusion_dir = default_fusion if same_inputs else train_answerer(store, kb, k, answerers, True, device)
         fusion = FusionAnswerer(fusion_dir, device)
-        row, frames = _sweep_row(store, kb, knowledge(threshold, guard=False), items, captions, fusion, no_retrieval, k)
+        row, frames = _sweep_row(store, kb, items, captions, fusion, no_retrieval, k)
         rows.append({**row, "fusion_answerer_retrained": not same_inputs,
                      "seconds": round(time.perf_counter() - start, 1)})
         log.info("question_match_min %.2f: fusion %.4f, voting %.4f, no retrieval %.4f", threshold, row["fusion"],
@@ -222,18 +222,15 @@ def sweep(store: Store, settings: Settings, tags: dict, thresholds: list[float],
             "sweep_matches_cli": _agreement(store, cli_run_id, at_default) if at_default else None}
 
 
-def _sweep_row(store: Store, kb: KnowledgeBase, unguarded_kb: KnowledgeBase, items: pd.DataFrame,
-               captions: dict[str, str], fusion: FusionAnswerer, no_retrieval: FusionAnswerer,
-               k: int) -> tuple[dict, dict[str, pd.DataFrame]]:
+def _sweep_row(store: Store, kb: KnowledgeBase, items: pd.DataFrame, captions: dict[str, str],
+               fusion: FusionAnswerer, no_retrieval: FusionAnswerer, k: int) -> tuple[dict, dict[str, pd.DataFrame]]:
     """One threshold (`kb.config`): each variant's predictions, as the `vqa` flow makes them, and their scores."""
     image_ids, questions = items["image_id"].tolist(), items["question"].tolist()
     found = retrieve_for_items(store, kb, image_ids, questions, k)
-    unguarded = retrieve_for_items(store, unguarded_kb, image_ids, questions, k)
     variants = {
         "fusion": answer(kb, found, "fusion", fusion),
         "voting": answer(kb, found, "voting", None),
         "fusion_without_retrieval": answer(kb, found, "fusion", no_retrieval),
-        "voting_without_near_duplicate_guard": answer(unguarded_kb, unguarded, "voting", None),
     }
     frames = {name: annotate(items.assign(prediction=p), captions) for name, p in variants.items()}
     threshold = kb.config.question_match_min
@@ -313,15 +310,17 @@ def question_side(store: Store, kb: KnowledgeBase, captions: dict[str, str], thr
     }
 
 
-def image_side(store: Store, kb: KnowledgeBase, captions: dict[str, str], near_duplicate: float, k: int) -> dict:
-    """The nearest easy-vqa:train images of each shapes-evs/test image: is their class (caption) the image's?"""
+def image_side(store: Store, kb: KnowledgeBase, captions: dict[str, str], k: int) -> dict:
+    """The nearest easy-vqa:train images of each shapes-evs/test image: is their class (caption) the image's?
+
+    With the leakage guard as the jobs apply it, and without (only the image's own id left out)."""
     images = store.read(IMAGES, columns=["image_id"], where=f"dataset = {sql_quote(QUERY)} AND split = 'test'")
     ids = sorted(set(images.column("image_id").to_pylist()))
     vectors = vectors_by_id(store, kb.image_table, ids, "image_id")
     truth = [image_class(captions[i]) for i in ids]
     out = {}
-    for name, guard in (("near_duplicate_guard", near_duplicate), ("no_guard", None)):
-        found = search(store, kb.image_table, vectors, k, where=kb.where, exclude=ids, near_duplicate=guard)
+    for name, guard in (("leakage_guard", stored_guard(store, kb, ids)), ("no_guard", None)):
+        found = search(store, kb.image_table, vectors, k, where=kb.where, exclude=None if guard else ids, guard=guard)
         top = [image_class(kb.captions.get(n[0])) if n else (None, None) for n in found.ids]
         majority = [Counter(image_class(kb.captions.get(i)) for i in n).most_common(1)[0][0] if n else (None, None)
                     for n in found.ids]
@@ -396,7 +395,8 @@ def main() -> None:
     report = {
         "config": {"out": str(out), "train": args.train, "test": args.test, "seed": args.seed, "k": settings.k,
                    "question_match_min_default": settings.question_match_min,
-                   "near_duplicate": settings.near_duplicate, "leakage_guard": settings.leakage_guard,
+                   "near_duplicate_distance": settings.near_duplicate_distance,
+                   "leakage_guard": settings.leakage_guard,
                    "model_tag": tags["model_tag"], "question_tag": tags["question_tag"]},
         "target": {"cross_kb_vqa_accuracy_min": TARGET_ACCURACY,
                    "met": (cross["vqa"].get("accuracy") or 0) >= TARGET_ACCURACY},
@@ -408,7 +408,7 @@ def main() -> None:
                                "breakdown": eval_breakdowns(store, reference["run_id"], captions)},
         "question_match_sweep": swept,
         "question_side": question_side(store, kb, captions, thresholds),
-        "image_side": image_side(store, kb, captions, settings.near_duplicate, settings.k),
+        "image_side": image_side(store, kb, captions, settings.k),
         "seconds": {**run.seconds, "total": round(time.perf_counter() - started, 1)},
         "commands": run.commands,
         "sweep_cli_equivalents": sweep_commands,
@@ -424,11 +424,10 @@ def print_summary(report: dict) -> None:
         r = report[name]
         print(f"{name:20s} {r['query']} vs {r['kb']}: fusion {r['vqa_accuracy']:.4f}, voting "
               f"{r['vqa_accuracy_voting']:.4f}, without retrieval {r['vqa_accuracy_without_retrieval']:.4f}")
-    print("question_match_min  fallback  fusion  voting  no-retrieval  voting-no-guard")
+    print("question_match_min  fallback  fusion  voting  no-retrieval")
     for row in report["question_match_sweep"]["rows"]:
         print(f"{row['question_match_min']:18.2f}  {row['fallback_share']:8.3f}  {row['fusion']:.4f}  "
-              f"{row['voting']:.4f}  {row['fusion_without_retrieval']:12.4f}  "
-              f"{row['voting_without_near_duplicate_guard']:.4f}")
+              f"{row['voting']:.4f}  {row['fusion_without_retrieval']:12.4f}")
     print("commands:", *report["commands"], "sweep via the CLI:", *report["sweep_cli_equivalents"], sep="\n  ")
 
 

@@ -435,7 +435,7 @@ def print_human(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
 
     def table(title: str, columns: list[str], rows: list[list]) -> None:
         t = Table(title=title)
@@ -496,7 +496,7 @@ def main() -> None:
     parser.add_argument("--eval-at", type=float, nargs="+", default=[DEFAULT_DISTANCE],
                         help="evaluate with the guard on at these distances (besides off); each adds a few minutes")
     parser.add_argument("--no-source-train", dest="source_train", action="store_false",
-                        help="skip the hard case over easy-VQA's whole train split (saves ~30 s)")
+                        help="skip the hard case over easy-VQA's whole train split (saves 10-20 s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)

@@ -76,6 +76,24 @@ def test_the_guard_drops_own_bytes_and_pixel_near_duplicates_and_counts_them(sto
     assert signature_distance(signature(photo), signature(edited)) < 1 < 3 < signature_distance(signature(photo), signature(other))
 
 
+def test_re_encodes_and_resizes_stay_within_the_guard_distance_of_their_original():
+    import io
+
+    rng = np.random.default_rng(4)
+    # A smooth photo-like image (noise would be unfair to JPEG): a gradient with a few blobs.
+    y, x = np.mgrid[0:96, 0:128]
+    pixels = np.stack([x * 2, y * 2, (x + y)], -1) % 256
+    for cx, cy in rng.integers(10, 90, (4, 2)):
+        pixels[(x - cx) ** 2 + (y - cy) ** 2 < 150] = rng.integers(0, 255, 3)
+    photo = Image.fromarray(pixels.astype(np.uint8))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=75)
+    jpeg = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    smaller = photo.resize((115, 86))
+    distances = [signature_distance(signature(photo), signature(copy)) for copy in (jpeg, smaller)]
+    assert max(distances) < 3.0, distances
+
+
 def test_vectors_by_id_keeps_order_and_names_missing(store, vectors):
     got = vectors_by_id(store, "vec", ["i7", "i3", "i7"], "image_id")
     assert np.allclose(got, vectors[[7, 3, 7]])
