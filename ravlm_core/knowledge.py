@@ -34,7 +34,7 @@ class RetrievalConfig:
 
     # Below this cosine to its closest KB question, a query's question counts as new: its context comes from
     # plain image neighbours and all their QA pairs (weighted by question similarity) instead.
-    question_match_min: float = 0.9
+    question_match_min: float = 0.0  # off by default: see Settings.question_match_min
     # Leakage guard: a query never retrieves its own bytes (under any name or dataset), nor KB images whose
     # 16x16 pixel signature is within this many grey levels of its own (re-encodes, resizes, small edits).
     # Off, such hits are still counted but kept; answerers train leave-one-out either way.
