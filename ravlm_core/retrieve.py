@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ravlm_core.imaging import signature_distance
 from ravlm_core.store import ACTIVE, CONTENTS, Store, chunks, in_list, membership_label, sql_quote
 
 # Queries per LanceDB call: one call answers many queries (rows carry `query_index`).
@@ -104,10 +105,9 @@ def _leaks(guard: Guard, query: int, hits: list[tuple[float, str]], hit_signatur
     own, mine = guard.own_ids[query], guard.signatures[query]
     leaks = {hit for _, hit in hits if hit == own}
     if mine is not None:
-        query_pixels = np.frombuffer(mine, np.uint8).astype(np.int16)
         for _, hit in hits:
             theirs = hit_signatures.get(hit)
-            if theirs is not None and np.abs(query_pixels - np.frombuffer(theirs, np.uint8)).mean() <= guard.max_distance:
+            if theirs is not None and signature_distance(mine, theirs) <= guard.max_distance:
                 leaks.add(hit)
     return leaks
 
