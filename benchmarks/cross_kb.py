@@ -188,8 +188,9 @@ def sweep(store: Store, settings: Settings, tags: dict, thresholds: list[float],
     items = read_items(store, [(QUERY, "test")], labelled=True)
     kb_items = read_items(store, CROSS_KB, labelled=True)
 
-    def knowledge(threshold: float) -> KnowledgeBase:
-        config = RetrievalConfig(question_match_min=threshold, leakage_guard=settings.leakage_guard,
+    def knowledge(threshold: float, match_form: bool = settings.match_question_form) -> KnowledgeBase:
+        config = RetrievalConfig(question_match_min=threshold, match_question_form=match_form,
+                                 leakage_guard=settings.leakage_guard,
                                  near_duplicate_distance=settings.near_duplicate_distance)
         return load_knowledge_base(store, tags["model_tag"], tags["question_tag"], CROSS_KB, config)
 
@@ -204,20 +205,24 @@ def sweep(store: Store, settings: Settings, tags: dict, thresholds: list[float],
     default_fusion = train_answerer(store, default_kb, k, answerers, True, device)
     no_retrieval = FusionAnswerer(train_answerer(store, default_kb, k, answerers, False, device), device)
     rows, at_default = [], None
-    for threshold in thresholds:
+    # Every threshold with the default question-form matching, then the default threshold with it switched.
+    configs = [(t, settings.match_question_form) for t in thresholds]
+    configs.append((settings.question_match_min, not settings.match_question_form))
+    for threshold, match_form in configs:
         start = time.perf_counter()
-        kb = knowledge(threshold)
+        kb = knowledge(threshold, match_form)
         same_inputs = np.array_equal(training_context(kb), default_context)
         fusion_dir = default_fusion if same_inputs else train_answerer(store, kb, k, answerers, True, device)
         fusion = FusionAnswerer(fusion_dir, device)
         row, frames = _sweep_row(store, kb, items, captions, fusion, no_retrieval, k)
         rows.append({**row, "fusion_answerer_retrained": not same_inputs,
                      "seconds": round(time.perf_counter() - start, 1)})
-        log.info("question_match_min %.2f: fusion %.4f, voting %.4f, no retrieval %.4f", threshold, row["fusion"],
-                 row["voting"], row["fusion_without_retrieval"])
-        if threshold == settings.question_match_min:
+        log.info("question_match_min %.2f, match_question_form %s: fusion %.4f, voting %.4f, no retrieval %.4f",
+                 threshold, match_form, row["fusion"], row["voting"], row["fusion_without_retrieval"])
+        if (threshold, match_form) == (settings.question_match_min, settings.match_question_form):
             at_default = frames
-    best = {name: max(rows, key=lambda r: r[name])["question_match_min"] for name in ("fusion", "voting")}
+    default_form = [r for r in rows if r["match_question_form"] == settings.match_question_form]
+    best = {name: max(default_form, key=lambda r: r[name])["question_match_min"] for name in ("fusion", "voting")}
     return {"rows": rows, "best_threshold": best,
             "sweep_matches_cli": _agreement(store, cli_run_id, at_default) if at_default else None}
 
@@ -234,7 +239,7 @@ def _sweep_row(store: Store, kb: KnowledgeBase, items: pd.DataFrame, captions: d
     }
     frames = {name: annotate(items.assign(prediction=p), captions) for name, p in variants.items()}
     threshold = kb.config.question_match_min
-    row = {"question_match_min": threshold,
+    row = {"question_match_min": threshold, "match_question_form": kb.config.match_question_form,
            "fallback_share": round(float((found.question_sim < threshold).mean()), 4),
            **{name: round(float(f["correct"].mean()), 4) for name, f in frames.items()},
            "by_category": {name: accuracy_by(frames[name], "category") for name in ("fusion", "voting")},
@@ -267,7 +272,7 @@ def question_side(store: Store, kb: KnowledgeBase, captions: dict[str, str], thr
     """
     items = read_items(store, [(QUERY, "test")], labelled=True)
     vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in items["question"]], "text_id")
-    best, cosine = kb.match_questions(vectors)
+    best, cosine = kb.match_questions(vectors, items["question"].tolist())
     items["match"] = [kb.questions[i] for i in best]
     items["cosine"] = cosine
     items["category"] = items["answer"].map(category)
@@ -389,12 +394,19 @@ def main() -> None:
     swept = sweep(store, settings, tags, thresholds, captions, cross["run_id"])
     run.seconds["sweep_in_process"] = round(time.perf_counter() - start, 1)
     kb = load_knowledge_base(store, tags["model_tag"], tags["question_tag"], CROSS_KB)
-    sweep_commands = [f"{' '.join(f'{k}={v}' for k, v in run.env_prefix.items())} RAVLM_QUESTION_MATCH_MIN={t} "
-                      f"ravlm --data-dir {out / 'data'} --reports-dir {out / 'reports'} eval --dataset {QUERY} "
-                      f"--kb {REFERENCE}:train --json" for t in thresholds]
+    env = " ".join(f"{k}={v}" for k, v in run.env_prefix.items())
+
+    def cli_eval(threshold: float, match_form: bool) -> str:
+        return (f"{env} RAVLM_QUESTION_MATCH_MIN={threshold} RAVLM_MATCH_QUESTION_FORM={str(match_form).lower()} "
+                f"ravlm --data-dir {out / 'data'} --reports-dir {out / 'reports'} eval --dataset {QUERY} "
+                f"--kb {REFERENCE}:train --json")
+
+    sweep_commands = [cli_eval(t, settings.match_question_form) for t in thresholds]
+    sweep_commands.append(cli_eval(settings.question_match_min, not settings.match_question_form))
     report = {
         "config": {"out": str(out), "train": args.train, "test": args.test, "seed": args.seed, "k": settings.k,
                    "question_match_min_default": settings.question_match_min,
+                   "match_question_form": settings.match_question_form,
                    "near_duplicate_distance": settings.near_duplicate_distance,
                    "leakage_guard": settings.leakage_guard,
                    "model_tag": tags["model_tag"], "question_tag": tags["question_tag"]},
@@ -424,10 +436,11 @@ def print_summary(report: dict) -> None:
         r = report[name]
         print(f"{name:20s} {r['query']} vs {r['kb']}: fusion {r['vqa_accuracy']:.4f}, voting "
               f"{r['vqa_accuracy_voting']:.4f}, without retrieval {r['vqa_accuracy_without_retrieval']:.4f}")
-    print("question_match_min  fallback  fusion  voting  no-retrieval")
+    print("question_match_min  question_form  fallback  fusion  voting  no-retrieval")
     for row in report["question_match_sweep"]["rows"]:
-        print(f"{row['question_match_min']:18.2f}  {row['fallback_share']:8.3f}  {row['fusion']:.4f}  "
-              f"{row['voting']:.4f}  {row['fusion_without_retrieval']:12.4f}")
+        print(f"{row['question_match_min']:18.2f}  {str(row['match_question_form']):>13s}  "
+              f"{row['fallback_share']:8.3f}  {row['fusion']:.4f}  {row['voting']:.4f}  "
+              f"{row['fusion_without_retrieval']:12.4f}")
     print("commands:", *report["commands"], "sweep via the CLI:", *report["sweep_cli_equivalents"], sep="\n  ")
 
 

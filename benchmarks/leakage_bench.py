@@ -61,7 +61,7 @@ SOURCE_TRAIN = "source_train_nearest_other_train"
 HARD = (DISTINCT, TRAIN, SOURCE_TRAIN)  # images with no copy anywhere: whatever the guard drops for them is wrong
 GROUPS = (*KINDS, "copy", "distinct")  # test image groups the eval metrics are split into
 MARKER = "leakage_bench.json"
-GUARD_ENV = ("RAVLM_LEAKAGE_GUARD", "RAVLM_NEAR_DUPLICATE_DISTANCE", "RAVLM_NEAR_DUPLICATE")
+GUARD_ENV = ("RAVLM_LEAKAGE_GUARD", "RAVLM_NEAR_DUPLICATE_DISTANCE")
 ROLE_NAMES = {"vqa": "vqa fusion", "vqa_without_retrieval": "vqa no-retr.", "vqa_voting": "vqa voting",
               "caption": "caption", "caption_without_retrieval": "caption direct"}
 

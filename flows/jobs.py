@@ -23,8 +23,8 @@ def _summary(job: str, variant: str, kb: list, results: list[dict]) -> dict:
 
 
 def retrieval_settings(settings: Settings) -> dict:
-    return {"question_match_min": settings.question_match_min, "leakage_guard": settings.leakage_guard,
-            "near_duplicate_distance": settings.near_duplicate_distance}
+    return {"question_match_min": settings.question_match_min, "match_question_form": settings.match_question_form,
+            "leakage_guard": settings.leakage_guard, "near_duplicate_distance": settings.near_duplicate_distance}
 
 
 @flow(name="vqa")

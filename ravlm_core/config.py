@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # falls back to plain image neighbours. Off (0.0) by default: benchmarks/cross_kb.py measured the fallback
     # lowering cross-KB VQA accuracy at every threshold it tried (0.772 off, 0.743 at 0.8, 0.692 at 0.9).
     question_match_min: float = 0.0
+    # Match a question only to knowledge-base questions of the same form (yes/no or open, negated or not; English
+    # wording rules). benchmarks/cross_kb.py measured it; switch it off for questions in other languages.
+    match_question_form: bool = True
     # Leakage guard: a query never retrieves its own bytes (under any name) nor knowledge-base images whose 16x16
     # pixel signature is within `near_duplicate_distance` grey levels of its own (re-encodes, resizes, small
     # edits; benchmarks/leakage_bench.py chose it); false keeps such hits, still counted.

@@ -5,10 +5,16 @@ the neighbours are the nearest KB images that were asked *that* question. Matchi
 image neighbours happen to hold goes wrong whenever the exact question is missing there: MiniLM puts "is there
 a blue shape?" closer to "is there not a blue shape?" (0.97) than to "is there a blue shape in the image?"
 (0.94), so the vote would flip. A match over all KB questions finds the exact one whenever the KB has it.
+
+When the KB does not have it (another dataset's wording), the closest KB question by cosine is often its
+negation: benchmarks/cross_kb.py measured "does the picture lack a red shape?" matched to "is there a red shape?"
+at 0.78-0.93, inverting 18% of cross-KB answers. So a question is only matched to KB questions of the same form
+(`question_form`: yes/no or open, negated or not) whenever the KB has any of that form.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +31,7 @@ IMAGE_TAU = 0.05
 QUESTION_TAU = 0.05
 # Part of every KB fingerprint: bump it when retrieval or `votes` change meaning, so job ids and trained
 # answerers that depend on them are recomputed rather than reused.
-CONTEXT_VERSION = "question-conditioned-2"
+CONTEXT_VERSION = "question-form-3"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,23 @@ class RetrievalConfig:
     # Off, such hits are still counted but kept; answerers train leave-one-out either way.
     leakage_guard: bool = True
     near_duplicate_distance: float = 3.0
+    # Match a question only to KB questions of its own form (`question_form`); English wording rules, so a
+    # setting for collections asked in other languages.
+    match_question_form: bool = True
+
+
+# Words that open a yes/no question in English, and words that negate one.
+_AUXILIARIES = frozenset("is are am was were do does did has have had can could will would shall should may might "
+                         "must".split())
+_NEGATION = re.compile(r"\b(?:not|no|never|none|nothing|lacks?|lacking|without|other than)\b|n't\b")
+
+
+def question_form(question: str) -> tuple[bool, bool]:
+    """(is a yes/no question, is negated). Two questions of different forms never take each other's answers:
+    "is the shape not red?" answered with the votes for "is the shape red?" is exactly wrong."""
+    text = question.lower().replace("\u2019", "'").strip()
+    first = text.split(maxsplit=1)[0] if text else ""
+    return first in _AUXILIARIES or first.endswith("n't"), bool(_NEGATION.search(text))
 
 
 def parse_kb(specs: list[str] | None, query_dataset: str, default_split: str = "train") -> list[tuple[str, str]]:
@@ -71,6 +94,7 @@ class KnowledgeBase:
     config: RetrievalConfig = field(default_factory=RetrievalConfig)
     _answer_index: dict[str, int] = field(default_factory=dict, repr=False)
     _images_by_question: dict[int, list[str]] = field(default_factory=dict, repr=False)
+    _question_forms: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def image_table(self) -> str:
@@ -99,11 +123,24 @@ class KnowledgeBase:
             self._answer_index = {a: i for i, a in enumerate(self.answers)}
         return self._answer_index.get(answer, -1)
 
-    def match_questions(self, question_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For each item question (float32 [n, dq]), the most similar KB question: (index [n], cosine [n])."""
+    def match_questions(self, question_vectors: np.ndarray,
+                        questions: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """For each item question, the most similar KB question: (index [n], cosine [n]).
+
+        Args:
+            question_vectors: float32 [n, dq], the items' questions in the question encoder's space.
+            questions: their texts; given (and `config.match_question_form` on), each matches only KB questions
+                of its own `question_form`, or all of them when the KB has none of that form.
+        """
         if not self.questions:
             return np.full(len(question_vectors), -1), np.zeros(len(question_vectors), np.float32)
         sims = question_vectors @ self.question_vectors.T  # [n, n_questions]
+        if questions is not None and self.config.match_question_form:
+            if self._question_forms is None:
+                self._question_forms = _form_codes(self.questions)
+            same_form = _form_codes(questions)[:, None] == self._question_forms[None, :]
+            same_form[~same_form.any(1)] = True
+            sims = np.where(same_form, sims, -np.inf)
         best = sims.argmax(1)
         return best, sims[np.arange(len(best)), best]
 
@@ -151,6 +188,11 @@ class KnowledgeBase:
                 for q in set(questions.tolist()):
                     self._images_by_question.setdefault(q, []).append(image_id)
         return self._images_by_question.get(question_index, [])
+
+
+def _form_codes(questions: list[str]) -> np.ndarray:
+    """`question_form` of each question as one int (0-3), for comparing forms in bulk."""
+    return np.array([2 * yes_no + negated for yes_no, negated in map(question_form, questions)], dtype=np.int8)
 
 
 def load_knowledge_base(store: Store, model_tag: str, question_tag: str, sets: list[tuple[str, str]],

@@ -51,7 +51,7 @@ def ask(store: Store, kb: KnowledgeBase, encoder, question_encoder, answerer: Fu
     question_vector = question_encoder.embed_texts([question])  # [1, dq]
     # The image may be new to the store: its own bytes and near-duplicates in the KB are found by its pixels.
     guard = Guard([None], [signature(pixels)], kb.config.near_duplicate_distance, kb.config.leakage_guard)
-    retrieved = retrieve_for_vectors(store, kb, image_vector, question_vector, k, guard=guard)
+    retrieved = retrieve_for_vectors(store, kb, image_vector, question_vector, k, [question], guard=guard)
     context = retrieved.context(kb)
     matched = int(retrieved.question_index[0])
     close = float(retrieved.question_sim[0]) >= kb.config.question_match_min

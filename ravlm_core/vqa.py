@@ -65,7 +65,7 @@ def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], qu
     image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")  # reads each distinct id once
     question_vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in questions], "text_id")
     guard = stored_guard(store, kb, image_ids)
-    return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k,
+    return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k, questions,
                                 exclude=image_ids if training and not guard.drop else None, guard=guard)
 
 
@@ -77,14 +77,16 @@ def stored_guard(store: Store, kb: KnowledgeBase, image_ids: list[str]) -> Guard
 
 
 def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndarray, question_vectors: np.ndarray,
-                         k: int, exclude: list[str] | None = None, guard: Guard | None = None) -> Retrieved:
-    """Per item: match its question to a KB question, then search the k nearest KB images asked that question.
+                         k: int, questions: list[str] | None = None, exclude: list[str] | None = None,
+                         guard: Guard | None = None) -> Retrieved:
+    """Per item: match its question to a KB question (by vector, and by form when `questions` gives the texts),
+    then search the k nearest KB images asked that question.
 
     One batched search per distinct matched question, filtered to the images that were asked it. Items whose
     question matches no KB question closely (`kb.config.question_match_min`) get their plain nearest KB images.
     """
     n = len(image_vectors)
-    question_index, question_sim = kb.match_questions(question_vectors)
+    question_index, question_sim = kb.match_questions(question_vectors, questions)
     fallback = question_sim < kb.config.question_match_min
     ids: list[list[str]] = [[] for _ in range(n)]
     scores: list[list[float]] = [[] for _ in range(n)]

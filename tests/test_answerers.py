@@ -6,16 +6,17 @@ import pyarrow as pa
 import pytest
 
 from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
-from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig
+from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, question_form
 from ravlm_core.retrieve import Neighbours
 from ravlm_core.store import MEMBERSHIPS, vector_schema
 from ravlm_core.vqa import retrieve_for_vectors
 from tests.conftest import unit_rows
 
 
-def _kb(question_vectors, qa_by_image, answers, config=RetrievalConfig()) -> KnowledgeBase:
-    return KnowledgeBase([("d", "train")], "tag", "qtag", answers, [f"q{i}" for i in range(len(question_vectors))],
-                         question_vectors, qa_by_image, {}, "fp", config)
+def _kb(question_vectors, qa_by_image, answers, config=RetrievalConfig(), questions=None) -> KnowledgeBase:
+    questions = questions or [f"q{i}" for i in range(len(question_vectors))]
+    return KnowledgeBase([("d", "train")], "tag", "qtag", answers, questions, question_vectors, qa_by_image, {}, "fp",
+                         config)
 
 
 def _question_and_negation(rng) -> np.ndarray:
@@ -31,6 +32,40 @@ def test_questions_match_the_same_question_not_its_negation():
     kb = _kb(questions, {}, ["yes", "no"])
     index, sim = kb.match_questions(questions)
     assert index.tolist() == [0, 1] and np.allclose(sim, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("question, form", [
+    ("Is there a red shape?", (True, False)),
+    ("is there not a red shape?", (True, True)),
+    ("does the picture lack a red shape?", (True, True)),
+    ("is the shape something other than a circle?", (True, True)),
+    ("Isn\u2019t the shape blue?", (True, True)),
+    ("What color is the shape?", (False, False)),
+    ("which shape is not in the image?", (False, True)),
+    ("", (False, False)),
+])
+def test_question_form_tells_yes_no_from_open_and_negated_from_plain(question, form):
+    assert question_form(question) == form
+
+
+def test_a_question_matches_a_kb_question_of_its_own_form_even_when_its_negation_is_closer():
+    # The KB was asked "is there a red shape?" (q0) and "what shape is it?" (q1). A new wording of the *negation*
+    # lies closest to q0 by cosine (as MiniLM puts "does the picture lack a red shape?"), yet q0's answers
+    # would be exactly wrong for it: only a KB question of its own form may match, here none but the
+    # KB's negated one (q2), farther away.
+    rng = np.random.default_rng(3)
+    q0, q1, q2 = unit_rows(rng, 3, 32)
+    item = 0.9 * q0 + 0.3 * q2
+    item = (item / np.linalg.norm(item))[None].astype(np.float32)
+    kb_questions = ["is there a red shape?", "what shape is it?", "is there not a red shape?"]
+    kb = _kb(np.stack([q0, q1, q2]).astype(np.float32), {}, ["yes", "no"], questions=kb_questions)
+    assert kb.match_questions(item)[0].tolist() == [0]  # by vector alone: the wrong polarity
+    index, sim = kb.match_questions(item, ["does the picture lack a red shape?"])
+    assert index.tolist() == [2] and sim[0] == pytest.approx(float(item[0] @ q2), abs=1e-5)
+    # With no KB question of the item's form, every KB question may match; switched off, the closest does.
+    assert kb.match_questions(item, ["which shape is not red?"])[0].tolist() == [0]
+    off = _kb(kb.question_vectors, {}, ["yes", "no"], RetrievalConfig(match_question_form=False), kb_questions)
+    assert off.match_questions(item, ["does the picture lack a red shape?"])[0].tolist() == [0]
 
 
 def test_votes_count_only_answers_to_the_matched_question_weighted_by_image_similarity():
