@@ -12,6 +12,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout (logs stay on stderr).")
 KB = typer.Option(None, "--kb", help="Knowledge base to retrieve from: DATASET[:SPLIT], repeatable "
                   "(default: the query dataset's train split).")
+GENERATOR_HELP = ("What generates: KIND[:MODEL][,key=value...] (max_new_tokens, num_beams, batch_size, context_items, "
+                  "context_images, prompt, dtype) or a JSON file of those fields.")
+NO_RETRIEVAL = typer.Option(False, "--no-retrieval", help="Run the same generator with an empty context.")
 # Exit codes: 0 done; 1 an unexpected failure (a traceback); 2 a user error (one line); 3 done, but rows rejected.
 USER_ERROR, ROWS_REJECTED = 2, 3
 
@@ -92,6 +95,13 @@ def ingest(ctx: typer.Context, source: str = typer.Argument(..., help='"easy-vqa
                                         "images without writing anything."),
            keep_removed: bool = typer.Option(False, "--keep-removed", help="Mark images gone from the source as "
                                              "removed instead of deleting their rows."),
+           source_format: str = typer.Option("auto", "--format", help="auto (manifest if any, else every image), "
+                                             "manifest, folder, coco (captions JSON + images) or vqav2 (questions "
+                                             "+ annotations JSON + COCO images)."),
+           annotations: Optional[Path] = typer.Option(None, help="coco: the captions_*.json; vqav2: the "
+                                                      "annotations JSON (default: found in the folder)."),
+           questions: Optional[Path] = typer.Option(None, help="vqav2: the questions JSON (default: found in the "
+                                                    "folder)."),
            as_json: bool = JSON) -> None:
     """Make a dataset say what its source says: new images, changed bytes, new annotations and removals.
 
@@ -99,7 +109,8 @@ def ingest(ctx: typer.Context, source: str = typer.Argument(..., help='"easy-vqa
     from flows.ingest import ingest_flow
 
     name = dataset or (source if source == "easy-vqa" else Path(source).resolve().name)
-    result = _run(ctx, ingest_flow, source, name, str(manifest) if manifest else None, dry_run, keep_removed)
+    result = _run(ctx, ingest_flow, source, name, str(manifest) if manifest else None, dry_run, keep_removed,
+                  source_format, str(annotations) if annotations else None, str(questions) if questions else None)
     _emit(result, as_json, _print_ingest)
     if result["bad_rows"]:
         raise typer.Exit(ROWS_REJECTED)
@@ -120,38 +131,42 @@ def vqa(ctx: typer.Context, dataset: str = typer.Option(..., help="The query set
         split: str = typer.Option("test", help="The query set's split."), kb: Optional[list[str]] = KB,
         questions: Optional[Path] = typer.Option(None, help="For an unlabeled query set: questions to ask of every "
                                                  "image, one per line (or a .jsonl / .csv `question` column)."),
-        variant: str = typer.Option("fusion", help="fusion, voting, or fusion-no-retrieval."),
-        no_retrieval: bool = typer.Option(False, help="Shorthand for --variant fusion-no-retrieval."),
-        as_json: bool = JSON) -> None:
+        generator: str = typer.Option("builtin-fusion", help=GENERATOR_HELP + " VQA: builtin-fusion, builtin-vote, "
+                                      "blip:MODEL, vlm:MODEL."),
+        no_retrieval: bool = NO_RETRIEVAL, as_json: bool = JSON) -> None:
     """Retrieval-augmented VQA over every question of a query set, into `vqa_predictions`."""
     from flows.jobs import vqa_flow
 
-    result = _run(ctx, vqa_flow, dataset, split, "fusion-no-retrieval" if no_retrieval else variant, kb or None,
-                  str(questions) if questions else None)
+    result = _run(ctx, vqa_flow, dataset, split, generator, kb or None, str(questions) if questions else None,
+                  no_retrieval)
     _emit(result, as_json, _print_summary)
 
 
 @app.command()
 def caption(ctx: typer.Context, dataset: str = typer.Option(..., help="The query set's dataset."),
             split: str = typer.Option("test", help="The query set's split."), kb: Optional[list[str]] = KB,
-            variant: str = typer.Option("consensus", help="consensus (neighbours) or direct (no neighbours)."),
-            as_json: bool = JSON) -> None:
+            generator: str = typer.Option("builtin-transfer", help=GENERATOR_HELP + " Captions: builtin-transfer, "
+                                          "smallcap, blip:MODEL, vlm:MODEL."),
+            no_retrieval: bool = NO_RETRIEVAL, as_json: bool = JSON) -> None:
     """Retrieval-augmented captions for every image of a query set, into `caption_predictions`."""
     from flows.jobs import caption_flow
 
-    _emit(_run(ctx, caption_flow, dataset, split, variant, kb or None), as_json, _print_summary)
+    _emit(_run(ctx, caption_flow, dataset, split, generator, kb or None, no_retrieval), as_json, _print_summary)
 
 
 @app.command(name="eval")
 def evaluate(ctx: typer.Context, dataset: str = typer.Option(..., help="The query set's dataset."),
              split: str = typer.Option("test", help="The query set's split."), kb: Optional[list[str]] = KB,
              questions: Optional[Path] = typer.Option(None, help="Questions for an unlabeled query set (see vqa)."),
+             generator: Optional[list[str]] = typer.Option(None, help=GENERATOR_HELP + " Repeatable: the first "
+                                                           "for each task fills the vqa / caption keys, the others "
+                                                           "are compared beside it."),
              as_json: bool = JSON) -> None:
     """Metrics with and without retrieval, an HTML report, a Prefect artifact and an `eval_runs` row."""
     from flows.evaluate import eval_flow
 
-    _emit(_run(ctx, eval_flow, dataset, split, kb or None, str(questions) if questions else None), as_json,
-          _print_eval)
+    _emit(_run(ctx, eval_flow, dataset, split, kb or None, str(questions) if questions else None,
+               generator or None), as_json, _print_eval)
 
 
 @app.command()

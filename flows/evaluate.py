@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from flows.common import settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
 from ravlm_core.evaluate import split_contents
+from ravlm_core.generators import GeneratorSpec
 from ravlm_core.jobs import check_query_set
 from ravlm_core.knowledge import kb_label, parse_kb
 from ravlm_core.store import Store
@@ -18,13 +19,19 @@ from tasks.evaluate import evaluate_run
 
 @flow(name="eval")
 def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, questions: str | None = None,
-              overrides: dict | None = None) -> dict:
-    """Evaluate the query set `dataset`/`split` against the knowledge base `kb` (default: its train split): VQA
-    (fusion, no-retrieval, voting), captions (consensus, direct), text→image. Metrics are computed where the
-    query set has ground truth; the result says where it has none."""
+              generators: list[str] | None = None, overrides: dict | None = None) -> dict:
+    """Evaluate the query set `dataset`/`split` against the knowledge base `kb` (default: its train split).
+
+    Each generator (specs, see ravlm_core.generators; default: the fusion answerer for VQA and caption transfer)
+    runs with and without retrieval; the first one of each task fills the `vqa` / `caption` keys, the others go
+    under `generators`, and VQA voting always runs as a baseline. Text→image retrieval is scored too. Metrics
+    are computed where the query set has ground truth; the result says where it has none."""
     settings = settings_from(overrides)
     runner = task_runner(settings)
     sets = parse_kb(kb, dataset, settings.kb_split)
+    specs = {g: GeneratorSpec.parse(g) for g in generators or []}
+    chosen = {task: [g for g, spec in specs.items() if spec.serves(task)] or [default]
+              for task, default in (("vqa", "builtin-fusion"), ("caption", "builtin-transfer"))}
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), settings.torch_device())
     store = Store(settings.store_uri)
     check_query_set(store, dataset, split)
@@ -35,18 +42,26 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
             get_run_logger().warning("no %s jobs: %s/%s has no %s, or the knowledge base %s has none to retrieve",
                                      what, dataset, split, "questions" if what == "qa" else "images",
                                      kb_label(sets))
-    jobs: dict[str, str] = {}
+    vqa = vqa_flow.with_options(task_runner=runner)
+    caption = caption_flow.with_options(task_runner=runner)
+    jobs: dict = {"generators": {"vqa": {}, "caption": {}}}
+
+    def both(task: str, generator: str, run) -> None:
+        ids = {"with": run(generator, False)["job_id"], "without": run(generator, True)["job_id"]}
+        if generator == chosen[task][0]:
+            jobs[task], jobs[f"{task}_without_retrieval"] = ids["with"], ids["without"]
+        else:
+            jobs["generators"][task][generator] = ids
+
     if has["qa"]:
-        for role, variant in (("vqa", "fusion"), ("vqa_without_retrieval", "fusion-no-retrieval"),
-                              ("vqa_voting", "voting")):
-            jobs[role] = vqa_flow.with_options(task_runner=runner)(dataset, split, variant, kb, questions,
-                                                                   overrides)["job_id"]
+        for generator in chosen["vqa"]:
+            both("vqa", generator, lambda g, off: vqa(dataset, split, g, kb, questions, off, overrides))
+        jobs["vqa_voting"] = vqa(dataset, split, "builtin-vote", kb, questions, False, overrides)["job_id"]
     if has["captions"]:
-        for role, variant in (("caption", "consensus"), ("caption_without_retrieval", "direct")):
-            jobs[role] = caption_flow.with_options(task_runner=runner)(dataset, split, variant, kb,
-                                                                       overrides)["job_id"]
+        for generator in chosen["caption"]:
+            both("caption", generator, lambda g, off: caption(dataset, split, g, kb, off, overrides))
     run_id = f"eval-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     config = {"encoder": encoder["model_tag"], "k": settings.k, "kb": kb_label(sets), "dataset": dataset,
-              "split": split, "retrieval": retrieval_settings(settings), "jobs": jobs}
+              "split": split, "retrieval": retrieval_settings(settings), "generators": chosen, "jobs": jobs}
     return evaluate_run(settings.store_uri, encoder["model_tag"], dataset, split, jobs, run_id,
                         str(settings.reports_dir), config)

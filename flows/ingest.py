@@ -9,13 +9,15 @@ from tasks.ingest import apply_plan, load_shard, scan_source, write_shard
 
 @flow(name="ingest")
 def ingest_flow(source: str, dataset: str, manifest: str | None = None, dry_run: bool = False,
-                keep_removed: bool = False, overrides: dict | None = None) -> dict:
-    """Make `dataset` say what `source` ("easy-vqa" or a folder with an optional manifest) says now: added,
-    changed, re-annotated and removed listings; new bytes are stored and decoded once. Reruns change nothing."""
+                keep_removed: bool = False, source_format: str = "auto", annotations: str | None = None,
+                questions: str | None = None, overrides: dict | None = None) -> dict:
+    """Make `dataset` say what `source` ("easy-vqa", a folder with an optional manifest, or a COCO-captions or
+    VQAv2 folder with `source_format`) says now: added, changed, re-annotated and removed listings; new bytes are
+    stored and decoded once. Reruns change nothing."""
     settings = settings_from(overrides)
     logger = get_run_logger()
     scan = scan_source(source, dataset, str(settings.staging_dir), settings.store_uri, settings.shard_size,
-                       manifest, dry_run)
+                       manifest, dry_run, source_format, annotations, questions)
     counts = {key: scan[key] for key in ("added", "changed", "reannotated", "removed", "unchanged")}
     bad_rows = list(scan["bad_rows"])
     if not dry_run:

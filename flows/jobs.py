@@ -8,16 +8,17 @@ from prefect import flow, get_run_logger, unmapped
 from flows.common import settings_from
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
-from ravlm_core.jobs import CAPTION_VARIANTS
+from ravlm_core.generators import MODEL_KINDS, TASKS, GenerationJob, GeneratorSpec, generator_tag
 from ravlm_core.knowledge import kb_label, parse_kb
 from ravlm_core.sources import read_questions_file
-from ravlm_core.vqa import VARIANTS, job_id
+from ravlm_core.vqa import job_id
 from tasks.embed import embed_texts, resolve_encoder
-from tasks.jobs import caption_part, knowledge_fingerprint, query_parts, train_answerer, vqa_part
+from tasks.jobs import caption_part, knowledge_fingerprint, query_parts, train_answerer, train_smallcap, vqa_part
 
 
-def _summary(job: str, variant: str, kb: list, results: list[dict]) -> dict:
-    return {"job_id": job, "variant": variant, "kb": kb_label([tuple(s) for s in kb]), "parts": len(results),
+def _summary(job: GenerationJob, kb: list, results: list[dict]) -> dict:
+    return {"job_id": job.job_id, "variant": job.variant, "generator": job.tag,
+            "kb": kb_label([tuple(s) for s in kb]), "parts": len(results),
             "items": sum(r["n_items"] for r in results), "new_rows": sum(r["n_new"] for r in results),
             "near_duplicate_items": sum(r["near_duplicates"] for r in results)}
 
@@ -27,13 +28,31 @@ def retrieval_settings(settings: Settings) -> dict:
             "leakage_guard": settings.leakage_guard, "near_duplicate_distance": settings.near_duplicate_distance}
 
 
+def _generation_job(kind: str, dataset: str, split: str, spec: GeneratorSpec, use_retrieval: bool, fingerprint: str,
+                    model_dir: str | None, k: int, *parts: str) -> GenerationJob:
+    """The job's id is derived from everything that decides its rows, so a rerun resumes the same job."""
+    tag = generator_tag(spec, model_dir if spec.kind in MODEL_KINDS else None)
+    variant_job = GenerationJob("", spec, tag, use_retrieval, model_dir)
+    job = job_id(kind, dataset, split, variant_job.variant, fingerprint, tag, Path(model_dir or "").name, f"k={k}",
+                 *parts)
+    return GenerationJob(job, spec, tag, use_retrieval, model_dir)
+
+
+def _spec_for(task: str, generator: str) -> GeneratorSpec:
+    spec = GeneratorSpec.parse(generator)
+    if not spec.serves(task):
+        kinds = ", ".join(TASKS[task])
+        raise UserError(f"generator {spec.kind} does not do {task}; for {task} choose one of {kinds}")
+    return spec
+
+
 @flow(name="vqa")
-def vqa_flow(dataset: str, split: str = "test", variant: str = "fusion", kb: list[str] | None = None,
-             questions: str | None = None, overrides: dict | None = None) -> dict:
+def vqa_flow(dataset: str, split: str = "test", generator: str = "builtin-fusion", kb: list[str] | None = None,
+             questions: str | None = None, no_retrieval: bool = False, overrides: dict | None = None) -> dict:
     """Answer every question of `dataset`/`split` (or, for an unlabeled set, every line of the `questions` file for
-    every image) with neighbours from the knowledge base `kb` (["DATASET[:SPLIT]", ...]; default: its train split)."""
-    if variant not in VARIANTS:
-        raise UserError(f"unknown VQA variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    every image) with `generator` (a spec, see ravlm_core.generators), given neighbours from the knowledge base
+    `kb` (["DATASET[:SPLIT]", ...]; default: its train split), or none with `no_retrieval`."""
+    spec = _spec_for("vqa", generator)
     settings = settings_from(overrides)
     device = settings.torch_device()
     sets = [list(s) for s in parse_kb(kb, dataset, settings.kb_split)]
@@ -42,37 +61,41 @@ def vqa_flow(dataset: str, split: str = "test", variant: str = "fusion", kb: lis
     asked = read_questions_file(Path(questions)) if questions else None
     if asked:
         embed_texts(settings.store_uri, encoder["model_ref"], device, settings.batch_size, [dataset], asked)
-    answerer = None
-    if variant != "voting":
-        answerer = train_answerer(settings.store_uri, encoder, sets, retrieval, settings.k, str(settings.models_dir),
-                                  variant == "fusion", device)
+    model_dir = None
+    if spec.kind == "builtin-fusion":
+        model_dir = train_answerer(settings.store_uri, encoder, sets, retrieval, settings.k, str(settings.models_dir),
+                                   not no_retrieval, device)
     fingerprint = knowledge_fingerprint(settings.store_uri, encoder, sets, retrieval)
-    job = job_id("vqa", dataset, split, variant, fingerprint, Path(answerer or "").name, f"k={settings.k}",
-                 *(asked or []))
+    job = _generation_job("vqa", dataset, split, spec, not no_retrieval, fingerprint, model_dir, settings.k,
+                          *(asked or []))
     parts = query_parts(settings.store_uri, dataset, split, settings.shard_size)
-    get_run_logger().info("vqa[%s] %s/%s against %s: %d parts, job %s", variant, dataset, split,
-                          kb_label([tuple(s) for s in sets]), len(parts), job)
+    get_run_logger().info("vqa[%s] %s/%s against %s: %d parts, job %s", job.variant, dataset, split,
+                          kb_label([tuple(s) for s in sets]), len(parts), job.job_id)
     results = vqa_part.map(unmapped(settings.store_uri), unmapped(encoder), unmapped(sets), unmapped(retrieval),
-                           unmapped(dataset), unmapped(split), parts, unmapped(job), unmapped(variant),
-                           unmapped(settings.k), unmapped(answerer), unmapped(device), unmapped(asked)).result()
-    return _summary(job, variant, sets, results)
+                           unmapped(dataset), unmapped(split), parts, unmapped(job.to_dict()), unmapped(settings.k),
+                           unmapped(device), unmapped(asked)).result()
+    return _summary(job, sets, results)
 
 
 @flow(name="caption")
-def caption_flow(dataset: str, split: str = "test", variant: str = "consensus", kb: list[str] | None = None,
-                 overrides: dict | None = None) -> dict:
-    """Caption every image of `dataset`/`split` from its neighbours in the knowledge base `kb` (`direct`: no
-    neighbours, the KB caption whose text is closest to the image)."""
-    if variant not in CAPTION_VARIANTS:
-        raise UserError(f"unknown caption variant {variant!r}; choose one of {', '.join(CAPTION_VARIANTS)}")
+def caption_flow(dataset: str, split: str = "test", generator: str = "builtin-transfer", kb: list[str] | None = None,
+                 no_retrieval: bool = False, overrides: dict | None = None) -> dict:
+    """Caption every image of `dataset`/`split` with `generator`, given its neighbours in the knowledge base `kb`
+    (or none with `no_retrieval`: for caption transfer, the KB caption whose text is closest to the image)."""
+    spec = _spec_for("caption", generator)
     settings = settings_from(overrides)
+    device = settings.torch_device()
     sets = [list(s) for s in parse_kb(kb, dataset, settings.kb_split)]
     retrieval = retrieval_settings(settings)
-    encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), settings.torch_device())
+    encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device)
     fingerprint = knowledge_fingerprint(settings.store_uri, encoder, sets, retrieval)
-    job = job_id("caption", dataset, split, variant, fingerprint, f"k={settings.k}")
+    model_dir = None
+    if spec.kind == "smallcap" and not spec.model:  # the embedded default's captioner: trained on this KB
+        model_dir = train_smallcap(settings.store_uri, encoder, sets, retrieval, settings.k,
+                                   str(settings.models_dir), device)
+    job = _generation_job("caption", dataset, split, spec, not no_retrieval, fingerprint, model_dir, settings.k)
     parts = query_parts(settings.store_uri, dataset, split, settings.shard_size)
     results = caption_part.map(unmapped(settings.store_uri), unmapped(encoder), unmapped(sets), unmapped(retrieval),
-                               unmapped(dataset), unmapped(split), parts, unmapped(job), unmapped(variant),
-                               unmapped(settings.k)).result()
-    return _summary(job, variant, sets, results)
+                               unmapped(dataset), unmapped(split), parts, unmapped(job.to_dict()),
+                               unmapped(settings.k), unmapped(device)).result()
+    return _summary(job, sets, results)

@@ -28,14 +28,16 @@ from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, sql_quote
 
 log = logging.getLogger(__name__)
 
-QA_TYPE = pa.list_(pa.struct([("question", pa.string()), ("answer", pa.string()), ("question_type", pa.string())]))
+QA_TYPE = pa.list_(pa.struct([("question", pa.string()), ("answer", pa.string()), ("question_type", pa.string()),
+                              ("answers", pa.list_(pa.string()))]))
 CONTENT_PLAN_SCHEMA = pa.schema(
     [("image_id", pa.string()), ("path", pa.string()), ("ref", pa.string()), ("shard", pa.string())]
 )
 MEMBER_PLAN_SCHEMA = pa.schema(
     [("member_id", pa.string()), ("image_id", pa.string()), ("old_image_id", pa.string()), ("change", pa.string()),
      ("dataset", pa.string()), ("split", pa.string()), ("path", pa.string()), ("uri", pa.string()),
-     ("caption", pa.string()), ("extra", pa.string()), ("annotation", pa.string()), ("qa", QA_TYPE)]
+     ("caption", pa.string()), ("captions", pa.list_(pa.string())), ("extra", pa.string()),
+     ("annotation", pa.string()), ("qa", QA_TYPE)]
 )
 SHARD_SCHEMA = pa.schema(
     [("image_id", pa.string()), ("image", pa.binary()),
@@ -99,7 +101,8 @@ def check_dataset_name(dataset: str) -> None:
 
 
 def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shard_size: int,
-                manifest: Path | None = None, dry_run: bool = False) -> ScanResult:
+                manifest: Path | None = None, dry_run: bool = False, source_format: str = "auto",
+                annotations: Path | None = None, questions: Path | None = None) -> ScanResult:
     """Read and hash a source, diff it against `dataset`'s stored listings, and plan the change.
 
     Args:
@@ -110,6 +113,8 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
         shard_size: most new image contents per shard.
         manifest: an explicit manifest for a folder source.
         dry_run: count the change without writing anything.
+        source_format: auto, manifest, folder, coco or vqav2 (`sources.FORMATS`); `annotations` and `questions`
+            name the COCO / VQAv2 JSON files when they are not found in the folder.
     Returns:
         Counts of each kind of change, the plan files and the new content shards to write.
     Raises:
@@ -118,7 +123,8 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
     check_dataset_name(dataset)
     if shard_size < 1:
         raise UserError(f"shard_size must be at least 1, got {shard_size}")
-    records, bad_rows = open_source(source, manifest)
+    records, bad_rows = open_source(source, manifest, fmt=source_format, annotations=annotations,
+                                    questions=questions)
     listed, unreadable = _hash(records)
     stored = _stored_members(store, dataset)
     # A listing whose row or file is broken right now is still listed: it is reported, not removed.
@@ -176,9 +182,10 @@ def _stored_members(store: Store, dataset: str) -> dict[str, dict]:
 
 
 def _plan_row(dataset: str, record: SourceRecord, image_id: str, stored: dict | None) -> dict:
-    qa = [vars(pair) for pair in _distinct_qa(record.qa)]
+    qa = [{**vars(pair), "answers": list(pair.answers)} for pair in _distinct_qa(record.qa)]
     extra = json.dumps(record.extra, sort_keys=True) if record.extra else None
-    annotation = annotation_of(record.split, record.caption, record.extra, qa)
+    captions = record.captions or ([record.caption] if record.caption else [])
+    annotation = annotation_of(record.split, record.caption, record.extra, qa, captions)
     if stored is None or not stored["active"]:
         change = ADDED
     elif stored["image_id"] != image_id:
@@ -190,7 +197,7 @@ def _plan_row(dataset: str, record: SourceRecord, image_id: str, stored: dict | 
     return {"member_id": member_id_of(dataset, record.relpath), "image_id": image_id,
             "old_image_id": stored["image_id"] if stored and change == CHANGED else None, "change": change,
             "dataset": dataset, "split": record.split, "path": record.relpath, "uri": str(record.path),
-            "caption": record.caption, "extra": extra, "annotation": annotation, "qa": qa}
+            "caption": record.caption, "captions": captions, "extra": extra, "annotation": annotation, "qa": qa}
 
 
 def _distinct_qa(pairs):
@@ -310,9 +317,11 @@ def load_shard(store: Store, shard_path: str) -> int:
 
 def ingest_all(source: str, dataset: str, store: Store, data_dir: Path, *, manifest: Path | None = None,
                shard_size: int = 1000, dry_run: bool = False, keep_removed: bool = False,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestSummary:
+               max_pixels: int = DEFAULT_MAX_PIXELS, source_format: str = "auto", annotations: Path | None = None,
+               questions: Path | None = None) -> IngestSummary:
     """The whole ingest in one process, step by step as the flow runs it (for notebooks and tests)."""
-    scan = scan_source(source, dataset, data_dir / "staging", store, shard_size, manifest, dry_run)
+    scan = scan_source(source, dataset, data_dir / "staging", store, shard_size, manifest, dry_run, source_format,
+                       annotations, questions)
     bad = list(scan.bad_rows)
     if not dry_run:
         for shard in scan.shards:

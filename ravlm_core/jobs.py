@@ -7,30 +7,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
 
 import pandas as pd
-import pyarrow as pa
 
 from ravlm_core.answerers import FusionAnswerer
-from ravlm_core.captioning import consensus_captions, direct_captions
+from ravlm_core.captioning import caption_rows, consensus_captions, direct_captions
 from ravlm_core.embed import text_id
 from ravlm_core.errors import UserError
+from ravlm_core.generate import generate_captions, generate_vqa
+from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
 from ravlm_core.membership import qa_id_of
-from ravlm_core.retrieve import kb_filter, search, vectors_by_id
+from ravlm_core.retrieve import Neighbours, kb_filter, search, vectors_by_id
 from ravlm_core.store import (ACTIVE, CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
-                              predictions_schema, question_vectors_table, sql_quote, text_vectors_table)
-from ravlm_core.vqa import ITEM_COLUMNS, answer, stored_guard, pred_ids, prediction_rows, read_items, retrieve_for_items
+                              question_vectors_table, sql_quote, text_vectors_table)
+from ravlm_core.vqa import ITEM_COLUMNS, answer, prediction_rows, read_items, retrieve_for_items, stored_guard
 
 log = logging.getLogger(__name__)
 
-CAPTION_VARIANTS = ("consensus", "direct")
 # Member ids are hex hashes: parts are ranges of their first four hex digits.
 ID_SPACE = 16**4
-
-CAPTION_SCHEMA = predictions_schema([("prediction", pa.string()), ("reference", pa.string())])
 
 
 @dataclass
@@ -102,60 +99,57 @@ def vqa_items(store: Store, dataset: str, split: str, part: str, questions: list
     return pd.DataFrame(rows, columns=ITEM_COLUMNS)
 
 
-def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: str, variant: str, k: int,
-                 answerer_dir: str | None = None, device: str = "cpu", run_id: str = "",
-                 questions: list[str] | None = None) -> JobResult:
+def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob, k: int,
+                 device: str = "cpu", run_id: str = "", questions: list[str] | None = None) -> JobResult:
     """Answer the questions about one part's images that `job` has not answered yet."""
     items = vqa_items(store, dataset, split, part, questions)
-    done = store.existing_ids(VQA_PREDICTIONS, "qa_id", where=f"job_id = {sql_quote(job)}")
+    done = store.existing_ids(VQA_PREDICTIONS, "qa_id", where=f"job_id = {sql_quote(job.job_id)}")
     items = items[~items["qa_id"].isin(done)].reset_index(drop=True)
     if items.empty:
-        return JobResult(job, part, 0, 0, 0)
-    retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
-    answerer = FusionAnswerer(answerer_dir, device) if answerer_dir else None
-    rows = prediction_rows(job, kb, items, retrieved, answer(kb, retrieved, variant, answerer), variant, run_id)
-    n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
-    near = sum(n > 0 for n in retrieved.neighbours.near_duplicates)
-    log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", variant, dataset, split, part,
-             len(items), near)
-    return JobResult(job, part, len(items), n_new, near)
+        return JobResult(job.job_id, part, 0, 0, 0)
+    if job.spec.kind in MODEL_KINDS:
+        n_new, near = generate_vqa(store, kb, items, job, k, device, run_id)
+    else:
+        retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
+        answerer = FusionAnswerer(job.model_dir, device) if job.spec.kind == "builtin-fusion" else None
+        predictions = answer(kb, retrieved, job.variant, answerer)
+        rows = prediction_rows(job.job_id, kb, items, retrieved, predictions, job.variant, run_id, job.tag)
+        n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
+        near = sum(n > 0 for n in retrieved.neighbours.near_duplicates)
+    log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", job.variant, dataset, split,
+             part, len(items), near)
+    return JobResult(job.job_id, part, len(items), n_new, near)
 
 
-def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: str, variant: str,
-                     k: int, run_id: str = "") -> JobResult:
+def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob,
+                     k: int, device: str = "cpu", run_id: str = "") -> JobResult:
     """Caption the images of one part that `job` has not captioned yet."""
     members = _members(store, dataset, split, part)
-    done = store.existing_ids(CAPTION_PREDICTIONS, "member_id", where=f"job_id = {sql_quote(job)}")
+    done = store.existing_ids(CAPTION_PREDICTIONS, "member_id", where=f"job_id = {sql_quote(job.job_id)}")
     members = members[~members["member_id"].isin(done)].reset_index(drop=True)
     if members.empty:
-        return JobResult(job, part, 0, 0, 0)
-    n = len(members)
-    image_ids = members["image_id"].tolist()
+        return JobResult(job.job_id, part, 0, 0, 0)
+    if job.spec.kind in MODEL_KINDS:
+        n_new, near = generate_captions(store, kb, members, job, k, device, run_id)
+    else:
+        neighbours, predictions = _transfer_captions(store, kb, members["image_id"].tolist(), k, job.use_retrieval)
+        rows = caption_rows(job.job_id, kb, members, neighbours, predictions, job.variant, run_id, job.tag)
+        n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
+        near = sum(x > 0 for x in neighbours.near_duplicates)
+    log.info("caption[%s] %s/%s part %s: %d images", job.variant, dataset, split, part, len(members))
+    return JobResult(job.job_id, part, len(members), n_new, near)
+
+
+def _transfer_captions(store: Store, kb: KnowledgeBase, image_ids: list[str], k: int,
+                       use_retrieval: bool) -> tuple[Neighbours, list[str]]:
+    """Consensus caption transfer from the neighbours; without retrieval, the KB caption closest to the image."""
     image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
     kb_captions = sorted(set(kb.captions.values()))
     caption_vectors = vectors_by_id(store, kb.text_table, [text_id(c) for c in kb_captions], "text_id")
-    if variant == "consensus":
-        neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
-                            guard=stored_guard(store, kb, image_ids))
-        predictions = consensus_captions(neighbours, kb.captions, dict(zip(kb_captions, caption_vectors)))
-        neighbour_ids, neighbour_scores, near = neighbours.ids, neighbours.scores, neighbours.near_duplicates
-    elif variant == "direct":
-        predictions = direct_captions(image_vectors, kb_captions, caption_vectors)
-        neighbour_ids, neighbour_scores, near = [[] for _ in range(n)], [[] for _ in range(n)], [0] * n
-    else:
-        raise UserError(f"unknown caption variant {variant!r}; choose one of {', '.join(CAPTION_VARIANTS)}")
-    now = datetime.now(timezone.utc)
-    rows = pa.Table.from_pydict(
-        {
-            "pred_id": pred_ids(job, members["member_id"].tolist()), "job_id": [job] * n,
-            "dataset": members["dataset"].tolist(), "split": members["split"].tolist(),
-            "member_id": members["member_id"].tolist(), "image_id": image_ids, "prediction": predictions,
-            "reference": members["caption"].tolist(), "variant": [variant] * n, "kb": [kb.label] * n,
-            "neighbour_ids": neighbour_ids, "neighbour_scores": neighbour_scores, "near_duplicates": near,
-            "model_tag": [kb.model_tag] * n, "run_id": [run_id] * n, "created_at": [now] * n,
-        },
-        schema=CAPTION_SCHEMA,
-    )
-    n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
-    log.info("caption[%s] %s/%s part %s: %d images", variant, dataset, split, part, n)
-    return JobResult(job, part, n, n_new, sum(x > 0 for x in near))
+    if not use_retrieval:
+        n = len(image_ids)
+        return (Neighbours([[] for _ in range(n)], [[] for _ in range(n)], [0] * n),
+                direct_captions(image_vectors, kb_captions, caption_vectors))
+    neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
+                        guard=stored_guard(store, kb, image_ids))
+    return neighbours, consensus_captions(neighbours, kb.captions, dict(zip(kb_captions, caption_vectors)))

@@ -35,10 +35,17 @@ def qa_id_of(member_id: str, image_id: str, question: str, answer: str | None, q
     return hashlib.blake2b(key.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def annotation_of(split: str, caption: str | None, extra: dict, qa: list[dict]) -> str:
-    """Digest of everything a manifest says about one listing besides its bytes."""
-    pairs = sorted((p["question"], p["answer"] or "", p.get("question_type") or "") for p in qa)
-    text = json.dumps([split, caption, extra, pairs], sort_keys=True, default=str)
+def annotation_of(split: str, caption: str | None, extra: dict, qa: list[dict],
+                  captions: list[str] | None = None) -> str:
+    """Digest of everything a source says about one listing besides its bytes.
+
+    Several captions and human answers count only where a source gives them, so listings ingested before they
+    were stored keep their digest (and their predictions).
+    """
+    pairs = sorted((p["question"], p["answer"] or "", p.get("question_type") or "", *(
+        [list(p["answers"])] if p.get("answers") else [])) for p in qa)
+    parts = [split, caption, extra, pairs] + ([captions] if captions and captions != [caption] else [])
+    text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
@@ -59,6 +66,9 @@ def apply_plan(store: Store, plan_path: str, keep_removed: bool = False) -> Appl
     a rerun (which sees them still changed) never leaves a stale prediction behind.
     """
     plan = pq.read_table(plan_path).to_pylist()
+    for table, schema in ((IMAGES, IMAGES_SCHEMA), (QA, QA_SCHEMA)):
+        if store.has(table):
+            store.ensure_columns(table, schema)
     removed = [r for r in plan if r["change"] == REMOVED]
     wanted = [r for r in plan if r["change"] != REMOVED]
     contents = _contents(store, [r["image_id"] for r in wanted])

@@ -4,17 +4,14 @@ from __future__ import annotations
 import math
 import re
 import string
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
+from ravlm_core.ptb_tokenize import coco_tokenize
+
 # nDCG is reported at this cutoff whatever `ks` asks for recall at.
 NDCG_K = 10
-# CIDEr-D constants from Vedantam et al. 2015 / coco-caption: n-grams up to 4, length penalty width, x10 scale.
-CIDER_MAX_N = 4
-CIDER_SIGMA = 6.0
-CIDER_SCALE = 10.0
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -45,6 +42,22 @@ def _normalized(answers: Sequence[str], column: str) -> list[str]:
     if bad is not None:
         raise TypeError(f"{column}[{bad}] is {answers[bad]!r}, not a string; fill missing answers with ''")
     return [normalize_answer(answer) for answer in answers]
+
+
+def _require_strings(values: Sequence, column: str) -> None:
+    """Raises TypeError naming the first row that is not a string."""
+    bad = next((i for i, value in enumerate(values) if not isinstance(value, str)), None)
+    if bad is not None:
+        raise TypeError(f"{column}[{bad}] is {values[bad]!r}, not a string")
+
+
+def _require_nested_strings(groups: Sequence[Sequence[str]], column: str) -> None:
+    """Raises ValueError on a bare-string group (its characters would pass for answers), TypeError on a non-string."""
+    bare = [i for i, group in enumerate(groups) if isinstance(group, str)]
+    if bare:
+        raise ValueError(f"{column}{bare[:10]} are strings; wrap each item's texts in a list")
+    for i, group in enumerate(groups):
+        _require_strings(group, f"{column}[{i}]")
 
 
 def vqa_metrics(y_true: Sequence[str], y_pred: Sequence[str], question_types: Sequence[str] | None = None) -> dict:
@@ -83,6 +96,105 @@ def vqa_metrics(y_true: Sequence[str], y_pred: Sequence[str], question_types: Se
         "labels": labels,
         "confusion": confusion_matrix(truth, pred, labels=labels).tolist(),
     }
+
+
+# --- VQAv2 soft accuracy, as the official evaluation (GT-Vision-Lab/VQA vqaEval.py, master a013f00) computes it ---
+_VQA_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
+    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
+    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
+    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at",
+    "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
+    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've"
+}
+_VQA_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_VQA_ARTICLES = frozenset(["a", "an", "the"])
+_VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+# "(?!<=\d)" is the official typo for a lookbehind: it removes every period not followed by a digit.
+_VQA_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_VQA_DIGIT_COMMA = re.compile(r"(\d)(\,)(\d)")
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """An answer as the official VQA evaluation compares it: processPunctuation then processDigitArticle.
+
+    Punctuation marks are deleted when one touches a space or the answer has a digit-comma-digit ("1,000"),
+    otherwise replaced by a space; periods go unless a digit follows; then lowercase, number words up to ten
+    become digits, articles go and apostrophe-less contractions get theirs: "Two" -> "2", "the dog." -> "dog",
+    "dont" -> "don't". The apostrophe and ":" are kept, as officially.
+    """
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    out, has_digit_comma = text, _VQA_DIGIT_COMMA.search(text) is not None
+    for mark in _VQA_PUNCT:
+        touches_space = mark + " " in text or " " + mark in text
+        out = out.replace(mark, "" if touches_space or has_digit_comma else " ")
+    out = _VQA_PERIOD.sub("", out, 32)  # the official code passes re.UNICODE (32) as sub's count
+    words = [_VQA_NUMBERS.get(word, word) for word in out.lower().split()]
+    return " ".join(_VQA_CONTRACTIONS.get(word, word) for word in words if word not in _VQA_ARTICLES)
+
+
+def _vqa_item_accuracy(prediction: str, humans: Sequence[str]) -> float:
+    """Mean over the humans of min(1, matches among the other humans / 3): 2 of 10 -> 0.6, 3 -> 0.9, 4+ -> 1."""
+    humans = [h.replace("\n", " ").replace("\t", " ").strip() for h in humans]
+    prediction = prediction.replace("\n", " ").replace("\t", " ").strip()
+    if len(set(humans)) > 1:  # officially answers are normalised only when the humans disagree
+        humans = [normalize_vqa_answer(h) for h in humans]
+        prediction = normalize_vqa_answer(prediction)
+    matches = sum(h == prediction for h in humans)
+    # Leaving out a matching human leaves matches - 1 others that match, any other human leaves all of them.
+    return sum(min(1.0, (matches - (h == prediction)) / 3) for h in humans) / len(humans)
+
+
+def vqa_soft_accuracy(
+    predictions: Sequence[str], human_answers: Sequence[Sequence[str]], question_types: Sequence[str] | None = None
+) -> dict:
+    """VQAv2 soft accuracy of free-form answers against each question's human answers (10 in VQAv2).
+
+    Follows the official vqaEval.py exactly, on a 0-1 scale instead of its 0-100: when a question's human answers
+    differ, they and the prediction go through `normalize_vqa_answer`; when all humans agree, neither is normalised
+    (only stripped), so "Yes" scores 0 against ten "yes". Each item scores the mean over its humans of
+    min(1, #other humans giving the prediction / 3). `per_question_type` is there only when types are given.
+    Raises ValueError on mismatched lengths, a bare-string item or an item without human answers, TypeError on
+    a prediction or human answer that is not a string.
+    """
+    if question_types is None:
+        _check_lengths(predictions=predictions, human_answers=human_answers)
+    else:
+        _check_lengths(predictions=predictions, human_answers=human_answers, question_types=question_types)
+    _require_strings(predictions, "predictions")
+    _require_nested_strings(human_answers, "human_answers")
+    empty = next((i for i, humans in enumerate(human_answers) if not humans), None)
+    if empty is not None:
+        raise ValueError(f"human_answers[{empty}] is empty; every question needs at least one human answer")
+    scores = [_vqa_item_accuracy(p, humans) for p, humans in zip(predictions, human_answers)]
+    result: dict = {"n": len(scores), "soft_accuracy": float(np.mean(scores))}
+    if question_types is not None:
+        result["per_question_type"] = {}
+        for qtype in sorted(set(question_types)):
+            rows = [score for score, t in zip(scores, question_types) if t == qtype]
+            result["per_question_type"][qtype] = {"n": len(rows), "soft_accuracy": float(np.mean(rows))}
+    return result
 
 
 def _first_relevant_rank(ranked: Sequence[str], relevant: set[str]) -> float:
@@ -132,88 +244,38 @@ def retrieval_metrics(
     return scores
 
 
-def _ngram_counts(tokens: list[str]) -> Counter:
-    """Counts of every 1..CIDER_MAX_N-gram in a token list (n-grams are tuples)."""
-    return Counter(
-        tuple(tokens[i : i + n]) for n in range(1, CIDER_MAX_N + 1) for i in range(len(tokens) - n + 1)
-    )
-
-
-def _tfidf(counts: Counter, log_df: dict[tuple, float], log_n_items: float) -> tuple[dict, np.ndarray]:
-    """TF-IDF weight of each n-gram and the L2 norm of the vector for each n (index n-1)."""
-    weights = {gram: tf * (log_n_items - log_df.get(gram, 0.0)) for gram, tf in counts.items()}
-    squares = np.zeros(CIDER_MAX_N)
-    for gram, weight in weights.items():
-        squares[len(gram) - 1] += weight**2
-    return weights, np.sqrt(squares)
-
-
-def _cider_d_pair(cand: tuple[dict, np.ndarray, int], ref: tuple[dict, np.ndarray, int]) -> float:
-    """CIDEr-D similarity of one candidate to one reference, averaged over n (before the x10 scale)."""
-    (cand_w, cand_norm, cand_len), (ref_w, ref_norm, ref_len) = cand, ref
-    dot = np.zeros(CIDER_MAX_N)
-    for gram, weight in cand_w.items():
-        # CIDEr-D clips candidate weights at the reference's, so repeating a word cannot pay.
-        ref_weight = ref_w.get(gram, 0.0)
-        dot[len(gram) - 1] += min(weight, ref_weight) * ref_weight
-    denom = cand_norm * ref_norm
-    cosine = np.divide(dot, denom, out=np.zeros(CIDER_MAX_N), where=denom > 0)
-    length_penalty = math.exp(-((cand_len - ref_len) ** 2) / (2 * CIDER_SIGMA**2))
-    return float(np.mean(cosine) * length_penalty)
-
-
-def cider_d(predictions: list[list[str]], references: list[list[list[str]]]) -> float:
-    """Corpus CIDEr-D (Vedantam et al. 2015, coco-caption variant) of tokenised captions.
-
-    Document frequencies come from the references: an n-gram's df is the number of items whose
-    references contain it, and idf = log(n_items) - log(max(1, df)). Each item scores
-    10 * mean over its references of the clipped, length-penalised tf-idf cosine averaged over
-    n = 1..4; the corpus score is the mean over items. With a single item every idf is 0, so 0.
-    """
-    ref_counts = [[_ngram_counts(ref) for ref in refs] for refs in references]
-    df = Counter(gram for counts in ref_counts for gram in set().union(*counts))
-    log_df = {gram: math.log(max(1.0, count)) for gram, count in df.items()}
-    log_n_items = math.log(len(references))
-    item_scores = []
-    for cand_tokens, refs_tokens, counts in zip(predictions, references, ref_counts):
-        cand = (*_tfidf(_ngram_counts(cand_tokens), log_df, log_n_items), len(cand_tokens))
-        pair_scores = [
-            _cider_d_pair(cand, (*_tfidf(ref, log_df, log_n_items), len(ref_tokens)))
-            for ref, ref_tokens in zip(counts, refs_tokens)
-        ]
-        item_scores.append(CIDER_SCALE * float(np.mean(pair_scores)))
-    return float(np.mean(item_scores))
-
-
-def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
-    """Corpus caption scores against one or more references per item.
-
-    bleu4: sacrebleu corpus BLEU-4 (13a tokeniser, lowercased), on a 0-1 scale (sacrebleu's / 100).
-    rouge_l: mean over items of the best ROUGE-L F-measure against that item's references (rouge-score).
-    cider: CIDEr-D on rouge-score's tokens (lowercase alphanumeric words); typically 0-10, not 0-1.
-    Raises ValueError when an item has no reference or its references are a bare string.
-    """
-    from rouge_score import rouge_scorer, tokenizers
-    from sacrebleu.metrics import BLEU
-
-    _check_lengths(predictions=predictions, references=references)
-    bare = [i for i, refs in enumerate(references) if isinstance(refs, str)]
-    if bare:
-        raise ValueError(f"references{bare[:10]} are strings; wrap each item's captions in a list")
+def _require_references(references: Sequence[Sequence[str]]) -> None:
+    """Raises ValueError on a bare-string or empty reference list, TypeError on a reference that is not a string."""
+    _require_nested_strings(references, "references")
     empty = [i for i, refs in enumerate(references) if not refs]
     if empty:
         raise ValueError(f"caption items {empty[:10]} have no reference caption; drop them or add references")
-    # sacrebleu takes one stream per reference position; None pads items with fewer references.
-    n_streams = max(len(refs) for refs in references)
-    streams = [[refs[j] if j < len(refs) else None for refs in references] for j in range(n_streams)]
-    bleu = BLEU(lowercase=True).corpus_score(list(predictions), streams)
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    rouge_l = [scorer.score_multi(list(refs), pred)["rougeL"].fmeasure for pred, refs in zip(predictions, references)]
 
-    tokenizer = tokenizers.DefaultTokenizer(use_stemmer=False)
-    cider = cider_d(
-        [tokenizer.tokenize(pred) for pred in predictions],
-        [[tokenizer.tokenize(ref) for ref in refs] for refs in references],
-    )
-    return {"n": len(predictions), "bleu4": bleu.score / 100.0, "rouge_l": float(np.mean(rouge_l)), "cider": cider}
+def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """Corpus caption scores from coco-caption's own scorers (pycocoevalcap), after `coco_tokenize`.
+
+    bleu1, bleu4: corpus BLEU with the reference length closest to each prediction (coco-caption's "closest"),
+    0-1. rouge_l: mean over items of ROUGE-L with beta 1.2, from the best precision and best recall over that
+    item's references. cider: CIDEr-D (clipped n-gram counts, Gaussian length penalty sigma 6, x10), typically
+    0-10. Its idf comes from the references of every item passed in, so an item's CIDEr depends on the whole
+    evaluated set, as in coco-caption: score a split in one call, never batch by batch; one item alone scores 0.
+    Raises ValueError on mismatched lengths, an item whose references are empty or a bare string, or when no
+    reference holds a word; TypeError on a non-string caption.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    _check_lengths(predictions=predictions, references=references)
+    _require_strings(predictions, "predictions")
+    _require_references(references)
+    res = {i: [coco_tokenize(pred)] for i, pred in enumerate(predictions)}
+    gts = {i: [coco_tokenize(ref) for ref in refs] for i, refs in enumerate(references)}
+    if not any(ref for refs in gts.values() for ref in refs):
+        raise ValueError("no reference caption holds a word after tokenisation, so CIDEr has no idf")
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)  # verbose=0: nothing on stdout, so --json stays clean
+    rouge_l, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"n": len(res), "bleu1": float(bleu[0]), "bleu4": float(bleu[3]), "rouge_l": float(rouge_l),
+            "cider": float(cider)}

@@ -1,4 +1,4 @@
-"""Image sources: the embedded easy-VQA dataset or a folder (with an optional manifest) as `SourceRecord`s."""
+"""Image sources: easy-VQA, or a folder (with a manifest, COCO or VQAv2 files, or none) as `SourceRecord`s."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 EASY_VQA = "easy-vqa"
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "manifest.parquet")
+FORMATS = ("auto", "manifest", "folder", "coco", "vqav2")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DEFAULT_SPLIT = "test"
 # Splits name shard files ("<split>-<hash>.parquet"), so they must be one safe path component.
@@ -38,8 +39,10 @@ class ManifestError(UserError, ValueError):
 @dataclass(frozen=True)
 class QAPair:
     question: str
-    answer: str
+    answer: str  # the answer: a single one, or the consensus of `answers`
     question_type: str | None = None
+    # Every human answer when the source has several (VQAv2: 10), for soft accuracy; empty otherwise.
+    answers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -48,8 +51,10 @@ class SourceRecord:
     path: Path  # the file to read, inside the source folder
     relpath: str  # its path relative to the source folder (posix): with the dataset, the membership's key
     split: str
-    caption: str | None
+    caption: str | None  # the first reference caption
     qa: list[QAPair] = field(default_factory=list)
+    # Every reference caption when the source has several (COCO: 5), `caption` first; empty otherwise.
+    captions: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # the manifest's other columns (first value seen per column)
 
 
@@ -61,30 +66,62 @@ class BadRow:
     relpath: str | None = None
 
 
-def open_source(source: str, manifest: Path | None = None) -> tuple[list[SourceRecord], list[BadRow]]:
+def open_source(source: str, manifest: Path | None = None, *, fmt: str = "auto", annotations: Path | None = None,
+                questions: Path | None = None) -> tuple[list[SourceRecord], list[BadRow]]:
     """Read a source's records without touching image bytes.
 
     Args:
-        source: "easy-vqa", or a folder of images (with manifest.jsonl/.csv/.parquet, or none).
-        manifest: an explicit manifest file for a folder source.
+        source: "easy-vqa", or a folder of images.
+        manifest: an explicit manifest file for a folder source ("auto" and "manifest" formats).
+        fmt: how to read the folder: "auto" (a manifest.jsonl/.csv/.parquet if there is one, else every image),
+            "manifest" (one is required), "folder" (every image, manifests ignored), "coco" (COCO captions JSON)
+            or "vqav2" (VQAv2 questions and annotations JSON); see `ravlm_core.formats`.
+        annotations: "coco": the captions_*.json file; "vqav2": the v2_mscoco_*_annotations.json file.
+        questions: "vqav2": the v2_OpenEnded_mscoco_*_questions.json file.
     Returns:
         The usable records (one per image path) and the rows that had to be skipped.
     Raises:
-        UserError: the folder or the explicit manifest does not exist.
-        ManifestError: the manifest is unreadable, ambiguous, empty or lacks the `image` column.
+        UserError: an unknown format, an option the format does not take, or a folder or file that does not exist.
+        ManifestError: the manifest or annotation files are unreadable, ambiguous, empty or of the wrong shape.
     """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown source format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    _check_format_options(fmt, manifest, annotations, questions)
     if source == EASY_VQA:
+        if fmt != "auto":
+            raise UserError(f"{EASY_VQA!r} is the built-in dataset: --format {fmt} needs a folder "
+                            f"(write ./{EASY_VQA} for a folder of that name)")
         return _open_easy_vqa(), []
     folder = Path(source).absolute()
     if not folder.is_dir():
         raise UserError(f"source {source!r} is neither {EASY_VQA!r} nor an existing folder")
+    if fmt in ("coco", "vqav2"):
+        from ravlm_core import formats  # it imports this module
+
+        if fmt == "coco":
+            return formats.open_coco(folder, annotations)
+        return formats.open_vqav2(folder, questions, annotations)
+    if fmt == "folder":
+        return _open_plain_folder(folder)
     if manifest is None:
         manifest = _find_manifest(folder)
     elif not manifest.is_file():
         raise UserError(f"manifest {manifest} does not exist")
     if manifest is None:
+        if fmt == "manifest":
+            raise ManifestError(f"{folder} has no manifest ({', '.join(MANIFEST_NAMES)}): add one, pass --manifest "
+                                "or use --format folder")
         return _open_plain_folder(folder)
     return _open_manifest(folder, manifest)
+
+
+def _check_format_options(fmt: str, manifest: Path | None, annotations: Path | None, questions: Path | None) -> None:
+    """Options a format would ignore are mistakes: say so instead of reading the source another way."""
+    takes = {"--manifest": ("auto", "manifest"), "--annotations": ("coco", "vqav2"), "--questions": ("vqav2",)}
+    for option, value in (("--manifest", manifest), ("--annotations", annotations), ("--questions", questions)):
+        if value is not None and fmt not in takes[option]:
+            allowed = " or ".join(takes[option])
+            raise UserError(f"{option} goes with --format {allowed}, not {fmt}: drop it or change the format")
 
 
 # --- easy-VQA -------------------------------------------------------------------------------------
@@ -218,7 +255,7 @@ def _open_plain_folder(folder: Path) -> tuple[list[SourceRecord], list[BadRow]]:
     records, bad = [], []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
         relpath = path.relative_to(folder).as_posix()
-        reason = _unsafe_path(folder, relpath)
+        reason = unsafe_path(folder, relpath)
         if reason:
             bad.append(BadRow(str(path), reason))
         elif path.is_file():
@@ -262,7 +299,7 @@ def _add_row(folder: Path, ref: str, row: dict, records: dict[str, SourceRecord]
         return f"has a {given} but no {missing}: add the {missing} or remove the row"
     key = PurePosixPath(image.replace("\\", "/")).as_posix()
     if key not in records:
-        reason = _unsafe_path(folder, key) or _not_a_file(folder, key)
+        reason = unsafe_path(folder, key) or not_a_file(folder, key)
         if reason:
             return reason
     record = records.setdefault(key, SourceRecord(ref, folder / key, key, split, None, []))
@@ -277,7 +314,7 @@ def _add_row(folder: Path, ref: str, row: dict, records: dict[str, SourceRecord]
     return None
 
 
-def _unsafe_path(folder: Path, relpath: str) -> str | None:
+def unsafe_path(folder: Path, relpath: str) -> str | None:
     """Why a manifest path may not be read: it must name a file inside the source folder, symlinks resolved."""
     if "\x00" in relpath:
         return f"image path {relpath!r} contains a NUL character: fix the path"
@@ -295,7 +332,7 @@ def _unsafe_path(folder: Path, relpath: str) -> str | None:
     return None
 
 
-def _not_a_file(folder: Path, relpath: str) -> str | None:
+def not_a_file(folder: Path, relpath: str) -> str | None:
     path = folder / relpath
     try:
         if path.is_file():

@@ -30,6 +30,7 @@ IMAGES_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("format", pa.string()),
         ("caption", pa.string()),
+        ("captions", pa.list_(pa.string())),  # every reference caption when the source has several (COCO: 5)
         ("extra", pa.string()),  # JSON object of the manifest's other columns, or null
         ("annotation", pa.string()),  # digest of split, caption, extra and QA pairs: a change is a re-annotation
         ("ingested_at", pa.timestamp("us", tz="UTC")),
@@ -46,6 +47,7 @@ QA_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("question", pa.string()),
         ("answer", pa.string()),
+        ("answers", pa.list_(pa.string())),  # every human answer when the source has several (VQAv2: 10)
         ("question_type", pa.string()),
         ("removed_at", pa.timestamp("us", tz="UTC")),
     ]
@@ -120,14 +122,24 @@ class Store:
             # same moment would each commit version 1, and one shard's rows would silently vanish.
             with _CREATE_LOCK:
                 self.db.create_table(name, schema=rows.schema, exist_ok=True)
+        table = self.ensure_columns(name, rows.schema)
         result = (
-            self.table(name)
+            table
             .merge_insert(key)
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute(rows)
         )
         return result.num_inserted_rows
+
+    def ensure_columns(self, name: str, schema: pa.Schema):
+        """The table, with the columns of `schema` it lacks added (null in its rows): a store written by an older
+        release gains the columns added since, the first time a writer or reader needs them."""
+        table = self.table(name)
+        missing = [field for field in schema if field.name not in table.schema.names]
+        if missing:
+            table.add_columns(pa.schema(missing))
+        return table
 
     def existing_ids(self, name: str, key: str, ids: Iterable[str] | None = None, where: str | None = None) -> set[str]:
         """The values of `key` already stored (restricted to `ids` and to rows matching `where` when given)."""
@@ -173,6 +185,9 @@ def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
          # KB images left out because they are the query's own bytes or a near-duplicate (leakage guard)
          ("near_duplicates", pa.int32()),
          ("model_tag", pa.string()),
+         # What generated the prediction (`generators.generator_tag`), the exact prompt its model received
+         # (empty for the builtin answerers), and the KB's fingerprint when it was made.
+         ("generator", pa.string()), ("prompt", pa.string()), ("kb_version", pa.string()),
          ("run_id", pa.string()),  # the orchestrator run that wrote the row (Prefect flow run id), for provenance
          ("created_at", pa.timestamp("us", tz="UTC"))]
     )

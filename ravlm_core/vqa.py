@@ -149,11 +149,13 @@ def pred_ids(job: str, keys: list[str]) -> list[str]:
 
 
 def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
-                    predictions: list[str], variant: str, run_id: str = "") -> pa.Table:
-    """The `vqa_predictions` rows of one job over `items`."""
+                    predictions: list[str], variant: str, run_id: str = "", generator: str = "",
+                    prompts: list[str] | None = None) -> pa.Table:
+    """The `vqa_predictions` rows of one job over `items`: what `generator` answered, and the prompts its model
+    received (empty for the builtin answerers)."""
     n = len(items)
     now = datetime.now(timezone.utc)
-    uses_neighbours = variant != "fusion-no-retrieval"
+    uses_neighbours = not variant.endswith("no-retrieval")
     empty = [[] for _ in range(n)]
     columns = {name: items[name].tolist() for name in ITEM_COLUMNS}
     return pa.Table.from_pydict(
@@ -168,6 +170,9 @@ def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved:
             "neighbour_scores": retrieved.neighbours.scores if uses_neighbours else empty,
             "near_duplicates": retrieved.neighbours.near_duplicates if uses_neighbours else [0] * n,
             "model_tag": [kb.model_tag] * n,
+            "generator": [generator or variant] * n,
+            "prompt": prompts or [""] * n,
+            "kb_version": [kb.fingerprint] * n,
             "run_id": [run_id] * n,
             "created_at": [now] * n,
         },

@@ -14,7 +14,8 @@ from ravlm_core.store import Store
 @task(cache_policy=NO_CACHE)
 def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs: dict[str, str], run_id: str,
                  reports_dir: str, config: dict) -> dict:
-    """`jobs` maps roles (vqa, vqa_without_retrieval, vqa_voting, caption, caption_without_retrieval) to job ids."""
+    """`jobs` maps roles (vqa, vqa_without_retrieval, vqa_voting, caption, caption_without_retrieval) to job ids,
+    and `generators` → task → generator spec → {"with": job id, "without": job id} for further generators."""
     store = Store(store_uri)
     results: dict = {}
     if "vqa" in jobs:
@@ -29,6 +30,13 @@ def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs:
         results["caption"] = evaluate.caption_job_metrics(store, jobs["caption"])
         if "caption_without_retrieval" in jobs:
             results["caption"]["without_retrieval"] = evaluate.caption_job_metrics(store, jobs["caption_without_retrieval"])
+    # Further generators, each with and without retrieval, beside the chosen one.
+    for kind, score in (("vqa", evaluate.vqa_job_metrics), ("caption", evaluate.caption_job_metrics)):
+        others = jobs.get("generators", {}).get(kind, {})
+        if others and kind in results:
+            results[kind]["generators"] = {name: {**score(store, ids["with"]),
+                                                  "without_retrieval": score(store, ids["without"])}
+                                           for name, ids in others.items()}
     examples = evaluate.vqa_examples(store, jobs["vqa"], jobs.get("vqa_without_retrieval")) if "vqa" in jobs else []
     title = f"ravlm eval: {dataset}/{split}"
     index = report.write_report(Path(reports_dir).resolve() / dataset / run_id, title, results, examples, config)

@@ -13,10 +13,12 @@ from ravlm_core.store import Store
 
 @task(cache_policy=NO_CACHE)
 def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, shard_size: int,
-                manifest: str | None = None, dry_run: bool = False) -> dict:
+                manifest: str | None = None, dry_run: bool = False, source_format: str = "auto",
+                annotations: str | None = None, questions: str | None = None) -> dict:
     """Hash every image of the source and plan what changed since the store last saw it."""
     result = ingest.scan_source(source, dataset, Path(staging_dir), Store(store_uri), shard_size,
-                                Path(manifest) if manifest else None, dry_run)
+                                Path(manifest) if manifest else None, dry_run, source_format,
+                                Path(annotations) if annotations else None, Path(questions) if questions else None)
     return asdict(result)
 
 

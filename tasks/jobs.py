@@ -1,7 +1,8 @@
 """Retrieval-augmented job tasks: train an answerer once, then answer / caption one part of a query set at a time.
 
 `encoder` is the small dict `resolve_encoder` returns (model ref and tags), never a model object; `kb` is a list
-of [dataset, split] pairs and `retrieval` the RetrievalConfig's fields, so every argument stays small and JSON."""
+of [dataset, split] pairs, `retrieval` the RetrievalConfig's fields and `job` a GenerationJob's, so every argument
+stays small and JSON; models load inside the process that runs the part."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -11,7 +12,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from ravlm_core import jobs, vqa
+from ravlm_core import generate, jobs, vqa
+from ravlm_core.generators import GenerationJob
 from ravlm_core.knowledge import RetrievalConfig
 from ravlm_core.store import Store
 
@@ -41,19 +43,28 @@ def train_answerer(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: 
     return str(vqa.train_answerer(Store(store_uri), knowledge, k, out_root, use_retrieval, device))
 
 
-@task(cache_policy=NO_CACHE, retries=1)
-def vqa_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: str, split: str, part: str, job: str,
-             variant: str, k: int, answerer_dir: str | None, device: str, questions: list[str] | None = None) -> dict:
+@task(cache_policy=NO_CACHE)
+def train_smallcap(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: int, models_dir: str,
+                   device: str) -> str:
+    """Folder of the KB's SmallCap caption decoder (trained on first use, reused while the KB is unchanged)."""
     knowledge = _kb(store_uri, encoder, kb, retrieval)
-    return asdict(jobs.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, job, variant, k, answerer_dir,
+    return str(generate.train_smallcap_for(Store(store_uri), knowledge, k, Path(models_dir) / "smallcap", device))
+
+
+@task(cache_policy=NO_CACHE, retries=1)
+def vqa_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: str, split: str, part: str, job: dict,
+             k: int, device: str, questions: list[str] | None = None) -> dict:
+    knowledge = _kb(store_uri, encoder, kb, retrieval)
+    return asdict(jobs.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, GenerationJob.from_dict(job), k,
                                     device, _run_id(), questions))
 
 
 @task(cache_policy=NO_CACHE, retries=1)
 def caption_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: str, split: str, part: str,
-                 job: str, variant: str, k: int) -> dict:
+                 job: dict, k: int, device: str) -> dict:
     knowledge = _kb(store_uri, encoder, kb, retrieval)
-    return asdict(jobs.run_caption_part(Store(store_uri), knowledge, dataset, split, part, job, variant, k, _run_id()))
+    return asdict(jobs.run_caption_part(Store(store_uri), knowledge, dataset, split, part,
+                                        GenerationJob.from_dict(job), k, device, _run_id()))
 
 
 def _run_id() -> str:

@@ -153,7 +153,7 @@ class BuiltinEncoder:
 def _check_backbones(spec: BuiltinSpec, model_dir: Path) -> None:
     """The tag promises the backbone weights too, so refuse to run heads on different installed weights."""
     from ravlm_core.encoders.backbones import image_weights_path, text_weights_path
-    from ravlm_core.encoders.runtime import file_sha256
+    from ravlm_core.model_files import file_sha256
 
     for backbone, path in ((spec.image_backbone, image_weights_path()), (spec.text_backbone, text_weights_path())):
         if file_sha256(path) != backbone.weights_sha256:
@@ -279,7 +279,7 @@ def _text_features(texts: list[str], device: str, batch_size: int = 256):
 
 def _spec(preprocessing, config, n_pairs: int, n_captions: int, fingerprint: str, losses: list[float]) -> BuiltinSpec:
     from ravlm_core.encoders import backbones as bb
-    from ravlm_core.encoders.runtime import file_sha256
+    from ravlm_core.model_files import file_sha256
 
     image_sha, text_sha = file_sha256(bb.image_weights_path()), file_sha256(bb.text_weights_path())
     return BuiltinSpec(

@@ -1,7 +1,6 @@
 """Hugging Face CLIP / SigLIP encoders from a local folder or a cached hub id (safetensors only, no remote code)."""
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -9,40 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ravlm_core.encoders.runtime import empty_rows, file_sha256, inference, unit_rows
+from ravlm_core.encoders.runtime import empty_rows, inference, unit_rows
+from ravlm_core.model_files import folder_digest, resolve_folder
 
 SUPPORTED_MODEL_TYPES = ("clip", "siglip")
-# Everything that decides the vectors: architecture, weights, image preprocessing and tokenisation.
-TAGGED_FILES = ("config.json", "*.safetensors", "preprocessor_config.json", "processor_config.json", "tokenizer*.json",
-                "special_tokens_map.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model")
-
-
-def resolve_folder(ref: str | Path) -> Path:
-    """A local folder as is; otherwise the hub id's snapshot (cache only when HF_HUB_OFFLINE is set).
-
-    Raises:
-        FileNotFoundError: `ref` is no local folder and neither the cache nor the hub can provide it.
-    """
-    if Path(ref).is_dir():
-        return Path(ref)
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        offline = constants.HF_HUB_OFFLINE
-        return Path(snapshot_download(str(ref), local_files_only=offline, allow_patterns=list(TAGGED_FILES)))
-    except (OSError, ValueError) as err:  # missing cache entry, no network, or not a valid repo id
-        raise FileNotFoundError(
-            f"no local folder {ref} and the hub is unreachable: pass a local folder (a saved CLIP/SigLIP model)"
-        ) from err
-
-
-def folder_digest(folder: Path) -> str:
-    """sha256 over the names and contents of every file that decides the vectors."""
-    digest = hashlib.sha256()
-    for pattern in TAGGED_FILES:
-        for path in sorted(folder.glob(pattern)):
-            digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def make_tag(model_type: str, name: str, folder: Path) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ravlm_core.encoders.backbones import TEXT_FEATURE_DIM, TextBackbone, text_weights_path
-from ravlm_core.encoders.runtime import empty_rows, file_sha256, inference, unit_rows
+from ravlm_core.encoders.runtime import empty_rows, inference, unit_rows
+from ravlm_core.model_files import file_sha256
 
 
 def question_encoder_tag() -> str:

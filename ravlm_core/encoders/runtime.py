@@ -1,10 +1,7 @@
-"""What every encoder shares at run time: the inference context (bf16 on CUDA), unit-row output, file digests."""
+"""What every encoder shares at run time: the inference context (bf16 on CUDA) and unit-row output."""
 from __future__ import annotations
 
-import functools
-import hashlib
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
@@ -30,18 +27,6 @@ def unit_rows(embeddings: torch.Tensor) -> np.ndarray:
 def empty_rows(dim: int) -> np.ndarray:
     """The answer for an empty batch, so callers never special-case it."""
     return np.zeros((0, dim), dtype=np.float32)
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 hex of a file; cached per (path, size, mtime) because weight files are hashed on every load."""
-    stat = Path(path).stat()
-    return _cached_digest(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

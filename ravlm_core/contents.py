@@ -1,0 +1,45 @@
+"""Stored images by content id: full pixels from their Parquet shard, thumbnails from the `contents` table."""
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ravlm_core.imaging import decode_image
+from ravlm_core.store import CONTENTS, Store, chunks, in_list
+
+
+def read_images(store: Store, image_ids: list[str]) -> dict[str, Image.Image]:
+    """The images' pixels as the encoder sees them (decoded, normalised to RGB), read from their shards.
+
+    Raises:
+        FileNotFoundError: an image's shard is gone (`ravlm ingest` the dataset again to rebuild it).
+    """
+    wanted = sorted(set(image_ids))
+    by_shard: dict[str, list[str]] = defaultdict(list)
+    for part in chunks(wanted):
+        rows = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", part))
+        for image_id, shard in zip(rows.column("image_id").to_pylist(), rows.column("shard").to_pylist()):
+            by_shard[shard].append(image_id)
+    images = {}
+    for shard, ids in by_shard.items():
+        table = pq.read_table(shard, columns=["image_id", "image"], filters=[("image_id", "in", ids)])
+        for image_id, blob in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
+            images[image_id] = decode_image(blob).image
+    missing = [i for i in wanted if i not in images]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) are not in any shard (first: {missing[0]}): "
+                                f"run `ravlm ingest` on their dataset again to rebuild its shards")
+    return images
+
+
+def read_thumbnails(store: Store, image_ids: list[str]) -> dict[str, Image.Image]:
+    """The small JPEG thumbnails kept in `contents` (what a prompt shows of a neighbour), decoded."""
+    thumbnails = {}
+    for part in chunks(sorted(set(image_ids))):
+        rows = store.read(CONTENTS, columns=["image_id", "thumbnail"], where=in_list("image_id", part))
+        for image_id, jpeg in zip(rows.column("image_id").to_pylist(), rows.column("thumbnail").to_pylist()):
+            thumbnails[image_id] = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    return thumbnails
