@@ -17,21 +17,25 @@ from tasks.embed import resolve_encoder
 from tasks.evaluate import evaluate_run
 
 
+# What `ravlm eval` compares when no --generator is given: the first of each task fills the vqa / caption keys.
+DEFAULT_GENERATORS = {"vqa": ("builtin-fusion",), "caption": ("builtin-transfer", "smallcap")}
+
+
 @flow(name="eval")
 def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, questions: str | None = None,
               generators: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Evaluate the query set `dataset`/`split` against the knowledge base `kb` (default: its train split).
 
-    Each generator (specs, see ravlm_core.generators; default: the fusion answerer for VQA and caption transfer)
-    runs with and without retrieval; the first one of each task fills the `vqa` / `caption` keys, the others go
+    Each generator (specs, see ravlm_core.generators; default: DEFAULT_GENERATORS) runs with and without
+    retrieval; the first one of each task fills the `vqa` / `caption` keys, the others go
     under `generators`, and VQA voting always runs as a baseline. Text→image retrieval is scored too. Metrics
     are computed where the query set has ground truth; the result says where it has none."""
     settings = settings_from(overrides)
     runner = task_runner(settings)
     sets = parse_kb(kb, dataset, settings.kb_split)
     specs = {g: GeneratorSpec.parse(g) for g in generators or []}
-    chosen = {task: [g for g, spec in specs.items() if spec.serves(task)] or [default]
-              for task, default in (("vqa", "builtin-fusion"), ("caption", "builtin-transfer"))}
+    chosen = {task: [g for g, spec in specs.items() if spec.serves(task)] or list(DEFAULT_GENERATORS[task])
+              for task in DEFAULT_GENERATORS}
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), settings.torch_device())
     store = Store(settings.store_uri)
     check_query_set(store, dataset, split)

@@ -100,25 +100,34 @@ def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str
     return retrieval_metrics(hits.ids, [relevant[q] for q in queries], ks=(1, 5, 10))
 
 
-def vqa_examples(store: Store, job: str, baseline_job: str | None, n: int = 12) -> list[Example]:
-    """Grid rows: the first mistakes (they teach most), then correct answers, each with its neighbours."""
-    rows = store.read(VQA_PREDICTIONS, where=f"job_id = {sql_quote(job)}").to_pylist()
-    rows.sort(key=lambda r: (r["prediction"] == r["answer"], r["qa_id"]))
+def job_examples(store: Store, table: str, jobs: dict[str, str], n: int = 8) -> list[Example]:
+    """Grid rows for the first job in `jobs` (label -> job id): its mistakes first (they teach most), then correct
+    items; each with every job's output for the same item, the prompt a model received, and the neighbours."""
+    from ravlm_core.captioning import CAPTION_SCHEMA
+    from ravlm_core.vqa import PREDICTIONS_SCHEMA
+
+    vqa = table == VQA_PREDICTIONS
+    key, truth = ("qa_id", "answer") if vqa else ("member_id", "reference")
+    store.ensure_columns(table, PREDICTIONS_SCHEMA if vqa else CAPTION_SCHEMA)  # `prompt` in an older store
+    rows = store.read(table, where=f"job_id = {sql_quote(next(iter(jobs.values())))}").to_pylist()
+    rows.sort(key=lambda r: (r["prediction"] == r[truth], r[key]))
     rows = rows[:n]
-    baseline = {}
-    if baseline_job:
-        base = _job_rows(store, VQA_PREDICTIONS, baseline_job, ["qa_id", "prediction"])
-        baseline = dict(zip(base["qa_id"], base["prediction"]))
+    keys = [r[key] for r in rows]
+    outputs = {label: {r[key]: r for r in store.read(
+        table, columns=[key, "prediction", "prompt"],
+        where=f"job_id = {sql_quote(job)} AND {in_list(key, keys)}").to_pylist()} for label, job in jobs.items()}
     wanted = {r["image_id"] for r in rows} | {i for r in rows for i in r["neighbour_ids"][:5]}
     thumbs = _thumbnails(store, wanted)
     examples = []
     for r in rows:
-        lines = [f"prediction: {r['prediction']}", f"truth: {r['answer']}"]
-        if r["qa_id"] in baseline:
-            lines.append(f"without retrieval: {baseline[r['qa_id']]}")
+        lines = [f"truth: {r[truth]}"] + [f"{label}: {out[r[key]]['prediction']}" for label, out in outputs.items()
+                                          if r[key] in out]
+        prompts = [(label, out[r[key]]["prompt"]) for label, out in outputs.items() if out.get(r[key], {}).get("prompt")]
+        lines += [f"prompt ({label}): {prompt[:400]}" for label, prompt in prompts[:1]]
         neighbours = [(thumbs[i][0], f"{s:.2f} {thumbs[i][1] or ''}")
                       for i, s in zip(r["neighbour_ids"][:5], r["neighbour_scores"][:5]) if i in thumbs]
-        examples.append(Example(thumbs.get(r["image_id"], (b"", ""))[0], r["question"], lines, neighbours))
+        title = r["question"] if vqa else f"caption of {r['image_id'][:10]}"
+        examples.append(Example(thumbs.get(r["image_id"], (b"", ""))[0], title, lines, neighbours))
     return examples
 
 

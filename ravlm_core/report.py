@@ -27,6 +27,9 @@ HEADLINE_METRICS = [
     ("caption", "cider", "Caption CIDEr-D"),
 ]
 HEADLINE_HEADER = ("Metric", "With retrieval", "Without retrieval", "Δ (with − without)")
+# Per task, the metrics generators are compared on, side by side on the same items.
+GENERATOR_METRICS = {"vqa": ("accuracy", "soft_accuracy", "macro_f1"), "caption": ("cider", "bleu4", "rouge_l")}
+GENERATORS_HEADER = ("Task", "Generator", "Metric", "With retrieval", "Without retrieval", "Δ")
 RETRIEVAL_HEADER = ("Direction", "Metric", "Value")
 # Confusion matrices with more labels than this are drawn without per-cell numbers, which would overlap.
 MAX_ANNOTATED_LABELS = 20
@@ -68,6 +71,29 @@ def headline_rows(results: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def generator_rows(results: dict, chosen: dict[str, str] | None = None) -> list[tuple[str, ...]]:
+    """(task, generator, metric, with, without, delta) for the chosen generator of each task (its metrics are the
+    section's own) and every other one under the section's `generators`; empty when only one ran."""
+    rows = []
+    for task, metrics in GENERATOR_METRICS.items():
+        section = results.get(task, {})
+        others = section.get("generators", {})
+        if not others:
+            continue
+        named = [((chosen or {}).get(task, "chosen"), section)] + list(others.items())
+        if task == "vqa" and "voting" in section:
+            named.append(("builtin-vote", {**section["voting"], WITHOUT: {}}))
+        for name, scores in named:
+            for key in metrics:
+                with_value, without_value = scores.get(key), scores.get(WITHOUT, {}).get(key)
+                if with_value is None and without_value is None:
+                    continue
+                both = with_value is not None and without_value is not None
+                rows.append((task, name, key, _format(with_value), _format(without_value),
+                             f"{with_value - without_value:+.3f}" if both else MISSING))
+    return rows
+
+
 def retrieval_rows(results: dict) -> list[tuple[str, str, str]]:
     """(direction, metric, value) rows for every retrieval direction in `results`."""
     return [
@@ -85,11 +111,13 @@ def _markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> lis
     return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
 
 
-def report_markdown(title: str, results: dict) -> str:
-    """Compact markdown summary (side-by-side headline table, retrieval table) for a Prefect artifact."""
+def report_markdown(title: str, results: dict, chosen: dict[str, str] | None = None) -> str:
+    """Compact markdown summary (side-by-side headline table, generators, retrieval) for a Prefect artifact."""
     parts = [f"# {title}", ""]
     if rows := headline_rows(results):
         parts += [*_markdown_table(HEADLINE_HEADER, rows), ""]
+    if rows := generator_rows(results, chosen):
+        parts += ["## Generators", "", *_markdown_table(GENERATORS_HEADER, rows), ""]
     if rows := retrieval_rows(results):
         parts += ["## Retrieval", "", *_markdown_table(RETRIEVAL_HEADER, rows), ""]
     if len(parts) == 2:
@@ -224,7 +252,8 @@ img{max-width:120px}.query img{max-width:160px}
 """
 
 
-def write_report(out_dir: Path, title: str, results: dict, examples: list[Example], config: dict | None = None) -> Path:
+def write_report(out_dir: Path, title: str, results: dict, examples: list[Example], config: dict | None = None,
+                 chosen: dict[str, str] | None = None) -> Path:
     """Write out_dir/index.html (thumbnails inlined, plot PNGs beside it) and return its path.
 
     Args:
@@ -233,6 +262,7 @@ def write_report(out_dir: Path, title: str, results: dict, examples: list[Exampl
         results: nested metrics as the CLI prints them ("vqa", "retrieval", "caption"; any may be absent).
         examples: rows of the image grid.
         config: run settings shown as a key/value table.
+        chosen: per task, the name of the generator whose metrics are the section's own.
     Returns:
         The path of index.html.
     """
@@ -241,6 +271,8 @@ def write_report(out_dir: Path, title: str, results: dict, examples: list[Exampl
     sections = [f"<h1>{html.escape(title)}</h1>"]
     if rows := headline_rows(results):
         sections.append("<h2>Headline</h2>" + _html_table(HEADLINE_HEADER, rows))
+    if rows := generator_rows(results, chosen):
+        sections.append("<h2>Generators, on the same items</h2>" + _html_table(GENERATORS_HEADER, rows))
     if rows := retrieval_rows(results):
         sections.append("<h2>Retrieval</h2>" + _html_table(RETRIEVAL_HEADER, rows))
     if plots := write_plots(out_dir, results):

@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ravlm_core import evaluate, report
-from ravlm_core.store import Store
+from ravlm_core.store import CAPTION_PREDICTIONS, VQA_PREDICTIONS, Store
 
 
 @task(cache_policy=NO_CACHE)
@@ -37,13 +37,26 @@ def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs:
             results[kind]["generators"] = {name: {**score(store, ids["with"]),
                                                   "without_retrieval": score(store, ids["without"])}
                                            for name, ids in others.items()}
-    examples = evaluate.vqa_examples(store, jobs["vqa"], jobs.get("vqa_without_retrieval")) if "vqa" in jobs else []
+    chosen = {task: names[0] for task, names in config.get("generators", {}).items()}
+    examples = [example for task, table in (("vqa", VQA_PREDICTIONS), ("caption", CAPTION_PREDICTIONS)) if task in jobs
+                for example in evaluate.job_examples(store, table, _labelled_jobs(task, jobs, chosen.get(task, task)))]
     title = f"ravlm eval: {dataset}/{split}"
-    index = report.write_report(Path(reports_dir).resolve() / dataset / run_id, title, results, examples, config)
-    create_markdown_artifact(report.report_markdown(title, results), key=f"ravlm-eval-{_slug(dataset)}",
+    index = report.write_report(Path(reports_dir).resolve() / dataset / run_id, title, results, examples, config,
+                                chosen)
+    create_markdown_artifact(report.report_markdown(title, results, chosen), key=f"ravlm-eval-{_slug(dataset)}",
                              description=f"{title} ({run_id}); full report: {index}")
     evaluate.record_eval_run(store, run_id, dataset, split, results, config, str(index))
     return {"run_id": run_id, "report": str(index), **results}
+
+
+def _labelled_jobs(task: str, jobs: dict, chosen: str) -> dict[str, str]:
+    """label -> job id of every job of `task`, the chosen generator with retrieval first."""
+    labelled = {chosen: jobs[task], f"{chosen} without retrieval": jobs.get(f"{task}_without_retrieval")}
+    if task == "vqa":
+        labelled["builtin-vote"] = jobs.get("vqa_voting")
+    for name, ids in jobs.get("generators", {}).get(task, {}).items():
+        labelled.update({name: ids["with"], f"{name} without retrieval": ids["without"]})
+    return {label: job for label, job in labelled.items() if job}
 
 
 def _slug(text: str) -> str:
