@@ -40,7 +40,7 @@ YES_NO_QUESTIONS = (
 
 def make_shapes_dataset(
     out_dir: Path, n_train: int | None = None, n_test: int | None = None, seed: int = 0, fmt: str | None = None,
-    style: str = "other-shapes",
+    style: str = "other-shapes", holdout: int = 0,
 ) -> Path:
     """Draw the images into `out_dir/images/` and write `out_dir/manifest.<fmt>`, one row per (image, question).
 
@@ -50,6 +50,9 @@ def make_shapes_dataset(
         seed: the same seed gives byte-identical images and manifest.
         fmt: manifest format, one of csv, jsonl, parquet; None takes the style's default.
         style: "other-shapes" (shapes and colours easy-VQA lacks) or "easy-vqa" (easy-VQA's, drawn differently).
+        holdout: other-shapes only: this many (colour, shape) combinations never appear in train, and half the
+            test images show one of them (manifest column `novel_combination`: "yes" / "no"), so a captioner can
+            be scored on captions no train image has.
     Returns:
         The manifest path.
     Raises:
@@ -69,27 +72,34 @@ def make_shapes_dataset(
 
         rows = draw_easy_vqa_style(out_dir, n_train, n_test, rng)
     else:
-        rows = _draw_other_shapes(out_dir, n_train, n_test, rng)
+        rows = _draw_other_shapes(out_dir, n_train, n_test, rng, holdout)
     manifest = out_dir / f"manifest.{fmt}"
     _write_manifest(rows, manifest)
     log.info("wrote %d images and %d questions to %s", n_train + n_test, len(rows), manifest)
     return manifest
 
 
-def _draw_other_shapes(out_dir: Path, n_train: int, n_test: int, rng: random.Random) -> list[dict]:
+def _draw_other_shapes(out_dir: Path, n_train: int, n_test: int, rng: random.Random, holdout: int = 0) -> list[dict]:
     """Draw the default style's images into `out_dir/images/`; returns its manifest rows."""
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    combos = [(shape, color) for shape in SHAPES for color in COLORS]
+    held = set(rng.sample(combos, holdout)) if holdout else set()
+    seen = [c for c in combos if c not in held]
     rows = []
     for index in range(n_train + n_test):
         split = "train" if index < n_train else "test"
-        shape, color = rng.choice(SHAPES), rng.choice(COLORS)
+        if not held:
+            shape, color = rng.choice(SHAPES), rng.choice(COLORS)
+        else:  # train never shows a held-out combination; every other test image does
+            shape, color = rng.choice(sorted(held) if split == "test" and index % 2 else seen)
         name = f"images/{split}_{index:05d}.png"
         draw_image(rng, shape, color).save(out_dir / name)
         caption = f"a drawing of a {color} {shape}"
+        novel = {"novel_combination": "yes" if (shape, color) in held else "no"} if held else {}
         for question, answer, question_type in make_questions(rng, shape, color):
             rows.append(
                 {"image": name, "caption": caption, "question": question, "answer": answer,
-                 "split": split, "question_type": question_type}
+                 "split": split, "question_type": question_type, **novel}
             )
     return rows
 
@@ -171,9 +181,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, help="test images (other-shapes: 100, easy-vqa: 300)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=FORMATS, dest="fmt", help="other-shapes: csv, easy-vqa: jsonl")
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="other-shapes: (colour, shape) combinations only test images show")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    make_shapes_dataset(args.out_dir, args.train, args.test, args.seed, args.fmt, args.style)
+    make_shapes_dataset(args.out_dir, args.train, args.test, args.seed, args.fmt, args.style, args.holdout)
 
 
 if __name__ == "__main__":

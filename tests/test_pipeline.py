@@ -170,6 +170,29 @@ def test_an_unlabeled_query_set_is_answered_against_another_datasets_knowledge_b
     assert result["vqa"]["evaluated"] is False and result["vqa"]["items"] == 6
 
 
+def test_eval_compares_model_generators_side_by_side_through_the_cli(run, tmp_path):
+    """Tiny random chat VLM and BLIP captioner, saved with save_pretrained and loaded by the flow's own code."""
+    from tests.random_models import make_blip, make_vlm
+
+    ravlm, store = run["ravlm"], run["store"]
+    vlm, blip = make_vlm(tmp_path / "vlm"), make_blip(tmp_path / "blip", "caption")
+    vlm_spec, blip_spec = f"vlm:{vlm},max_new_tokens=3,batch_size=16", f"blip:{blip},max_new_tokens=3"
+    result = ravlm("eval", "--dataset", "shapes", "--generator", vlm_spec, "--generator", blip_spec)
+    n_test_questions = store.count(QA, "split = 'test'")
+    # The chosen generator (the first for each task) keeps the shape scripts read; the others sit beside it.
+    assert result["vqa"]["n"] == result["vqa"]["without_retrieval"]["n"] == n_test_questions
+    assert set(result["caption"]["generators"]) == {blip_spec}
+    assert "cider" in result["caption"]["generators"][blip_spec]["without_retrieval"]
+    jobs = json.loads(store.read(EVAL_RUNS, where=f"run_id = '{result['run_id']}'").to_pylist()[0]["config"])["jobs"]
+    rows = store.read("vqa_predictions", where=f"job_id = '{jobs['vqa']}'").to_pylist()
+    assert len(rows) == n_test_questions and all(r["generator"].startswith("vlm-") for r in rows)
+    assert all("Similar images:" in r["prompt"] and r["question"] in r["prompt"] for r in rows)
+    bare = store.read("vqa_predictions", where=f"job_id = '{jobs['vqa_without_retrieval']}'").to_pylist()
+    assert bare and all("Similar images" not in r["prompt"] and r["neighbour_ids"] == [] for r in bare)
+    html = Path(result["report"]).read_text()
+    assert "Generators, on the same items" in html and blip_spec in html and "prompt (" in html
+
+
 def test_user_errors_are_one_line_and_rejected_rows_exit_3(run, tmp_path):
     ravlm = run["ravlm"]
     missing_kb = ravlm.raw("vqa", "--dataset", "shapes", "--kb", "nowhere:train")
@@ -186,6 +209,10 @@ def test_user_errors_are_one_line_and_rejected_rows_exit_3(run, tmp_path):
     partly = ravlm.raw("ingest", str(broken), "--json")
     assert partly.returncode == 3 and json.loads(partly.stdout)["added"] == 1
     assert "leaves" in json.loads(partly.stdout)["bad_rows"][0]["reason"]
+    unknown = ravlm.raw("caption", "--dataset", "shapes", "--generator", "gpt5")
+    assert unknown.returncode == 2 and "error: unknown generator kind 'gpt5'" in unknown.stderr
+    no_model = ravlm.raw("vqa", "--dataset", "shapes", "--generator", f"vlm:{tmp_path / 'nowhere'}")
+    assert no_model.returncode == 2 and "Traceback" not in no_model.stderr and "nowhere" in no_model.stderr
 
 
 @pytest.mark.slow
