@@ -12,7 +12,7 @@ from ravlm_core.metrics import caption_metrics, retrieval_metrics, vqa_metrics, 
 from ravlm_core.report import Example
 from ravlm_core.retrieve import kb_filter, search, sets_filter, vector_sets_filter, vectors_by_id
 from ravlm_core.store import (ACTIVE, CAPTION_PREDICTIONS, CONTENTS, EVAL_RUNS, IMAGES, IMAGES_SCHEMA, QA, QA_SCHEMA,
-                              VQA_PREDICTIONS, Store, chunks, image_vectors_table, in_list, sql_quote,
+                              VQA_PREDICTIONS, Store, image_vectors_table, in_list, read_lists, sql_quote,
                               text_vectors_table)
 
 EVAL_RUNS_SCHEMA = pa.schema(
@@ -48,7 +48,7 @@ def vqa_job_metrics(store: Store, job: str) -> dict:
         return {"evaluated": False, "reason": "no ground-truth answers in the query set", **leakage}
     types = [rows["question_type"][i] or "unknown" for i in labelled]
     metrics = vqa_metrics([rows["answer"][i] for i in labelled], [rows["prediction"][i] for i in labelled], types)
-    humans = _lists_by_key(store, QA, QA_SCHEMA, "qa_id", "answers", [rows["qa_id"][i] for i in labelled])
+    humans = read_lists(store, QA, QA_SCHEMA, "qa_id", "answers", [rows["qa_id"][i] for i in labelled])
     soft = [i for i in labelled if humans.get(rows["qa_id"][i])]
     if soft:
         scores = vqa_soft_accuracy([rows["prediction"][i] for i in soft], [humans[rows["qa_id"][i]] for i in soft])
@@ -59,7 +59,7 @@ def vqa_job_metrics(store: Store, job: str) -> dict:
 def caption_job_metrics(store: Store, job: str) -> dict:
     """coco-caption scores against every reference caption of each image (COCO: 5), or its one caption."""
     rows = _job_rows(store, CAPTION_PREDICTIONS, job, ["member_id", "prediction", "reference", "near_duplicates"])
-    captions = _lists_by_key(store, IMAGES, IMAGES_SCHEMA, "member_id", "captions", rows["member_id"])
+    captions = read_lists(store, IMAGES, IMAGES_SCHEMA, "member_id", "captions", rows["member_id"])
     references = [captions.get(m) or ([r] if r else []) for m, r in zip(rows["member_id"], rows["reference"])]
     pairs = [(p, refs) for p, refs in zip(rows["prediction"], references) if refs]
     leakage = {"items": len(rows["prediction"]), "near_duplicate_items": sum(n > 0 for n in rows["near_duplicates"])}
@@ -67,18 +67,6 @@ def caption_job_metrics(store: Store, job: str) -> dict:
         return {"evaluated": False, "reason": "no ground-truth captions in the query set", **leakage}
     return {**caption_metrics([p for p, _ in pairs], [refs for _, refs in pairs]), **leakage,
             "evaluated_items": len(pairs)}
-
-
-def _lists_by_key(store: Store, table: str, schema: pa.Schema, key: str, column: str, ids: list[str]) -> dict:
-    """key -> the non-empty list in `column` (several captions, several human answers) for these rows."""
-    if not store.has(table) or not ids:
-        return {}
-    store.ensure_columns(table, schema)  # a store from before the column existed
-    found = {}
-    for part in chunks(sorted(set(ids))):
-        rows = store.read(table, columns=[key, column], where=in_list(key, part))
-        found.update({k: v for k, v in zip(rows.column(key).to_pylist(), rows.column(column).to_pylist()) if v})
-    return found
 
 
 def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str) -> dict | None:

@@ -6,6 +6,7 @@ model received). Rows are committed every batch, so a crash loses at most one ba
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -21,8 +22,8 @@ from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
 from ravlm_core.prompts import context_block
 from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.retrieve import Neighbours, search, vectors_by_id
-from ravlm_core.store import CAPTION_PREDICTIONS, VQA_PREDICTIONS, Store
+from ravlm_core.retrieve import Neighbours, search, sets_filter, vectors_by_id
+from ravlm_core.store import CAPTION_PREDICTIONS, IMAGES, IMAGES_SCHEMA, VQA_PREDICTIONS, Store
 from ravlm_core.vqa import Retrieved, prediction_rows, retrieve_for_items, stored_guard
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,25 @@ def train_smallcap_for(store: Store, kb: KnowledgeBase, k: int, out_root: Path, 
                         exclude=None if guard.drop else image_ids)
     contexts = [context_block("smallcap", [{"caption": kb.captions[i]} for i in ids if i in kb.captions]
                               [: config.context_items], "caption") for ids in neighbours.ids]
-    return train_smallcap(vectors, contexts, [kb.captions[i] for i in image_ids], out_root,
-                          f"{kb.fingerprint}:k={k}", config, device)
+    # One example per (image, reference caption): COCO's five captions teach five ways to say it.
+    references = _kb_references(store, kb)
+    examples = [(row, caption) for row, image_id in enumerate(image_ids)
+                for caption in dict.fromkeys([kb.captions[image_id], *references.get(image_id, [])])]
+    rows = [row for row, _ in examples]
+    captions = [c for _, c in examples]
+    data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
+    return train_smallcap(vectors[rows], [contexts[r] for r in rows], captions, out_root,
+                          f"{kb.fingerprint}:k={k}:{data}", config, device)
+
+
+def _kb_references(store: Store, kb: KnowledgeBase) -> dict[str, list[str]]:
+    """image id -> every reference caption its listings in the KB's sets carry."""
+    store.ensure_columns(IMAGES, IMAGES_SCHEMA)
+    rows = store.read(IMAGES, columns=["image_id", "captions"], where=sets_filter(kb.sets))
+    references: dict[str, list[str]] = {}
+    for image_id, captions in zip(rows.column("image_id").to_pylist(), rows.column("captions").to_pylist()):
+        references.setdefault(image_id, []).extend(captions or [])
+    return references
 
 
 def _no_neighbours(n: int) -> Retrieved:

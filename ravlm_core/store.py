@@ -193,6 +193,18 @@ def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
     )
 
 
+def read_lists(store: Store, table: str, schema: pa.Schema, key: str, column: str, ids: list[str]) -> dict:
+    """key -> the non-empty list in `column` (every caption, every human answer) of these rows."""
+    if not store.has(table) or not ids:
+        return {}
+    store.ensure_columns(table, schema)  # a store from before the column existed
+    found = {}
+    for part in chunks(sorted(set(ids))):
+        rows = store.read(table, columns=[key, column], where=in_list(key, part))
+        found.update({k: v for k, v in zip(rows.column(key).to_pylist(), rows.column(column).to_pylist()) if v})
+    return found
+
+
 def sql_quote(value: str) -> str:
     """Quote a string literal for a LanceDB / DataFusion `where` clause."""
     return "'" + value.replace("'", "''") + "'"
