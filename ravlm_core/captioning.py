@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ravlm_core.generators import GenerationJob
 from ravlm_core.knowledge import IMAGE_TAU, KnowledgeBase
 from ravlm_core.retrieve import Neighbours
 from ravlm_core.store import predictions_schema
@@ -44,8 +45,8 @@ def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_
     return [candidates[i] for i in (image_vectors @ candidate_vectors.T).argmax(1)]
 
 
-def caption_rows(job: str, kb: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours, predictions: list[str],
-                 variant: str, run_id: str, generator: str, prompts: list[str] | None = None) -> pa.Table:
+def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours,
+                 predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
     """The `caption_predictions` rows of one job over `members` (listed images), keyed by (job, listing)."""
     from ravlm_core.vqa import pred_ids
 
@@ -53,13 +54,14 @@ def caption_rows(job: str, kb: KnowledgeBase, members: pd.DataFrame, neighbours:
     now = datetime.now(timezone.utc)
     return pa.Table.from_pydict(
         {
-            "pred_id": pred_ids(job, members["member_id"].tolist()), "job_id": [job] * n,
+            "pred_id": pred_ids(job.job_id, members["member_id"].tolist()), "job_id": [job.job_id] * n,
             "dataset": members["dataset"].tolist(), "split": members["split"].tolist(),
             "member_id": members["member_id"].tolist(), "image_id": members["image_id"].tolist(),
-            "prediction": predictions, "reference": members["caption"].tolist(), "variant": [variant] * n,
+            "prediction": predictions, "reference": members["caption"].tolist(), "variant": [job.variant] * n,
             "kb": [kb.label] * n, "neighbour_ids": neighbours.ids, "neighbour_scores": neighbours.scores,
             "near_duplicates": neighbours.near_duplicates, "model_tag": [kb.model_tag] * n,
-            "generator": [generator] * n, "prompt": prompts or [""] * n, "kb_version": [kb.fingerprint] * n,
+            "generator": [job.tag] * n, "generator_spec": [job.spec_json()] * n, "prompt": prompts or [""] * n,
+            "kb_version": [kb.fingerprint] * n,
             "run_id": [run_id] * n, "created_at": [now] * n,
         },
         schema=CAPTION_SCHEMA,

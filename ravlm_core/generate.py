@@ -62,8 +62,8 @@ def generate_vqa(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job: Gene
         requests = _requests(store, kb, generator, image_ids, questions, contexts, job.spec.context_images)
         read = time.perf_counter()
         generations = generator.generate(requests, "vqa")
-        rows = prediction_rows(job.job_id, kb, batch, retrieved, [g.text for g in generations], job.variant, run_id,
-                               generator=job.tag, prompts=[g.prompt for g in generations])
+        rows = prediction_rows(job, kb, batch, retrieved, [g.text for g in generations], run_id,
+                               [g.prompt for g in generations])
         new += store.upsert(VQA_PREDICTIONS, rows, "pred_id")
         near += sum(n > 0 for n in retrieved.neighbours.near_duplicates)
         _log_batch("vqa", job, len(batch), started, read)
@@ -92,8 +92,8 @@ def generate_captions(store: Store, kb: KnowledgeBase, members: pd.DataFrame, jo
                              job.spec.context_images)
         read = time.perf_counter()
         generations = generator.generate(requests, "caption")
-        rows = caption_rows(job.job_id, kb, batch, neighbours, [g.text for g in generations], job.variant, run_id,
-                            generator=job.tag, prompts=[g.prompt for g in generations])
+        rows = caption_rows(job, kb, batch, neighbours, [g.text for g in generations], run_id,
+                            [g.prompt for g in generations])
         new += store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
         near += sum(n > 0 for n in neighbours.near_duplicates)
         _log_batch("caption", job, len(batch), started, read)

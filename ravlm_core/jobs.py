@@ -113,7 +113,7 @@ def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part
         retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
         answerer = FusionAnswerer(job.model_dir, device) if job.spec.kind == "builtin-fusion" else None
         predictions = answer(kb, retrieved, job.variant, answerer)
-        rows = prediction_rows(job.job_id, kb, items, retrieved, predictions, job.variant, run_id, job.tag)
+        rows = prediction_rows(job, kb, items, retrieved, predictions, run_id)
         n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
         near = sum(n > 0 for n in retrieved.neighbours.near_duplicates)
     log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", job.variant, dataset, split,
@@ -133,7 +133,7 @@ def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, 
         n_new, near = generate_captions(store, kb, members, job, k, device, run_id)
     else:
         neighbours, predictions = _transfer_captions(store, kb, members["image_id"].tolist(), k, job.use_retrieval)
-        rows = caption_rows(job.job_id, kb, members, neighbours, predictions, job.variant, run_id, job.tag)
+        rows = caption_rows(job, kb, members, neighbours, predictions, run_id)
         n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
         near = sum(x > 0 for x in neighbours.near_duplicates)
     log.info("caption[%s] %s/%s part %s: %d images", job.variant, dataset, split, part, len(members))

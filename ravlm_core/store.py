@@ -185,9 +185,10 @@ def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
          # KB images left out because they are the query's own bytes or a near-duplicate (leakage guard)
          ("near_duplicates", pa.int32()),
          ("model_tag", pa.string()),
-         # What generated the prediction (`generators.generator_tag`), the exact prompt its model received
-         # (empty for the builtin answerers), and the KB's fingerprint when it was made.
-         ("generator", pa.string()), ("prompt", pa.string()), ("kb_version", pa.string()),
+         # What generated the prediction (`generators.generator_tag`, and its spec as JSON), the exact prompt its
+         # model received (empty for the builtin answerers), and the KB's fingerprint when it was made.
+         ("generator", pa.string()), ("generator_spec", pa.string()), ("prompt", pa.string()),
+         ("kb_version", pa.string()),
          ("run_id", pa.string()),  # the orchestrator run that wrote the row (Prefect flow run id), for provenance
          ("created_at", pa.timestamp("us", tz="UTC"))]
     )

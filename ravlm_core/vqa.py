@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
 from ravlm_core.embed import text_id
+from ravlm_core.generators import GenerationJob
 from ravlm_core.knowledge import KnowledgeBase
 from ravlm_core.retrieve import Guard, Neighbours, search, sets_filter, signatures_of, vectors_by_id
 from ravlm_core.store import QA, QA_SCHEMA, Store, in_list, predictions_schema
@@ -148,29 +149,29 @@ def pred_ids(job: str, keys: list[str]) -> list[str]:
     return [hashlib.blake2b(f"{job}\x1f{key}".encode(), digest_size=16).hexdigest() for key in keys]
 
 
-def prediction_rows(job: str, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
-                    predictions: list[str], variant: str, run_id: str = "", generator: str = "",
-                    prompts: list[str] | None = None) -> pa.Table:
-    """The `vqa_predictions` rows of one job over `items`: what `generator` answered, and the prompts its model
+def prediction_rows(job: GenerationJob, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
+                    predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
+    """The `vqa_predictions` rows of one job over `items`: what its generator answered, and the prompts its model
     received (empty for the builtin answerers)."""
     n = len(items)
     now = datetime.now(timezone.utc)
-    uses_neighbours = not variant.endswith("no-retrieval")
+    uses_neighbours = job.use_retrieval
     empty = [[] for _ in range(n)]
     columns = {name: items[name].tolist() for name in ITEM_COLUMNS}
     return pa.Table.from_pydict(
         {
             **columns,
-            "pred_id": pred_ids(job, columns["qa_id"]),
-            "job_id": [job] * n,
+            "pred_id": pred_ids(job.job_id, columns["qa_id"]),
+            "job_id": [job.job_id] * n,
             "prediction": predictions,
-            "variant": [variant] * n,
+            "variant": [job.variant] * n,
             "kb": [kb.label] * n,
             "neighbour_ids": retrieved.neighbours.ids if uses_neighbours else empty,
             "neighbour_scores": retrieved.neighbours.scores if uses_neighbours else empty,
             "near_duplicates": retrieved.neighbours.near_duplicates if uses_neighbours else [0] * n,
             "model_tag": [kb.model_tag] * n,
-            "generator": [generator or variant] * n,
+            "generator": [job.tag] * n,
+            "generator_spec": [job.spec_json()] * n,
             "prompt": prompts or [""] * n,
             "kb_version": [kb.fingerprint] * n,
             "run_id": [run_id] * n,

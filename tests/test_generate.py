@@ -2,6 +2,8 @@
 same loaders a user's checkpoint goes through, over a small ingested store with hand-made vectors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -122,6 +124,7 @@ def test_blip_captions_are_prompted_with_the_neighbours_captions_and_not_without
         assert not any(other in row["prompt"] for other in COLORS if other != color)
         assert color in received
         assert row["generator"] == with_rag.tag and row["kb_version"] == kb.fingerprint
+        assert json.loads(row["generator_spec"])["model"] == str(models["blip-caption"])
         assert len(row["neighbour_ids"]) == 2 and row["variant"] == "blip"
     without = _job("blip-cap", f"blip:{models['blip-caption']},max_new_tokens=4", use_retrieval=False)
     spy.calls.clear()

@@ -174,6 +174,11 @@ class GenerationJob:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "spec": self.spec.fields()}
 
+    def spec_json(self) -> str:
+        """What each prediction row records of its generator: the spec's fields, retrieval, trained weights."""
+        return json.dumps({**self.spec.fields(), "use_retrieval": self.use_retrieval, "model_dir": self.model_dir},
+                          sort_keys=True)
+
     @classmethod
     def from_dict(cls, fields: dict) -> GenerationJob:
         return cls(**{**fields, "spec": GeneratorSpec.from_fields(fields["spec"])})
