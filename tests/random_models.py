@@ -1,4 +1,5 @@
-"""Random-weight BLIP and SmolVLM-style (Idefics3) checkpoints built offline from configs, for tests and benchmarks."""
+"""Random-weight BLIP and chat VLM checkpoints (SmolVLM / Idefics3, LLaVA, Qwen2-VL) built offline from configs, for
+tests and benchmarks."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,22 @@ from transformers import (
     BlipForQuestionAnswering,
     BlipImageProcessor,
     BlipProcessor,
+    CLIPImageProcessor,
     GPT2Tokenizer,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessor,
     Idefics3Processor,
+    LlamaTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
 )
 
 # Captions, questions and common words, so ordinary English tokenises into word pieces, not unknown tokens.
@@ -94,20 +106,30 @@ _VLM_SPECIALS = [
 ]
 
 
-def _byte_bpe_tokenizer(vocab_size: int) -> GPT2Tokenizer:
-    """A byte-level BPE tokenizer like SmolVLM's (GPT-2 style), trained on the corpus: any text round-trips.
+def _train_bpe(vocab_size: int, specials: list[str], pre_tokenizer, alphabet: list[str]) -> tuple[dict, list]:
+    """A BPE vocab (specials first, padded to `vocab_size`) and merges, trained on the corpus.
 
-    Unlike WordPiece training, this is the same from run to run: the fixed 256-byte alphabet orders the ids.
+    Unlike WordPiece training, this is the same from run to run: the fixed alphabet orders the ids.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=_VLM_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    tok.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
     tok.train_from_iterator(_corpus(), trainer)
     model = json.loads(tok.to_str())["model"]
     vocab = _pad_vocab(model["vocab"], vocab_size, "<reserved_{}>")
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return vocab, merges
+
+
+def _byte_level_bpe(vocab_size: int, specials: list[str]) -> tuple[dict, list]:
+    """GPT-2 style byte-level BPE (SmolVLM, Qwen2): any text round-trips through the 256-byte alphabet."""
+    pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return _train_bpe(vocab_size, specials, pre_tokenizer, pre_tokenizers.ByteLevel.alphabet())
+
+
+def _byte_bpe_tokenizer(vocab_size: int) -> GPT2Tokenizer:
+    """A byte-level BPE tokenizer like SmolVLM's (GPT-2 style), trained on the corpus: any text round-trips."""
+    vocab, merges = _byte_level_bpe(vocab_size, _VLM_SPECIALS)
     return GPT2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -252,6 +274,145 @@ def make_vlm(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
     side = {"longest_edge": vision["image_size"]}
     image_processor = Idefics3ImageProcessor(size=side, max_image_size=side, do_image_splitting=False)
     processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=image_seq_len, chat_template=_CHAT_TEMPLATE)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+# LLaVA and Qwen2-VL come in "tiny" only, with make_vlm's tiny text model and vocab size.
+_TINY_TEXT, _TINY_VOCAB = _VLM_SIZES["tiny"]["text"], _VLM_SIZES["tiny"]["vocab"]
+
+# llava-hf/llava-1.5-7b-hf's template (without its {% generation %} markers): images first, then the text.
+_LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def _llama_tokenizer(vocab_size: int) -> LlamaTokenizer:
+    """A SentencePiece-style BPE tokenizer like LLaVA-1.5's Llama one: "▁" marks spaces, unknown characters fall
+    back to <0xNN> byte pieces, and the tokenizer (not the chat template) puts <s> first. <pad> and <image> are
+    added specials, as llava-hf adds them."""
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"] + [f"<0x{b:02X}>" for b in range(256)]
+    alphabet = sorted(set(string.ascii_letters + string.digits + string.punctuation) | {"▁"})
+    splitter = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    vocab, merges = _train_bpe(vocab_size, specials, splitter, alphabet)
+    return LlamaTokenizer(vocab=vocab, merges=merges, pad_token="<pad>", extra_special_tokens=["<image>"],
+                          add_bos_token=True)
+
+
+def make_llava(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random LLaVA-1.5-style chat VLM (CLIP vision tower + Llama) with its processor into `folder`.
+
+    64 px images in 16 px patches: 16 patch features plus CLS, and the "default" feature strategy drops CLS, so
+    every image is 16 <image> tokens (the processor expands each <image> of the chat template to that).
+
+    Args:
+        folder: where to save; created if missing.
+        seed: torch seed; the same arguments give the same weights.
+    Returns:
+        `folder`, loadable with AutoProcessor / AutoModelForImageTextToText.from_pretrained.
+    """
+    tokenizer = _llama_tokenizer(_TINY_VOCAB)
+    ids = tokenizer.convert_tokens_to_ids
+    side, patch = 64, 16
+    special = dict(pad_token_id=ids("<pad>"), bos_token_id=ids("<s>"), eos_token_id=ids("</s>"))
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=side, patch_size=patch, projection_dim=32)
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=dict(_TINY_TEXT, model_type="llama", vocab_size=len(tokenizer), **special),
+        image_token_index=ids("<image>"),
+        image_seq_length=(side // patch) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.update(**special)
+    # CLIP preprocessing: shortest edge to 64, centre crop 64 x 64, so every image has the same token count.
+    image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    processor = LlavaProcessor(image_processor, tokenizer, patch_size=patch, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, chat_template=_LLAVA_CHAT_TEMPLATE)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+
+# Qwen/Qwen2-VL-2B-Instruct's template: a default system turn, and each image as
+# <|vision_start|><|image_pad|><|vision_end|> where it stands among the texts.
+_QWEN2VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}"
+    "{% endfor %}<|im_end|>\n"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_qwen2vl(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random Qwen2-VL chat VLM (ViT with 2x2 patch merger + Qwen2 with M-RoPE) with its processor.
+
+    Images are resized (aspect kept) to at most 32 x 32 px in multiples of 16 (8 px patches, merged 2 x 2): a
+    square image is a 4 x 4 patch grid (`image_grid_thw` [1, 4, 4]) and 4 <|image_pad|> tokens.
+
+    Args:
+        folder: where to save; created if missing.
+        seed: torch seed; the same arguments give the same weights.
+    Returns:
+        `folder`, loadable with AutoProcessor / AutoModelForImageTextToText.from_pretrained.
+    """
+    vocab, merges = _byte_level_bpe(_TINY_VOCAB, _QWEN_SPECIALS)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>",
+                               extra_special_tokens=_QWEN_SPECIALS[1:])
+    ids = tokenizer.convert_tokens_to_ids
+    patch, merge, temporal = 8, 2, 2
+    special = dict(pad_token_id=ids("<|endoftext|>"), bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"))
+    head_dim = _TINY_TEXT["hidden_size"] // _TINY_TEXT["num_attention_heads"]
+    # M-RoPE splits a head's head_dim / 2 rotary frequencies into temporal, height and width sections ([2, 1, 1]).
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}
+    vision = dict(depth=2, embed_dim=32, num_heads=4, mlp_ratio=2, hidden_size=_TINY_TEXT["hidden_size"],
+                  patch_size=patch, spatial_merge_size=merge, temporal_patch_size=temporal)
+    config = Qwen2VLConfig(
+        text_config=dict(_TINY_TEXT, vocab_size=len(tokenizer), rope_parameters=rope, **special),
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config.update(**dict(special, eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")]))
+    pixels = dict(patch_size=patch, merge_size=merge, temporal_patch_size=temporal,
+                  min_pixels=(patch * merge) ** 2, max_pixels=32 * 32)
+    processor = Qwen2VLProcessor(Qwen2VLImageProcessor(**pixels), tokenizer, Qwen2VLVideoProcessor(**pixels),
+                                 chat_template=_QWEN2VL_CHAT_TEMPLATE)
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

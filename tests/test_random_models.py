@@ -13,7 +13,7 @@ from transformers import (
     BlipProcessor,
 )
 
-from tests.random_models import make_blip, make_vlm
+from tests.random_models import make_blip, make_llava, make_qwen2vl, make_vlm
 
 ENGLISH = "What color is the shape? Is there a blue triangle? yes no 0 1 2 3 The quick brown fox jumps over a lazy dog."
 
@@ -153,6 +153,32 @@ def test_make_vlm_is_deterministic(tmp_path):
     first, again, other = (load_file(f / "model.safetensors") for f in folders)
     assert (folders[0] / "tokenizer.json").read_text() == (folders[1] / "tokenizer.json").read_text()
     assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+@pytest.mark.parametrize("build, image_token, tokens_per_image", [
+    (make_llava, "<image>", 16),  # (64 / 16)^2 patches; the "default" strategy drops CLIP's CLS
+    (make_qwen2vl, "<|image_pad|>", 4),  # 64 px squared down to 32 px: 4 x 4 patches of 8 px, merged 2 x 2
+])
+def test_llava_and_qwen2vl_agree_with_their_processors_and_are_deterministic(tmp_path, build, image_token,
+                                                                             tokens_per_image):
+    folders = [build(tmp_path / "a"), build(tmp_path / "b"), build(tmp_path / "c", seed=1)]
+    assert_safetensors_only(folders[0])
+    processor = AutoProcessor.from_pretrained(folders[0])
+    model = AutoModelForImageTextToText.from_pretrained(folders[0])
+    assert model.config.text_config.vocab_size == len(processor.tokenizer)
+    tokenizer = processor.tokenizer
+    assert model.config.image_token_id == processor.image_token_id == tokenizer.convert_tokens_to_ids(image_token)
+    ids = tokenizer(ENGLISH, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == ENGLISH and len(ids) < 1.5 * len(ENGLISH.split())
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[[shape_image("red", (64, 64))]], return_tensors="pt")
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == tokens_per_image
+
+    first, again, other = (load_file(f / "model.safetensors") for f in folders)
+    assert (folders[0] / "tokenizer.json").read_text() == (folders[1] / "tokenizer.json").read_text()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
