@@ -20,7 +20,6 @@ from ravlm_core.contents import read_images, read_thumbnails
 from ravlm_core.captioning import caption_rows
 from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
-from ravlm_core.prompts import context_block
 from ravlm_core.knowledge import KnowledgeBase
 from ravlm_core.retrieve import Neighbours, search, sets_filter, vectors_by_id
 from ravlm_core.store import CAPTION_PREDICTIONS, IMAGES, IMAGES_SCHEMA, VQA_PREDICTIONS, Store
@@ -147,8 +146,7 @@ def train_smallcap_for(store: Store, kb: KnowledgeBase, k: int, out_root: Path, 
     guard = stored_guard(store, kb, image_ids)
     neighbours = search(store, kb.image_table, vectors, k, where=kb.where, guard=guard,
                         exclude=None if guard.drop else image_ids)
-    contexts = [context_block("smallcap", [{"caption": kb.captions[i]} for i in ids if i in kb.captions]
-                              [: config.context_items], "caption") for ids in neighbours.ids]
+    shown = [list(dict.fromkeys(kb.captions[i] for i in ids if i in kb.captions)) for ids in neighbours.ids]
     # One example per (image, reference caption): COCO's five captions teach five ways to say it.
     references = _kb_references(store, kb)
     examples = [(row, caption) for row, image_id in enumerate(image_ids)
@@ -156,7 +154,7 @@ def train_smallcap_for(store: Store, kb: KnowledgeBase, k: int, out_root: Path, 
     rows = [row for row, _ in examples]
     captions = [c for _, c in examples]
     data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
-    return train_smallcap(vectors[rows], [contexts[r] for r in rows], captions, out_root,
+    return train_smallcap(vectors[rows], [shown[r] for r in rows], captions, out_root,
                           f"{kb.fingerprint}:k={k}:{data}", config, device)
 
 

@@ -5,7 +5,9 @@ The decoder reads the image as a few prefix embeddings (a linear map of its imag
 architecture from a config (nanoGPT-sized, trained from scratch on the KB's captions with a word-level
 vocabulary of them), so decoding, padding and beam search are transformers' own. Training retrieves for each KB
 image as inference will (never its own bytes or a near-duplicate) and drops the retrieved captions from a share
-of the examples, so the same decoder also runs without retrieval: the comparison the reports make.
+of the examples, so the same decoder also runs without retrieval: the comparison the reports make; and hides
+the target's own caption among the neighbours' from another share, so it learns to read the image and not only
+to copy the nearest caption.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +48,10 @@ class SmallCapConfig:
     batch_size: int = 32
     lr: float = 1e-3
     context_dropout: float = 0.25  # share of training examples that see no retrieved captions
+    # Share of the others whose neighbours lose every caption equal to the target: the KB rarely lacks an
+    # image's exact caption in leave-one-out training, but a new collection often does, and a decoder that
+    # only learnt to copy the nearest caption cannot name a colour-shape pair no neighbour shows.
+    novelty_dropout: float = 0.3
     context_items: int = 5  # retrieved captions per training prompt (the spec's default at inference)
     seed: int = 0
 
@@ -89,15 +96,16 @@ class SmallCap(torch.nn.Module):
         return torch.cat([prefix, self.decoder.get_input_embeddings()(token_ids)], dim=1)
 
 
-def train_smallcap(image_vectors: np.ndarray, contexts: list[str], captions: list[str], out_root: Path,
-                   fingerprint: str, config: SmallCapConfig = SmallCapConfig(), device: str = "cpu") -> Path:
+def train_smallcap(image_vectors: np.ndarray, neighbour_captions: list[list[str]], captions: list[str],
+                   out_root: Path, fingerprint: str, config: SmallCapConfig = SmallCapConfig(),
+                   device: str = "cpu") -> Path:
     """Train (or reuse) a SmallCap decoder; returns its folder `out_root/smallcap-<hash>`.
 
     Args:
-        image_vectors: float32 [n, d], the KB images' vectors.
-        contexts: per image, the context block of its retrieved neighbours' captions (leave-one-out), as
-            `prompts.context_block("smallcap", ...)` writes it; "" for none.
-        captions: per image, the caption to learn.
+        image_vectors: float32 [n, d], the training images' vectors.
+        neighbour_captions: per example, its retrieved neighbours' distinct captions, best first (leave-one-out
+            retrieval); the prompt shows the first `config.context_items` of them.
+        captions: per example, the caption to learn.
         fingerprint: identifies the training data (KB content, encoder, k); with `config` it names the model.
     """
     from safetensors.torch import save_file
@@ -110,6 +118,17 @@ def train_smallcap(image_vectors: np.ndarray, contexts: list[str], captions: lis
     template = load_template("smallcap", "default", "caption")
     tokenizer = build_tokenizer(captions + [render(template, context_block("smallcap", [{"caption": "x"}],
                                                                               "caption"))])
+    rng = np.random.default_rng(config.seed)
+
+    def prompt(i: int) -> str:
+        if rng.random() < config.context_dropout:
+            return render(template, "")
+        shown = neighbour_captions[i]
+        if rng.random() < config.novelty_dropout:
+            shown = [c for c in shown if c != captions[i]]
+        block = context_block("smallcap", [{"caption": c} for c in shown[: config.context_items]], "caption")
+        return render(template, block)
+
     torch.manual_seed(config.seed)
     decoder = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(tokenizer), n_positions=config.max_positions, n_embd=config.n_embd, n_layer=config.n_layer,
@@ -125,11 +144,10 @@ def train_smallcap(image_vectors: np.ndarray, contexts: list[str], captions: lis
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(captions), generator=generator)
-        dropped = torch.rand(len(captions), generator=generator) < config.context_dropout
         total = 0.0
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size].tolist()
-            prompts = [render(template, "" if dropped[i] else contexts[i]) for i in idx]
+            prompts = [prompt(i) for i in idx]
             ids, mask, labels = _training_batch(tokenizer, prompts, [captions[i] for i in idx],
                                                 config.max_positions - config.prefix_tokens)
             embeds = model.embed(vectors[idx].to(device), ids.to(device))
@@ -207,10 +225,13 @@ class SmallCapGenerator:
         vectors = torch.from_numpy(np.stack([r.vector for r in requests]).astype(np.float32))
         embeds, mask = self._left_padded(vectors, ids)
         with torch.inference_mode():
+            # A small decoder that loses its place can loop ("a drawing of a drawing of ..."): no trigram twice
+            # in what it writes (transformers warns that the prompt is not counted: that is the intent).
+            warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
             output = self.model.decoder.generate(
                 inputs_embeds=embeds, attention_mask=mask, max_new_tokens=self.spec.max_new_tokens,
                 num_beams=self.spec.num_beams, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id)
+                pad_token_id=self.tokenizer.pad_token_id, no_repeat_ngram_size=3)
         texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
         return [Generation(detokenize(t), p) for t, p in zip(texts, prompts)]
 
