@@ -203,6 +203,35 @@ def sql(ctx: typer.Context, query: str, as_json: bool = JSON) -> None:
     _emit(json.loads(frame.to_json(orient="records")), as_json, lambda _: typer.echo(frame.to_string(max_rows=50)))
 
 
+@app.command()
+def status(ctx: typer.Context, as_json: bool = JSON) -> None:
+    """The store at a glance: tables (rows, versions, indexes), the pinned encoder, images without vectors, stale
+    predictions and the last runs of each flow. Reads the store only: no Prefect server, no model."""
+    from flows.common import settings_from
+    from ravlm_core.status import store_status
+    from ravlm_core.store import Store
+
+    settings = settings_from(ctx.obj)
+    _emit(store_status(Store(settings.store_uri), settings.models_dir), as_json, _print_status)
+
+
+def _print_status(result: dict) -> None:
+    typer.echo(f"store {result['store']}")
+    encoder = result["encoder"]
+    typer.echo(f"encoder {encoder['model_tag'] if encoder else 'none pinned yet (run ravlm embed)'}")
+    _table("tables", ["table", "rows", "version", "indexes"],
+           [[n, t["rows"], t["version"], ", ".join(t["indexes"])] for n, t in result["tables"].items()])
+    missing = result["images_without_vectors"]
+    if missing is not None:
+        typer.echo(f"images without vectors: {missing['count']}" + (" (run ravlm embed)" if missing["count"] else ""))
+    for table, counts in result["stale_predictions"].items():
+        typer.echo(f"{table}: {counts['rows']} rows, {counts['stale']} from an older KB or encoder")
+    rows = [[flow, r["name"], r["state"], r["finished_at"][:19], r["seconds"], r["message"][:80]]
+            for flow, runs in result["last_runs"].items() for r in runs]
+    if rows:
+        _table("last runs", ["flow", "run", "state", "finished (UTC)", "seconds", "message"], rows)
+
+
 def _table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -25,3 +25,43 @@ def task_runner(settings: Settings):
 
         return RayTaskRunner(address=settings.runner_address or None)
     raise UserError(f"unknown runner {settings.runner!r}: use threads, dask or ray")
+
+
+def record_run(flow, flow_run, state) -> None:
+    """Flow hook (completion, failure, crash): one `runs` row in the flow's store, for `ravlm status`.
+
+    Never raises: a store that cannot be written must not turn a finished run into a failed one."""
+    import logging
+
+    from ravlm_core.status import record_run as write
+    from ravlm_core.store import Store
+
+    try:
+        settings = settings_from((flow_run.parameters or {}).get("overrides"))
+        message = state.message or ""
+        if state.is_completed():
+            message = message or "completed"
+        write(Store(settings.store_uri), str(flow_run.id), flow.name, flow_run.name, state.type.value,
+              message.splitlines()[0] if message else "", flow_run.start_time)
+    except Exception as error:  # noqa: BLE001 - reporting must not fail the run it reports on
+        logging.getLogger(__name__).warning("could not record run %s in the store: %s", flow_run.name, error)
+
+
+# Every flow reports its outcome to the store with these.
+RUN_HOOKS = {"on_completion": [record_run], "on_failure": [record_run], "on_crashed": [record_run],
+             "on_cancellation": [record_run]}
+
+
+def run_name(stage: str, *parameters: str):
+    """A readable flow run name: the stage, the named parameters' values and the UTC date and time, e.g.
+    `ingest-easy-vqa-20261124-0200` (the flow run's parameters are read when the run starts)."""
+    def name() -> str:
+        from datetime import datetime, timezone
+
+        from prefect.runtime import flow_run
+
+        values = flow_run.parameters or {}
+        parts = [stage, *(str(values[p]) for p in parameters if values.get(p))]
+        return f"{'-'.join(parts)}-{datetime.now(timezone.utc):%Y%m%d-%H%M}"
+
+    return name

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows.common import settings_from
+from flows.common import RUN_HOOKS, run_name, settings_from
 from ravlm_core.ingest import content_shards
 from tasks.embed import build_indexes, embed_shard, embed_texts, resolve_encoder
 
 
-@flow(name="embed")
+@flow(name="embed", flow_run_name=run_name("embed"), **RUN_HOOKS)
 def embed_flow(retrain_encoder: bool = False, overrides: dict | None = None) -> dict:
     """Embed every listed image and text the configured encoder's tables lack; only new rows do work."""
     settings = settings_from(overrides)

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from flows.common import settings_from, task_runner
+from flows.common import RUN_HOOKS, run_name, settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
 from ravlm_core.evaluate import split_contents
 from ravlm_core.generators import GeneratorSpec
@@ -21,7 +21,7 @@ from tasks.evaluate import evaluate_run
 DEFAULT_GENERATORS = {"vqa": ("builtin-fusion",), "caption": ("builtin-transfer", "smallcap")}
 
 
-@flow(name="eval")
+@flow(name="eval", flow_run_name=run_name("eval", "dataset", "split"), **RUN_HOOKS)
 def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, questions: str | None = None,
               generators: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Evaluate the query set `dataset`/`split` against the knowledge base `kb` (default: its train split).

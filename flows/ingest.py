@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows.common import settings_from
+from flows.common import RUN_HOOKS, run_name, settings_from
 from tasks.ingest import apply_plan, load_shard, scan_source, write_shard
 
 
-@flow(name="ingest")
+@flow(name="ingest", flow_run_name=run_name("ingest", "dataset"), **RUN_HOOKS)
 def ingest_flow(source: str, dataset: str, manifest: str | None = None, dry_run: bool = False,
                 keep_removed: bool = False, source_format: str = "auto", annotations: str | None = None,
                 questions: str | None = None, overrides: dict | None = None) -> dict:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows.common import settings_from
+from flows.common import RUN_HOOKS, run_name, settings_from
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 from ravlm_core.generators import MODEL_KINDS, TASKS, GenerationJob, GeneratorSpec, generator_tag
@@ -46,7 +46,7 @@ def _spec_for(task: str, generator: str) -> GeneratorSpec:
     return spec
 
 
-@flow(name="vqa")
+@flow(name="vqa", flow_run_name=run_name("vqa", "dataset", "split"), **RUN_HOOKS)
 def vqa_flow(dataset: str, split: str = "test", generator: str = "builtin-fusion", kb: list[str] | None = None,
              questions: str | None = None, no_retrieval: bool = False, overrides: dict | None = None) -> dict:
     """Answer every question of `dataset`/`split` (or, for an unlabeled set, every line of the `questions` file for
@@ -77,7 +77,7 @@ def vqa_flow(dataset: str, split: str = "test", generator: str = "builtin-fusion
     return _summary(job, sets, results)
 
 
-@flow(name="caption")
+@flow(name="caption", flow_run_name=run_name("caption", "dataset", "split"), **RUN_HOOKS)
 def caption_flow(dataset: str, split: str = "test", generator: str = "builtin-transfer", kb: list[str] | None = None,
                  no_retrieval: bool = False, overrides: dict | None = None) -> dict:
     """Caption every image of `dataset`/`split` with `generator`, given its neighbours in the knowledge base `kb`

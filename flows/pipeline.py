@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import settings_from, task_runner
+from flows.common import RUN_HOOKS, run_name, settings_from, task_runner
 from flows.embed import embed_flow
 from flows.evaluate import eval_flow
 from flows.ingest import ingest_flow
@@ -11,7 +11,7 @@ from flows.ingest import ingest_flow
 EMBEDDED_DATASET = "easy-vqa"
 
 
-@flow(name="demo")
+@flow(name="demo", flow_run_name=run_name("demo"), **RUN_HOOKS)
 def demo_flow(overrides: dict | None = None) -> dict:
     """Ingest easy-VQA → train heads + embed + index → VQA + captions with / without retrieval → eval + report."""
     runner = task_runner(settings_from(overrides))
@@ -22,7 +22,7 @@ def demo_flow(overrides: dict | None = None) -> dict:
     return {"ingest": ingested, "embed": embedded, "eval": evaluated}
 
 
-@flow(name="nightly")
+@flow(name="nightly", flow_run_name=run_name("nightly"), **RUN_HOOKS)
 def nightly_flow(sources: list[dict] | None = None, evaluate: bool = True, overrides: dict | None = None) -> dict:
     """Incremental re-index: ingest each source (only new images do work), embed what is new, refresh indexes,
     and evaluate each dataset's test split.

@@ -115,6 +115,17 @@ def test_eval_prints_the_nested_metrics_and_writes_the_report(run):
     assert json.loads(runs[0]["metrics"])["vqa"]["accuracy"] == result["vqa"]["accuracy"]
 
 
+def test_status_reads_the_store_and_the_runs_flows_recorded(run):
+    status = run["ravlm"]("status")
+    assert status["images_without_vectors"]["count"] == 0
+    assert status["encoder"]["model_tag"] == run["embed"]["model_tag"]
+    assert status["tables"]["images"]["rows"] == N_TRAIN + N_TEST and status["tables"]["images"]["version"] >= 1
+    assert {"ingest", "embed", "eval", "vqa", "caption"} <= set(status["last_runs"])
+    ingest = status["last_runs"]["ingest"][0]
+    assert ingest["state"] == "COMPLETED" and ingest["name"].startswith("ingest-shapes-")
+    assert status["stale_predictions"]["vqa_predictions"]["stale"] == 0
+
+
 def test_search_ask_and_sql(run):
     ravlm = run["ravlm"]
     hits = ravlm("search", "a drawing of a purple star", "-k", "5")
@@ -139,6 +150,7 @@ def test_rerunning_every_step_adds_only_a_run_record(run):
     assert again["ingest"]["new_images"] == 0 and again["embed"]["new_images"] == 0
     assert again["eval"]["vqa"] == run["eval"]["vqa"]
     assert after.pop(EVAL_RUNS) == before.pop(EVAL_RUNS) + 1
+    assert after.pop("runs") > before.pop("runs")  # every flow run reports its outcome for `ravlm status`
     assert after == before
     assert store.count(IMAGES) == N_TRAIN + N_TEST
 

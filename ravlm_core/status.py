@@ -1,0 +1,119 @@
+"""The state of a store at a glance, read from the store alone (no Prefect server): tables, the pinned encoder,
+images without vectors, stale predictions, and the last runs of each flow (the `runs` table flows write)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, chunks, image_vectors_table, in_list
+
+RUNS = "runs"
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),  # the orchestrator's flow run id
+        ("flow", pa.string()),
+        ("name", pa.string()),  # the flow run's readable name
+        ("state", pa.string()),  # COMPLETED, FAILED, CRASHED, CANCELLED
+        ("message", pa.string()),  # one line: what failed, or what the run did
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("seconds", pa.float64()),
+    ]
+)
+
+
+def record_run(store: Store, run_id: str, flow: str, name: str, state: str, message: str,
+               started_at: datetime | None) -> None:
+    """One row per flow run, written when it ends (a rerun of the same run id overwrites its row)."""
+    finished = datetime.now(timezone.utc)
+    seconds = (finished - started_at).total_seconds() if started_at else None
+    row = {"run_id": [run_id], "flow": [flow], "name": [name], "state": [state], "message": [message[:500]],
+           "started_at": [started_at], "finished_at": [finished], "seconds": [seconds]}
+    store.upsert(RUNS, pa.Table.from_pydict(row, schema=RUNS_SCHEMA), "run_id")
+
+
+def store_status(store: Store, models_dir: Path, runs_per_flow: int = 3) -> dict:
+    """Tables (rows, version, indexes), the pinned encoder, images without vectors, stale predictions, last runs."""
+    names = sorted(store.db.list_tables().tables)
+    tables = {}
+    for name in names:
+        table = store.table(name)
+        tables[name] = {"rows": table.count_rows(), "version": table.version,
+                        "indexes": sorted(i.name for i in table.list_indices())}
+    encoder = _pinned_encoder(models_dir)
+    return {
+        "store": store.uri,
+        "tables": tables,
+        "encoder": encoder,
+        "images_without_vectors": _images_without_vectors(store, encoder["model_tag"]) if encoder else None,
+        "stale_predictions": _stale_predictions(store),
+        "last_runs": last_runs(store, runs_per_flow),
+    }
+
+
+def _pinned_encoder(models_dir: Path) -> dict | None:
+    pin = Path(models_dir) / "builtin.json"
+    if not pin.is_file():
+        return None
+    model_dir = Path(json.loads(pin.read_text())["model_dir"])
+    spec = model_dir / "encoder.json"
+    tag = json.loads(spec.read_text()).get("tag") if spec.is_file() else None
+    return {"model_dir": str(model_dir), "model_tag": tag or model_dir.name}
+
+
+def _images_without_vectors(store: Store, model_tag: str) -> dict:
+    """Listed images whose content the pinned encoder's vector table lacks: what the next embed will do."""
+    if not store.has(IMAGES):
+        return {"count": 0, "examples": []}
+    listed = sorted(set(store.read(IMAGES, columns=["image_id"], where=ACTIVE).column("image_id").to_pylist()))
+    table = image_vectors_table(model_tag)
+    have: set[str] = set()
+    if store.has(table):
+        for part in chunks(listed):
+            have |= set(store.read(table, columns=["image_id"], where=in_list("image_id", part))
+                        .column("image_id").to_pylist())
+    missing = [i for i in listed if i not in have]
+    return {"count": len(missing), "examples": missing[:5]}
+
+
+def _stale_predictions(store: Store) -> dict:
+    """Prediction rows made with an older KB version or encoder than the newest job of the same kind (same query
+    set, KB, generator and variant): history the next jobs supersede."""
+    out = {}
+    for table in PREDICTION_TABLES:
+        if not store.has(table):
+            continue
+        names = store.table(table).schema.names
+        columns = [c for c in ("dataset", "split", "kb", "variant", "generator", "kb_version", "model_tag",
+                               "created_at") if c in names]
+        frame = store.read(table, columns=columns).to_pandas()
+        if frame.empty:
+            out[table] = {"rows": 0, "stale": 0}
+            continue
+        kind = [c for c in ("dataset", "split", "kb", "variant", "generator") if c in frame]
+        version = [c for c in ("kb_version", "model_tag") if c in frame]
+        frame[version] = frame[version].fillna("")
+        frame = frame.sort_values("created_at", kind="stable")
+        newest = frame.groupby(kind, dropna=False)[version].transform("last")
+        stale = (frame[version] != newest).any(axis=1)
+        out[table] = {"rows": int(len(frame)), "stale": int(stale.sum())}
+    return out
+
+
+def last_runs(store: Store, per_flow: int = 3) -> dict[str, list[dict]]:
+    """The newest runs of each flow: name, state, when, how long, and the one-line message."""
+    if not store.has(RUNS):
+        return {}
+    rows = store.read(RUNS).to_pylist()
+    rows.sort(key=lambda r: r["finished_at"] or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        runs = out.setdefault(row["flow"], [])
+        if len(runs) < per_flow:
+            runs.append({"name": row["name"], "state": row["state"], "finished_at": str(row["finished_at"]),
+                         "seconds": round(row["seconds"], 1) if row["seconds"] is not None else None,
+                         "message": row["message"]})
+    return out
