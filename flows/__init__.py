@@ -2,6 +2,7 @@
 the `ravlm` CLI that runs them."""
 import logging
 import os
+import sys
 
 # Applied on import, before anything imports Prefect: no network here but the package registries, no model hub.
 for _name, _value in {
@@ -14,5 +15,20 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-# Prefect attaches its handlers to the extra loggers but leaves their level at WARNING.
-logging.getLogger("ravlm_core").setLevel(logging.INFO)
+
+def _route_library_logs() -> None:
+    """Send `ravlm_core`'s log lines to the flow run logs on every route.
+
+    Prefect copies its "prefect.extra" handlers to the loggers PREFECT_LOGGING_EXTRA_LOGGERS names when it sets
+    up logging, and leaves their level at WARNING. The CLI and `serve` import this package first, so the
+    variable above is in time; a process worker imports Prefect first and sets up its logging before the flow's
+    module is loaded, so the handlers are copied here instead."""
+    library = logging.getLogger("ravlm_core")
+    library.setLevel(logging.INFO)
+    if "prefect" in sys.modules:
+        for handler in logging.getLogger("prefect.extra").handlers:
+            if handler not in library.handlers:
+                library.addHandler(handler)
+
+
+_route_library_logs()
