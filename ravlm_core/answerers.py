@@ -89,6 +89,12 @@ class FusionAnswerer:
         return out
 
 
+def fusion_dir(out_root: Path, fingerprint: str, config: FusionConfig) -> Path:
+    """Where the answerer for this training data and config lives (whether trained yet or not)."""
+    key = hashlib.blake2b(json.dumps([fingerprint, asdict(config)]).encode(), digest_size=6).hexdigest()
+    return Path(out_root) / f"fusion-{'rag' if config.use_retrieval else 'norag'}-{key}"
+
+
 def train_fusion(
     images: np.ndarray,
     questions: np.ndarray,
@@ -112,8 +118,7 @@ def train_fusion(
     import torch
     from safetensors.torch import save_file
 
-    key = hashlib.blake2b(json.dumps([fingerprint, asdict(config)]).encode(), digest_size=6).hexdigest()
-    model_dir = Path(out_root) / f"fusion-{'rag' if config.use_retrieval else 'norag'}-{key}"
+    model_dir = fusion_dir(out_root, fingerprint, config)
     if (model_dir / "weights.safetensors").exists():
         return model_dir
     if not config.use_retrieval:

@@ -21,6 +21,7 @@ from ravlm_core.captioning import caption_rows
 from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
 from ravlm_core.knowledge import KnowledgeBase
+from ravlm_core.models import timed_load
 from ravlm_core.retrieve import Neighbours, search, sets_filter, vectors_by_id
 from ravlm_core.store import CAPTION_PREDICTIONS, IMAGES, IMAGES_SCHEMA, VQA_PREDICTIONS, Store
 from ravlm_core.vqa import Retrieved, prediction_rows, retrieve_for_items, stored_guard
@@ -41,7 +42,7 @@ def cached_generator(spec: GeneratorSpec, model_dir: str | None, device: str):
 def _load(spec: GeneratorSpec, model_dir: str | None, device: str):
     if model_dir:
         spec = GeneratorSpec.from_fields({**spec.fields(), "model": model_dir})
-    return load_generator(spec, device=device)
+    return timed_load(f"generator {spec.kind} {spec.model}", lambda: load_generator(spec, device=device))
 
 
 def generate_vqa(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job: GenerationJob, k: int, device: str,
@@ -135,27 +136,29 @@ def train_smallcap_for(store: Store, kb: KnowledgeBase, k: int, out_root: Path, 
                        config=None) -> Path:
     """Train (or reuse) the KB's SmallCap decoder on its captioned images, each prompted with the captions of
     its own neighbours, retrieved as inference will: never its own bytes or a near-duplicate of it."""
-    from ravlm_core.generators.smallcap import SmallCapConfig, train_smallcap
+    from ravlm_core.generators.smallcap import META_FILE, SmallCapConfig, smallcap_dir, train_smallcap
 
     config = config or SmallCapConfig()
     image_ids = sorted(kb.captions)
     if not image_ids:
         raise UserError(f"knowledge base {kb.label} has no captions to train smallcap on: caption it, or name "
                         f"another with --kb")
+    # One example per (image, reference caption): COCO's five captions teach five ways to say it.
+    references = _kb_references(store, kb)
+    examples = [(row, caption) for row, image_id in enumerate(image_ids)
+                for caption in dict.fromkeys([kb.captions[image_id], *references.get(image_id, [])])]
+    captions = [c for _, c in examples]
+    data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
+    fingerprint = f"{kb.fingerprint}:k={k}:{data}"
+    if (smallcap_dir(out_root, fingerprint, config) / META_FILE).exists():  # before retrieval: idle nights
+        return smallcap_dir(out_root, fingerprint, config)
     vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
     guard = stored_guard(store, kb, image_ids)
     neighbours = search(store, kb.image_table, vectors, k, where=kb.where, guard=guard,
                         exclude=None if guard.drop else image_ids)
     shown = [list(dict.fromkeys(kb.captions[i] for i in ids if i in kb.captions)) for ids in neighbours.ids]
-    # One example per (image, reference caption): COCO's five captions teach five ways to say it.
-    references = _kb_references(store, kb)
-    examples = [(row, caption) for row, image_id in enumerate(image_ids)
-                for caption in dict.fromkeys([kb.captions[image_id], *references.get(image_id, [])])]
     rows = [row for row, _ in examples]
-    captions = [c for _, c in examples]
-    data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
-    return train_smallcap(vectors[rows], [shown[r] for r in rows], captions, out_root,
-                          f"{kb.fingerprint}:k={k}:{data}", config, device)
+    return train_smallcap(vectors[rows], [shown[r] for r in rows], captions, out_root, fingerprint, config, device)
 
 
 def _kb_references(store: Store, kb: KnowledgeBase) -> dict[str, list[str]]:

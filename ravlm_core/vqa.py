@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
+from ravlm_core.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
 from ravlm_core.embed import text_id
 from ravlm_core.generators import GenerationJob
 from ravlm_core.knowledge import KnowledgeBase
@@ -129,6 +129,9 @@ def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_
     never its own image or a near-duplicate of it."""
     config = config or FusionConfig()
     config = FusionConfig(**{**config.__dict__, "use_retrieval": use_retrieval})
+    trained = fusion_dir(out_root, f"{kb.fingerprint}:k={k}", config)
+    if (trained / "weights.safetensors").exists():  # before retrieving for every KB question: nights stay idle
+        return trained
     items = read_items(store, kb.sets, labelled=True)
     if items.empty:
         raise ValueError(f"knowledge base {kb.label} has no question-answer pairs to train an answerer on")

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ravlm_core import embed, indexing, models
+from ravlm_core.models import timed_load
 from ravlm_core.store import Store
 
 
@@ -16,39 +17,52 @@ def load_cached_encoder(model_ref: str, device: str):
     # Heavy objects are built inside the worker that uses them, once per process, not passed between tasks.
     from ravlm_core.encoders import load_encoder
 
-    return load_encoder(model_ref, device=device)
+    return timed_load(f"encoder {model_ref}", lambda: load_encoder(model_ref, device=device))
 
 
 @lru_cache(maxsize=2)
 def load_cached_question_encoder(device: str):
     from ravlm_core.encoders.questions import QuestionEncoder
 
-    return QuestionEncoder(device)
+    return timed_load("question encoder", lambda: QuestionEncoder(device))
+
+
+def lazy_encoder(model_ref: str, device: str):
+    """The encoder as tasks use it: tag and dim from its files, weights loaded only when something is new."""
+    from ravlm_core.encoders import LazyEncoder, describe_encoder
+
+    return LazyEncoder(*describe_encoder(model_ref), lambda: load_cached_encoder(model_ref, device))
+
+
+def lazy_question_encoder(device: str):
+    from ravlm_core.encoders import LazyEncoder
+    from ravlm_core.encoders.questions import QuestionEncoder, question_encoder_tag
+
+    return LazyEncoder(question_encoder_tag(), QuestionEncoder.dim, lambda: load_cached_question_encoder(device))
 
 
 @task(cache_policy=NO_CACHE)
 def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, retrain: bool = False) -> dict:
-    """The encoder folder / id to load, training the built-in alignment heads first when needed."""
-    model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
-    encoder = load_cached_encoder(model_ref, device)
+    """The encoder folder / id to use, training the built-in alignment heads first when needed (its weights are
+    not loaded here: tag and dim come from its files)."""
+    from ravlm_core.encoders import describe_encoder
     from ravlm_core.encoders.questions import question_encoder_tag
 
-    return {"model_ref": model_ref, "model_tag": encoder.tag, "dim": encoder.dim,
-            "question_tag": question_encoder_tag()}
+    model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
+    tag, dim = describe_encoder(model_ref)
+    return {"model_ref": model_ref, "model_tag": tag, "dim": dim, "question_tag": question_encoder_tag()}
 
 
 @task(cache_policy=NO_CACHE, retries=2)
 def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, batch_size: int) -> dict:
-    encoder = load_cached_encoder(model_ref, device)
-    return asdict(embed.embed_shard(Store(store_uri), encoder, shard_path, batch_size))
+    return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path, batch_size))
 
 
 @task(cache_policy=NO_CACHE, retries=2)
 def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, datasets: list[str] | None = None,
                 extra_questions: list[str] | None = None) -> dict:
-    encoder, questions = load_cached_encoder(model_ref, device), load_cached_question_encoder(device)
-    return asdict(embed.embed_texts(Store(store_uri), encoder, datasets, batch_size * 4, questions,
-                                    extra_questions or []))
+    return asdict(embed.embed_texts(Store(store_uri), lazy_encoder(model_ref, device), datasets, batch_size * 4,
+                                    lazy_question_encoder(device), extra_questions or []))
 
 
 @task(cache_policy=NO_CACHE)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:
-    import numpy as np
     from PIL import Image
 
 SPEC_FILE = "encoder.json"
@@ -64,6 +65,41 @@ def load_encoder(ref: str | Path, *, device: str = "cpu") -> Encoder:
     from ravlm_core.encoders.hf import HFEncoder
 
     return HFEncoder(ref, device=device)
+
+
+def describe_encoder(ref: str | Path) -> tuple[str, int]:
+    """The (tag, dim) `load_encoder(ref)` would have, read from the model's files without loading its weights."""
+    path = Path(ref)
+    if path.is_dir() and (path / SPEC_FILE).is_file():
+        _check_kind(path / SPEC_FILE)
+        spec = json.loads((path / SPEC_FILE).read_text())
+        return spec["tag"], int(spec["dim"])
+    from transformers import AutoConfig
+
+    from ravlm_core.encoders.hf import describe_hf_encoder
+    from ravlm_core.model_files import resolve_folder
+
+    folder = resolve_folder(ref)
+    return describe_hf_encoder(ref, folder, AutoConfig.from_pretrained(folder))
+
+
+class LazyEncoder:
+    """An `Encoder` that knows its tag and dim from files and loads its weights on the first embed call, so a run
+    with nothing new to embed loads no model."""
+
+    def __init__(self, tag: str, dim: int, load: Callable[[], Encoder]):
+        self.tag, self.dim, self._load, self._encoder = tag, dim, load, None
+
+    def _loaded(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = self._load()
+        return self._encoder
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        return self._loaded().embed_images(images) if images else np.zeros((0, self.dim), np.float32)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self._loaded().embed_texts(texts) if texts else np.zeros((0, self.dim), np.float32)
 
 
 def _check_kind(spec_path: Path) -> None:

@@ -14,12 +14,6 @@ from ravlm_core.model_files import folder_digest, resolve_folder
 SUPPORTED_MODEL_TYPES = ("clip", "siglip")
 
 
-def make_tag(model_type: str, name: str, folder: Path) -> str:
-    """`hf-<model_type>-<sanitised name>-<12 hex of the folder digest>`, safe for table and folder names."""
-    slug = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")[:48] or "model"
-    return f"hf-{model_type}-{slug}-{folder_digest(folder)[:12]}"
-
-
 class HFEncoder:
     """CLIP or SigLIP through transformers: `get_image_features` / `get_text_features`, L2-normalised."""
 
@@ -39,10 +33,7 @@ class HFEncoder:
         self.device = device
         self.model_type = config.model_type
         self.max_length = config.text_config.max_position_embeddings
-        # A hub id names the model better than its snapshot folder (a commit hash).
-        name = Path(ref).name if Path(ref).is_dir() else str(ref)
-        self.tag = make_tag(config.model_type, name, folder)
-        self.dim = config.projection_dim if config.model_type == "clip" else config.text_config.projection_size
+        self.tag, self.dim = describe_hf_encoder(ref, folder, config)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """float32 [n, dim] unit rows."""
@@ -72,3 +63,13 @@ class HFEncoder:
 def _embeddings(output) -> torch.Tensor:
     """transformers 5 returns a ModelOutput whose pooler_output holds the projected embeddings; 4.x a tensor."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def describe_hf_encoder(ref: str | Path, folder: Path, config) -> tuple[str, int]:
+    """(tag, dim): `hf-<model_type>-<sanitised name>-<12 hex of the folder digest>`, safe for table and folder
+    names, and the embedding size, from the files alone."""
+    # A hub id names the model better than its snapshot folder (a commit hash).
+    name = Path(ref).name if Path(ref).is_dir() else str(ref)
+    slug = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")[:48] or "model"
+    dim = config.projection_dim if config.model_type == "clip" else config.text_config.projection_size
+    return f"hf-{config.model_type}-{slug}-{folder_digest(folder)[:12]}", dim

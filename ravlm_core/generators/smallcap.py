@@ -96,6 +96,12 @@ class SmallCap(torch.nn.Module):
         return torch.cat([prefix, self.decoder.get_input_embeddings()(token_ids)], dim=1)
 
 
+def smallcap_dir(out_root: Path, fingerprint: str, config: SmallCapConfig) -> Path:
+    """Where the decoder for this training data and config lives (whether trained yet or not)."""
+    key = hashlib.blake2b(json.dumps([fingerprint, asdict(config)]).encode(), digest_size=6).hexdigest()
+    return Path(out_root) / f"smallcap-{key}"
+
+
 def train_smallcap(image_vectors: np.ndarray, neighbour_captions: list[list[str]], captions: list[str],
                    out_root: Path, fingerprint: str, config: SmallCapConfig = SmallCapConfig(),
                    device: str = "cpu") -> Path:
@@ -111,8 +117,7 @@ def train_smallcap(image_vectors: np.ndarray, neighbour_captions: list[list[str]
     from safetensors.torch import save_file
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    key = hashlib.blake2b(json.dumps([fingerprint, asdict(config)]).encode(), digest_size=6).hexdigest()
-    model_dir = Path(out_root) / f"smallcap-{key}"
+    model_dir = smallcap_dir(out_root, fingerprint, config)
     if (model_dir / META_FILE).exists():
         return model_dir
     template = load_template("smallcap", "default", "caption")
