@@ -62,11 +62,13 @@ HISTOGRAM_EDGES = [0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0001]
 class Runner:
     """Runs CLI commands as a user would (fresh Prefect home under --out) and keeps them for the report."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, keep_stderr: bool = False):
         self.out = out
         self.env_prefix = {"PREFECT_HOME": str(out / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         self.commands: list[str] = []
         self.seconds: dict[str, float] = {}
+        self.keep_stderr = keep_stderr
+        self.stderr: dict[str, str] = {}  # per command name, with keep_stderr
 
     def ravlm(self, name: str, *args: str, env: dict[str, str] | None = None) -> dict:
         """One `ravlm --data-dir OUT/data ... --json` command; returns its JSON output."""
@@ -85,6 +87,8 @@ class Runner:
         start = time.perf_counter()
         done = subprocess.run(argv, cwd=ROOT, env=full_env, capture_output=True, text=True, check=False)
         self.seconds[name] = round(time.perf_counter() - start, 1)
+        if self.keep_stderr:
+            self.stderr[name] = done.stderr
         if done.returncode:
             sys.exit(f"{shlex.join(shown)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
         return done

@@ -88,6 +88,22 @@ def demo(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 
 @app.command()
+def nightly(ctx: typer.Context,
+            source: Optional[list[str]] = typer.Option(None, help="SOURCE or SOURCE=DATASET, repeatable (default: "
+                                                       "easy-vqa): what the scheduled deployment re-indexes."),
+            evaluate: bool = typer.Option(True, "--evaluate/--skip-eval", help="Evaluate each dataset's test split."),
+            as_json: bool = JSON) -> None:
+    """The scheduled job by hand: ingest every source (only what changed does work), embed, evaluate, compact."""
+    from flows.pipeline import nightly_flow
+
+    sources = []
+    for spec in source or ["easy-vqa"]:
+        path, _, name = spec.partition("=")
+        sources.append({"source": path, "dataset": name or (path if path == "easy-vqa" else Path(path).resolve().name)})
+    _emit(_run(ctx, nightly_flow, sources, evaluate), as_json, _print_summary)
+
+
+@app.command()
 def ingest(ctx: typer.Context, source: str = typer.Argument(..., help='"easy-vqa" or a folder of images.'),
            dataset: Optional[str] = typer.Option(None, help="Dataset name (default: the folder's name)."),
            manifest: Optional[Path] = typer.Option(None, help="Manifest file (default: manifest.* in the folder)."),

@@ -1,6 +1,7 @@
 """Evaluate flow: run the jobs to compare (with / without retrieval), then metrics → report → eval_runs."""
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
 
@@ -8,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import RUN_HOOKS, run_name, settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
-from ravlm_core.evaluate import split_contents
+from ravlm_core.evaluate import latest_eval_run, split_contents
 from ravlm_core.generators import GeneratorSpec
 from ravlm_core.jobs import check_query_set
 from ravlm_core.knowledge import kb_label, parse_kb
@@ -23,13 +24,15 @@ DEFAULT_GENERATORS = {"vqa": ("builtin-fusion",), "caption": ("builtin-transfer"
 
 @flow(name="eval", flow_run_name=run_name("eval", "dataset", "split"), **RUN_HOOKS)
 def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, questions: str | None = None,
-              generators: list[str] | None = None, overrides: dict | None = None) -> dict:
+              generators: list[str] | None = None, only_if_changed: bool = False, overrides: dict | None = None) -> dict:
     """Evaluate the query set `dataset`/`split` against the knowledge base `kb` (default: its train split).
 
     Each generator (specs, see ravlm_core.generators; default: DEFAULT_GENERATORS) runs with and without
     retrieval; the first one of each task fills the `vqa` / `caption` keys, the others go
     under `generators`, and VQA voting always runs as a baseline. Text→image retrieval is scored too. Metrics
-    are computed where the query set has ground truth; the result says where it has none."""
+    are computed where the query set has ground truth; the result says where it has none. With `only_if_changed`
+    (the nightly), a run whose jobs are those of the last evaluation and added no prediction returns that
+    evaluation (`"unchanged": true`) instead of writing the same report again."""
     settings = settings_from(overrides)
     runner = task_runner(settings)
     sets = parse_kb(kb, dataset, settings.kb_split)
@@ -50,8 +53,13 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     caption = caption_flow.with_options(task_runner=runner)
     jobs: dict = {"generators": {"vqa": {}, "caption": {}}}
 
+    new_rows = 0
+
     def both(task: str, generator: str, run) -> None:
-        ids = {"with": run(generator, False)["job_id"], "without": run(generator, True)["job_id"]}
+        nonlocal new_rows
+        results = {"with": run(generator, False), "without": run(generator, True)}
+        new_rows += sum(r["new_rows"] for r in results.values())
+        ids = {key: r["job_id"] for key, r in results.items()}
         if generator == chosen[task][0]:
             jobs[task], jobs[f"{task}_without_retrieval"] = ids["with"], ids["without"]
         else:
@@ -60,10 +68,18 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     if has["qa"]:
         for generator in chosen["vqa"]:
             both("vqa", generator, lambda g, off: vqa(dataset, split, g, kb, questions, off, overrides))
-        jobs["vqa_voting"] = vqa(dataset, split, "builtin-vote", kb, questions, False, overrides)["job_id"]
+        voting = vqa(dataset, split, "builtin-vote", kb, questions, False, overrides)
+        jobs["vqa_voting"], new_rows = voting["job_id"], new_rows + voting["new_rows"]
     if has["captions"]:
         for generator in chosen["caption"]:
             both("caption", generator, lambda g, off: caption(dataset, split, g, kb, off, overrides))
+    if only_if_changed and not new_rows:
+        last = latest_eval_run(store, dataset, split)
+        if last and json.loads(last["config"]).get("jobs") == jobs:
+            get_run_logger().info("%s/%s: nothing changed since %s; its report stands: %s", dataset, split,
+                                  last["run_id"], last["report"])
+            return {"run_id": last["run_id"], "report": last["report"], "unchanged": True,
+                    **json.loads(last["metrics"])}
     run_id = f"eval-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     config = {"encoder": encoder["model_tag"], "k": settings.k, "kb": kb_label(sets), "dataset": dataset,
               "split": split, "retrieval": retrieval_settings(settings), "generators": chosen, "jobs": jobs}

@@ -7,6 +7,7 @@ from flows.common import RUN_HOOKS, run_name, settings_from, task_runner
 from flows.embed import embed_flow
 from flows.evaluate import eval_flow
 from flows.ingest import ingest_flow
+from tasks.embed import compact_store
 
 EMBEDDED_DATASET = "easy-vqa"
 
@@ -27,16 +28,25 @@ def nightly_flow(sources: list[dict] | None = None, evaluate: bool = True, overr
     """Incremental re-index: ingest each source (only new images do work), embed what is new, refresh indexes,
     and evaluate each dataset's test split.
 
-    `sources`: [{"source": "easy-vqa" | folder, "dataset": name, "manifest": optional path,
-    "kb": optional ["DATASET[:SPLIT]", ...] to evaluate its test split against}].
+    `sources`: [{"source": "easy-vqa" | folder, "dataset": name, "manifest": optional path, "format": optional
+    (coco, vqav2, ...), "annotations" / "questions": optional paths, "kb": optional ["DATASET[:SPLIT]", ...] to
+    evaluate its test split against}].
+
+    A night with nothing new loads no model and writes no report: evaluation keeps the last report when every
+    job of it is unchanged. Old table versions are then dropped (`keep_versions_days`).
     """
     sources = sources or [{"source": EMBEDDED_DATASET, "dataset": EMBEDDED_DATASET}]
-    runner = task_runner(settings_from(overrides))
+    settings = settings_from(overrides)
+    runner = task_runner(settings)
     ingested = [
-        ingest_flow.with_options(task_runner=runner)(s["source"], s["dataset"], s.get("manifest"), overrides=overrides)
+        ingest_flow.with_options(task_runner=runner)(
+            s["source"], s["dataset"], s.get("manifest"), source_format=s.get("format", "auto"),
+            annotations=s.get("annotations"), questions=s.get("questions"), overrides=overrides)
         for s in sources
     ]
     embedded = embed_flow.with_options(task_runner=runner)(False, overrides)
-    evaluated = [eval_flow.with_options(task_runner=runner)(s["dataset"], "test", s.get("kb"), overrides=overrides)
+    evaluated = [eval_flow.with_options(task_runner=runner)(s["dataset"], "test", s.get("kb"), only_if_changed=True,
+                                                            overrides=overrides)
                  for s in sources] if evaluate else []
-    return {"ingest": ingested, "embed": embedded, "eval": evaluated}
+    compacted = compact_store(settings.store_uri, settings.keep_versions_days)
+    return {"ingest": ingested, "embed": embedded, "eval": evaluated, "compacted": compacted}

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # edits; benchmarks/leakage_bench.py chose it); false keeps such hits, still counted.
     leakage_guard: bool = True
     near_duplicate_distance: float = 3.0
+    # Table versions older than this are dropped by the nightly's compaction (time travel works within it).
+    keep_versions_days: float = 7.0
     # Images over this many pixels are rejected at ingest as likely decompression bombs.
     max_image_pixels: int = 64_000_000
     seed: int = 0

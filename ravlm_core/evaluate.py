@@ -137,6 +137,14 @@ def record_eval_run(store: Store, run_id: str, dataset: str, split: str, results
     store.upsert(EVAL_RUNS, pa.Table.from_pydict(row, schema=EVAL_RUNS_SCHEMA), "run_id")
 
 
+def latest_eval_run(store: Store, dataset: str, split: str) -> dict | None:
+    """The newest `eval_runs` row of this query set, or None."""
+    if not store.has(EVAL_RUNS):
+        return None
+    rows = store.read(EVAL_RUNS, where=f"dataset = {sql_quote(dataset)} AND split = {sql_quote(split)}").to_pylist()
+    return max(rows, key=lambda r: r["created_at"]) if rows else None
+
+
 def split_contents(store: Store, dataset: str, split: str, kb: list[tuple[str, str]]) -> dict[str, bool]:
     """Which jobs make sense: questions in the query set and answers in the KB; captions in the KB.
 

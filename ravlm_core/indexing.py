@@ -62,3 +62,21 @@ def build_indexes(store: Store, model_tag: str, question_tag: str | None = None,
         built[name] = sorted({c for index in table.list_indices() for c in index.columns})
         log.info("indexed %s: %s", name, ", ".join(built[name]))
     return built
+
+
+def compact(store: Store, keep_versions_days: float) -> dict[str, dict[str, int]]:
+    """Compact small fragments and drop table versions older than `keep_versions_days` in every table, so a store
+    that has run a year of nightlies is not a year of versions deep. Time travel stays possible within the
+    window; a table with nothing to compact gets no new version."""
+    from datetime import timedelta
+
+    out = {}
+    for name in sorted(store.db.list_tables().tables):
+        table = store.table(name)
+        before = len(table.list_versions())
+        table.optimize(cleanup_older_than=timedelta(days=keep_versions_days))
+        out[name] = {"versions_before": before, "versions_after": len(table.list_versions())}
+    removed = sum(v["versions_before"] - v["versions_after"] for v in out.values())
+    log.info("compacted %d tables, %d old versions removed (keeping %.1f days)", len(out), removed,
+             keep_versions_days)
+    return out

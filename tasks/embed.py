@@ -68,3 +68,11 @@ def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, da
 @task(cache_policy=NO_CACHE)
 def build_indexes(store_uri: str, model_tag: str, question_tag: str) -> dict:
     return indexing.build_indexes(Store(store_uri), model_tag, question_tag)
+
+
+@task(cache_policy=NO_CACHE)
+def compact_store(store_uri: str, keep_versions_days: float) -> dict:
+    """Compact every table and drop its versions older than the retention window; returns versions removed."""
+    stats = indexing.compact(Store(store_uri), keep_versions_days)
+    return {"tables": len(stats), "versions_removed": sum(v["versions_before"] - v["versions_after"]
+                                                          for v in stats.values())}

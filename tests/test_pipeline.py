@@ -6,6 +6,7 @@ assertions; a second run of every command must add no rows except the new eval r
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -124,6 +125,39 @@ def test_status_reads_the_store_and_the_runs_flows_recorded(run):
     ingest = status["last_runs"]["ingest"][0]
     assert ingest["state"] == "COMPLETED" and ingest["name"].startswith("ingest-shapes-")
     assert status["stale_predictions"]["vqa_predictions"]["stale"] == 0
+
+
+class LoadLog(logging.Handler):
+    """Counts the "loaded ..." lines every model load logs (ravlm_core.models.timed_load)."""
+
+    def __init__(self):
+        super().__init__()
+        self.loads: list[str] = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("loaded "):
+            self.loads.append(record.getMessage())
+
+
+def test_an_idle_nightly_loads_no_model_writes_no_report_and_no_table_version(run):
+    from flows.pipeline import nightly_flow
+
+    store, ravlm = run["store"], run["ravlm"]
+    overrides = {"data_dir": ravlm.options[1], "reports_dir": ravlm.options[3]}
+    sources = [{"source": str(run["folder"]), "dataset": "shapes"}]
+    nightly_flow(sources, overrides=overrides)  # settles whatever earlier tests left to evaluate
+    versions = {name: store.table(name).version for name in store.db.list_tables().tables}
+    handler = LoadLog()
+    logging.getLogger("ravlm_core").addHandler(handler)
+    try:
+        idle = nightly_flow(sources, overrides=overrides)
+    finally:
+        logging.getLogger("ravlm_core").removeHandler(handler)
+    assert handler.loads == []
+    assert idle["embed"]["new_images"] == 0 and idle["eval"][0]["unchanged"] is True
+    after = {name: store.table(name).version for name in store.db.list_tables().tables}
+    assert after.pop("runs") > versions.pop("runs")  # the run's own record, for `ravlm status`
+    assert after == versions
 
 
 def test_search_ask_and_sql(run):
