@@ -7,6 +7,8 @@ from functools import lru_cache
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.retry import RETRY
+
 from ravlm_core import embed, indexing, models
 from ravlm_core.models import timed_load
 from ravlm_core.store import Store
@@ -53,12 +55,12 @@ def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, ret
     return {"model_ref": model_ref, "model_tag": tag, "dim": dim, "question_tag": question_encoder_tag()}
 
 
-@task(cache_policy=NO_CACHE, retries=2)
+@task(cache_policy=NO_CACHE, **RETRY)
 def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, batch_size: int) -> dict:
     return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path, batch_size))
 
 
-@task(cache_policy=NO_CACHE, retries=2)
+@task(cache_policy=NO_CACHE, **RETRY)
 def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, datasets: list[str] | None = None,
                 extra_questions: list[str] | None = None) -> dict:
     return asdict(embed.embed_texts(Store(store_uri), lazy_encoder(model_ref, device), datasets, batch_size * 4,

@@ -7,6 +7,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.retry import RETRY
+
 from ravlm_core import ingest, membership
 from ravlm_core.store import Store
 
@@ -22,17 +24,17 @@ def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, sha
     return asdict(result)
 
 
-@task(cache_policy=NO_CACHE, retries=1)
+@task(cache_policy=NO_CACHE, **RETRY)
 def write_shard(content_path: str, shard: str, parquet_dir: str, max_pixels: int) -> dict:
     return asdict(ingest.write_shard(content_path, shard, Path(parquet_dir), max_pixels))
 
 
-@task(cache_policy=NO_CACHE, retries=2)
+@task(cache_policy=NO_CACHE, **RETRY)
 def load_shard(store_uri: str, shard_path: str) -> int:
     return ingest.load_shard(Store(store_uri), shard_path)
 
 
-@task(cache_policy=NO_CACHE, retries=2)
+@task(cache_policy=NO_CACHE, **RETRY)
 def apply_plan(store_uri: str, plan_path: str, keep_removed: bool) -> dict:
     """One task for the whole plan: membership writes never race each other."""
     return asdict(membership.apply_plan(Store(store_uri), plan_path, keep_removed))

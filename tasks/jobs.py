@@ -10,6 +10,8 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tasks.retry import RETRY
 from prefect.runtime import flow_run
 
 from ravlm_core import generate, jobs, vqa
@@ -51,7 +53,7 @@ def train_smallcap(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: 
     return str(generate.train_smallcap_for(Store(store_uri), knowledge, k, Path(models_dir) / "smallcap", device))
 
 
-@task(cache_policy=NO_CACHE, retries=1)
+@task(cache_policy=NO_CACHE, **RETRY)
 def vqa_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: str, split: str, part: str, job: dict,
              k: int, device: str, questions: list[str] | None = None) -> dict:
     knowledge = _kb(store_uri, encoder, kb, retrieval)
@@ -59,7 +61,7 @@ def vqa_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: 
                                     device, _run_id(), questions))
 
 
-@task(cache_policy=NO_CACHE, retries=1)
+@task(cache_policy=NO_CACHE, **RETRY)
 def caption_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: str, split: str, part: str,
                  job: dict, k: int, device: str) -> dict:
     knowledge = _kb(store_uri, encoder, kb, retrieval)
