@@ -88,6 +88,16 @@ def demo(ctx: typer.Context, as_json: bool = JSON) -> None:
 
 
 @app.command()
+def serve(ctx: typer.Context) -> None:
+    """Serve every deployment from this process: the scheduled nightly (RAVLM_NIGHTLY_CRON in
+    RAVLM_NIGHTLY_TIMEZONE) and each stage for `prefect deployment run`. Needs a Prefect server (PREFECT_API_URL)."""
+    from flows.common import settings_from
+    from flows.serve import serve_all
+
+    serve_all(settings_from(ctx.obj))
+
+
+@app.command()
 def nightly(ctx: typer.Context,
             source: Optional[list[str]] = typer.Option(None, help="SOURCE or SOURCE=DATASET, repeatable (default: "
                                                        "easy-vqa): what the scheduled deployment re-indexes."),

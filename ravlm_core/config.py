@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     runner_address: str = ""
     # Concurrent tasks with the thread runner; torch already uses every core inside one task.
     workers: int = 2
+    # The scheduled nightly (`ravlm serve`, deployments/serve.py): when, in which time zone, and what it re-indexes
+    # ([{"source": ..., "dataset": ...}, ...] as `nightly_flow` takes them; RAVLM_NIGHTLY_SOURCES as JSON).
+    nightly_cron: str = "0 2 * * *"
+    nightly_timezone: str = "UTC"
+    nightly_sources: list[dict] = [{"source": "easy-vqa", "dataset": "easy-vqa"}]
 
     @classmethod
     def settings_customise_sources(
