@@ -119,23 +119,32 @@ def blip_task(model: str) -> str:
     return "vqa" if "BlipForQuestionAnswering" in (config.get("architectures") or []) else "caption"
 
 
-def generator_tag(spec: GeneratorSpec, model_folder: str | Path | None = None) -> str:
+def model_folder(spec: GeneratorSpec) -> Path:
+    """The local folder of `spec.model` (a hub id resolves through the local cache); a missing one is a user
+    error naming the generator."""
+    from ravlm_core.model_files import resolve_folder
+
+    try:
+        return resolve_folder(spec.model)
+    except FileNotFoundError as err:
+        raise UserError(f"generator {spec.kind}: {err}") from None
+
+
+def generator_tag(spec: GeneratorSpec, weights: str | Path | None = None) -> str:
     """`<kind>-<12 hex>` over the spec's fields, its model files and its prompt templates' text: whatever decides
     what it generates. Needs no torch, so flows name jobs before any model loads.
 
     Args:
-        model_folder: where the weights are, when not `spec.model` (a smallcap decoder trained for this KB).
+        weights: where the weights are, when not `spec.model` (a smallcap decoder trained for this KB).
     """
-    from ravlm_core.model_files import folder_digest, resolve_folder
+    from ravlm_core.model_files import folder_digest
     from ravlm_core.prompts import load_template
 
     digest = hashlib.blake2b(json.dumps(spec.fields(), sort_keys=True).encode(), digest_size=6)
-    folder = model_folder or (spec.model if spec.kind in MODEL_KINDS and spec.model else None)
-    if folder is not None:
-        try:
-            digest.update(folder_digest(resolve_folder(folder)).encode())
-        except FileNotFoundError as err:
-            raise UserError(f"generator {spec.kind}: {err}") from None
+    if weights is not None:
+        digest.update(folder_digest(Path(weights)).encode())
+    elif spec.kind in MODEL_KINDS and spec.model:
+        digest.update(folder_digest(model_folder(spec)).encode())
     if spec.kind in MODEL_KINDS:
         for task, kinds in TASKS.items():
             if spec.kind in kinds:

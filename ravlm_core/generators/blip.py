@@ -11,8 +11,8 @@ from itertools import groupby
 import torch
 
 from ravlm_core.errors import UserError
-from ravlm_core.generators import Generation, GeneratorSpec, Request, blip_task, generator_tag, torch_dtype
-from ravlm_core.model_files import resolve_folder
+from ravlm_core.generators import (Generation, GeneratorSpec, Request, blip_task, generator_tag, model_folder,
+                                   torch_dtype)
 from ravlm_core.prompts import context_block, load_template, render
 
 # BLIP's text side is BERT: 512 positions; the image takes none of them.
@@ -25,10 +25,7 @@ class BlipGenerator:
     def __init__(self, spec: GeneratorSpec, device: str = "cpu"):
         from transformers import AutoConfig, BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
 
-        try:
-            folder = resolve_folder(spec.model)
-        except FileNotFoundError as err:
-            raise UserError(f"generator blip: {err}") from None
+        folder = model_folder(spec)
         config = AutoConfig.from_pretrained(folder)
         if config.model_type != "blip":
             raise UserError(f"{spec.model} is a {config.model_type!r} model, not BLIP: use --generator vlm:... for "

@@ -10,19 +10,17 @@ from __future__ import annotations
 import torch
 
 from ravlm_core.errors import UserError
-from ravlm_core.generators import Generation, GeneratorSpec, Request, generator_tag, torch_dtype
-from ravlm_core.model_files import resolve_folder
+from ravlm_core.generators import Generation, GeneratorSpec, Request, generator_tag, model_folder, torch_dtype
 from ravlm_core.prompts import context_block, load_template, render
 
 
 class ChatVLMGenerator:
+    """A chat VLM and its processor; prompts through the processor's own chat template, left-padded batches."""
+
     def __init__(self, spec: GeneratorSpec, device: str = "cpu"):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        try:
-            folder = resolve_folder(spec.model)
-        except FileNotFoundError as err:
-            raise UserError(f"generator vlm: {err}") from None
+        folder = model_folder(spec)
         self.processor = AutoProcessor.from_pretrained(folder)  # trust_remote_code stays off
         if not getattr(self.processor, "chat_template", None):
             raise UserError(f"{spec.model} has no chat template: a chat VLM's processor needs one "
