@@ -18,6 +18,7 @@ MISSING = "—"
 HEADLINE_METRICS = [
     ("vqa", "n", "VQA questions"),
     ("vqa", "accuracy", "VQA accuracy"),
+    ("vqa", "soft_accuracy", "VQA soft accuracy (several human answers)"),
     ("vqa", "macro_precision", "VQA macro precision"),
     ("vqa", "macro_recall", "VQA macro recall"),
     ("vqa", "macro_f1", "VQA macro F1"),
