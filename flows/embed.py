@@ -4,7 +4,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, unmapped
 
 from flows.common import RUN_HOOKS, run_name, settings_from
-from ravlm_core.ingest import content_shards
+from ravlm_core.ingest import stored_shards
+from ravlm_core.store import Store
 from tasks.embed import build_indexes, embed_shard, embed_texts, resolve_encoder
 
 
@@ -15,7 +16,7 @@ def embed_flow(retrain_encoder: bool = False, overrides: dict | None = None) -> 
     logger = get_run_logger()
     device = settings.torch_device()
     encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device, retrain_encoder)
-    shards = content_shards(settings.parquet_dir)
+    shards = stored_shards(Store(settings.store_uri))
     logger.info("embedding %d content shards with %s on %s", len(shards), encoder["model_tag"], device)
     results = embed_shard.map(unmapped(settings.store_uri), unmapped(encoder["model_ref"]), shards,
                               unmapped(device), unmapped(settings.batch_size)).result()

@@ -24,7 +24,7 @@ from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, 
 from ravlm_core.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
                                    member_id_of)
 from ravlm_core.sources import BadRow, SourceRecord, open_source
-from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, sql_quote
+from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, chunks, in_list, sql_quote
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +136,22 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
     plan += [{"member_id": member_id, "image_id": "", "old_image_id": old["image_id"], "change": REMOVED,
               "dataset": dataset} for member_id, old in stored.items() if member_id not in present and old["active"]]
     known = _known_contents(store, {row["image_id"] for row in plan if row["change"] in (ADDED, CHANGED)})
-    new_content = _new_content(listed, plan, known)
+    # Stored bytes whose shard vanished or no longer reads are written again from the source: no listed image
+    # is ever left without its bytes (and so without vectors) because a shard was lost.
+    lost = _contents_without_shard(store, {image_id for _, image_id in listed})
+    new_content = _new_content(listed, plan, known, lost)
     shard_of = _assign_shards(new_content, shard_size)
     counts = {change: sum(row["change"] == change for row in plan) for change in (ADDED, CHANGED, REANNOTATED, REMOVED)}
     result = ScanResult(dataset, "", "", sorted(set(shard_of.values())), len(listed), counts[ADDED], counts[CHANGED],
                         counts[REANNOTATED], counts[REMOVED], len(listed) - counts[ADDED] - counts[CHANGED]
                         - counts[REANNOTATED], len(new_content), bad_rows + unreadable)
-    if not dry_run and plan:
+    if not dry_run and (plan or new_content):
         folder = staging_dir / dataset
-        digest = _digest([f"{r['member_id']}:{r['image_id']}:{r.get('annotation')}" for r in plan])
-        result.plan_path = str(folder / f"plan-{digest}.parquet")
-        _write_parquet_atomically(Path(result.plan_path), MEMBER_PLAN_SCHEMA,
-                                  [pa.Table.from_pylist(plan, MEMBER_PLAN_SCHEMA)])
+        digest = _digest([f"{r['member_id']}:{r['image_id']}:{r.get('annotation')}" for r in plan] + sorted(lost))
+        if plan:
+            result.plan_path = str(folder / f"plan-{digest}.parquet")
+            _write_parquet_atomically(Path(result.plan_path), MEMBER_PLAN_SCHEMA,
+                                      [pa.Table.from_pylist(plan, MEMBER_PLAN_SCHEMA)])
         if new_content:
             rows = [{"image_id": i, "path": str(r.path), "ref": r.ref, "shard": shard_of[i]}
                     for i, r in sorted(new_content.items(), key=lambda item: (shard_of[item[0]], item[0]))]
@@ -212,9 +216,31 @@ def _known_contents(store: Store, image_ids: set[str]) -> set[str]:
     return store.existing_ids(CONTENTS, "image_id", image_ids) if image_ids else set()
 
 
-def _new_content(listed, plan, known: set[str]) -> dict[str, SourceRecord]:
-    """image id -> a record to read its bytes from, for contents the plan needs and the store lacks."""
-    needed = {row["image_id"] for row in plan if row["change"] in (ADDED, CHANGED)} - known
+def _contents_without_shard(store: Store, image_ids: set[str]) -> set[str]:
+    """Stored contents among `image_ids` whose shard file is missing or unreadable (each reported once)."""
+    if not image_ids or not store.has(CONTENTS):
+        return set()
+    shard_of = {}
+    for part in chunks(sorted(image_ids)):
+        rows = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", part))
+        shard_of.update(zip(rows.column("image_id").to_pylist(), rows.column("shard").to_pylist()))
+    lost = set()
+    for shard in sorted(set(shard_of.values())):
+        try:
+            pq.ParquetFile(shard).metadata  # noqa: B018 - reads the footer: a truncated file fails here
+            continue
+        except (OSError, pa.ArrowException) as err:
+            reason = "is missing" if not Path(shard).exists() else f"cannot be read ({str(err).splitlines()[0]})"
+        ids = {i for i, s in shard_of.items() if s == shard}
+        log.warning("shard %s %s: its %d images are written again from the source", shard, reason, len(ids))
+        lost |= ids
+    return lost
+
+
+def _new_content(listed, plan, known: set[str], lost: set[str] = frozenset()) -> dict[str, SourceRecord]:
+    """image id -> a record to read its bytes from, for contents the plan needs and the store lacks, and for
+    stored contents whose shard was lost."""
+    needed = ({row["image_id"] for row in plan if row["change"] in (ADDED, CHANGED)} - known) | lost
     new: dict[str, SourceRecord] = {}
     for record, image_id in listed:
         if image_id in needed:
@@ -340,6 +366,14 @@ def summarize(scan: ScanResult, applied: ApplyResult | None, bad_rows: list[BadR
     counts = applied or scan
     return IngestSummary(scan.dataset, scan.images_seen, counts.added, counts.changed, counts.reannotated,
                          counts.removed, scan.unchanged, scan.new_content, bad_rows, dry_run)
+
+
+def stored_shards(store: Store) -> list[str]:
+    """The shards the `contents` table says hold the store's image bytes: what embedding reads. A file the
+    store no longer points to (a damaged shard whose bytes were written again) is never read."""
+    if not store.has(CONTENTS):
+        return []
+    return sorted(set(store.read(CONTENTS, columns=["shard"]).column("shard").to_pylist()))
 
 
 def content_shards(parquet_dir: Path) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -215,3 +216,29 @@ def test_bad_dataset_names_are_user_errors(source, tmp_path, store):
     for name in ("../up", "", ".hidden", "a/b"):
         with pytest.raises(UserError, match="dataset name"):
             _ingest(source, store, tmp_path, name)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images_get_vectors(source, tmp_path,
+                                                                                            store, damage):
+    _ingest(source, store, tmp_path)
+    shards = ingest.stored_shards(store)
+    victim = shards[0]
+    in_victim = {i for i, s in _rows(store, CONTENTS, "image_id", "shard") if s == victim}
+    if damage == "deleted":
+        Path(victim).unlink()
+    else:
+        Path(victim).write_bytes(Path(victim).read_bytes()[:100])
+    # Embedding names the shard and what to do, in one line, instead of leaving its images without vectors.
+    with pytest.raises(UserError, match="cannot be read.*run `ravlm ingest`"):
+        embed.embed_shard(store, CountingEncoder(), victim)
+    summary = _ingest(source, store, tmp_path)  # nothing changed in the source: only the lost bytes are rewritten
+    assert (summary.added, summary.changed, summary.new_content) == (0, 0, len(in_victim))
+    # Shards are named by their content ids: the same bytes land in a good file of the same name.
+    assert set(pq.read_table(victim, columns=["image_id"]).column("image_id").to_pylist()) == in_victim
+    encoder = CountingEncoder()
+    for shard in ingest.stored_shards(store):
+        embed.embed_shard(store, encoder, shard)
+    vectors = set(store.read(image_vectors_table(encoder.tag), columns=["image_id"]).column("image_id").to_pylist())
+    assert vectors == {i for (i,) in _rows(store, IMAGES, "image_id")} and encoder.images == N_TRAIN + N_TEST
+    assert _ingest(source, store, tmp_path).new_content == 0  # repaired: the next night is idle again
