@@ -11,6 +11,15 @@ from ravlm_core.imaging import decode_image
 from ravlm_core.store import CONTENTS, Store, chunks, in_list
 
 
+def shards_of(store: Store, image_ids) -> dict[str, str]:
+    """image id -> the shard file `contents` says holds its bytes."""
+    found = {}
+    for part in chunks(sorted(set(image_ids))):
+        rows = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", part))
+        found.update(zip(rows.column("image_id").to_pylist(), rows.column("shard").to_pylist()))
+    return found
+
+
 def read_images(store: Store, image_ids: list[str]) -> dict[str, Image.Image]:
     """The images' pixels as the encoder sees them (decoded, normalised to RGB), read from their shards.
 
@@ -19,10 +28,8 @@ def read_images(store: Store, image_ids: list[str]) -> dict[str, Image.Image]:
     """
     wanted = sorted(set(image_ids))
     by_shard: dict[str, list[str]] = defaultdict(list)
-    for part in chunks(wanted):
-        rows = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", part))
-        for image_id, shard in zip(rows.column("image_id").to_pylist(), rows.column("shard").to_pylist()):
-            by_shard[shard].append(image_id)
+    for image_id, shard in shards_of(store, wanted).items():
+        by_shard[shard].append(image_id)
     images = {}
     for shard, ids in by_shard.items():
         table = pq.read_table(shard, columns=["image_id", "image"], filters=[("image_id", "in", ids)])

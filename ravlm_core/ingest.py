@@ -24,7 +24,8 @@ from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, 
 from ravlm_core.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
                                    member_id_of)
 from ravlm_core.sources import BadRow, SourceRecord, open_source
-from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, chunks, in_list, sql_quote
+from ravlm_core.contents import shards_of
+from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, sql_quote
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +221,7 @@ def _contents_without_shard(store: Store, image_ids: set[str]) -> set[str]:
     """Stored contents among `image_ids` whose shard file is missing or unreadable (each reported once)."""
     if not image_ids or not store.has(CONTENTS):
         return set()
-    shard_of = {}
-    for part in chunks(sorted(image_ids)):
-        rows = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", part))
-        shard_of.update(zip(rows.column("image_id").to_pylist(), rows.column("shard").to_pylist()))
+    shard_of = shards_of(store, image_ids)
     lost = set()
     for shard in sorted(set(shard_of.values())):
         try:

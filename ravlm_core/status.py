@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, chunks, image_vectors_table, in_list
+from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, image_vectors_table
 
 RUNS = "runs"
 RUNS_SCHEMA = pa.schema(
@@ -69,12 +69,7 @@ def _images_without_vectors(store: Store, model_tag: str) -> dict:
     if not store.has(IMAGES):
         return {"count": 0, "examples": []}
     listed = sorted(set(store.read(IMAGES, columns=["image_id"], where=ACTIVE).column("image_id").to_pylist()))
-    table = image_vectors_table(model_tag)
-    have: set[str] = set()
-    if store.has(table):
-        for part in chunks(listed):
-            have |= set(store.read(table, columns=["image_id"], where=in_list("image_id", part))
-                        .column("image_id").to_pylist())
+    have = store.existing_ids(image_vectors_table(model_tag), "image_id", listed)
     missing = [i for i in listed if i not in have]
     return {"count": len(missing), "examples": missing[:5]}
 
