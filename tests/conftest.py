@@ -23,3 +23,14 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     """Random L2-normalised float32 rows [n, d]."""
     x = rng.standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """Prefect's test harness: a throwaway server and database, shared by every CLI process the tests start."""
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    # The first start of a fresh Prefect home runs its migrations (~20 s on 2 cores).
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(get_current_settings().api.url)

@@ -7,46 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
+from tests.cli import Ravlm
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 48, 16
-
-
-@pytest.fixture(scope="module")
-def harness():
-    """Prefect's test harness: a throwaway server and database, shared with the CLI processes below."""
-    from prefect.settings import get_current_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    # The first start of a fresh Prefect home runs its migrations (~20 s on 2 cores).
-    with prefect_test_harness(server_startup_timeout=180):
-        yield str(get_current_settings().api.url)
-
-
-class Ravlm:
-    """Runs `ravlm --data-dir D --reports-dir R <args> --json` as a user would, against the harness's server."""
-
-    def __init__(self, data_dir: Path, reports_dir: Path, api_url: str):
-        self.options = ["--data-dir", str(data_dir), "--reports-dir", str(reports_dir)]
-        self.env = {**os.environ, "PREFECT_API_URL": api_url}
-
-    def __call__(self, *args: str):
-        done = self.raw(*args, "--json")
-        assert done.returncode == 0, done.stderr[-4000:]
-        return json.loads(done.stdout)  # stdout holds exactly one JSON document: logs go to stderr
-
-    def raw(self, *args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "flows.cli", *self.options, *args]
-        return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=600)
 
 
 def store_count(tmp_path: Path, table: str) -> int:
