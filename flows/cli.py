@@ -15,8 +15,9 @@ KB = typer.Option(None, "--kb", help="Knowledge base to retrieve from: DATASET[:
 GENERATOR_HELP = ("What generates: KIND[:MODEL][,key=value...] (max_new_tokens, num_beams, batch_size, context_items, "
                   "context_images, prompt, dtype) or a JSON file of those fields.")
 NO_RETRIEVAL = typer.Option(False, "--no-retrieval", help="Run the same generator with an empty context.")
-# Exit codes: 0 done; 1 an unexpected failure (a traceback); 2 a user error (one line); 3 done, but rows rejected.
-USER_ERROR, ROWS_REJECTED = 2, 3
+# Exit codes: 0 done; 1 a failure (one line naming the shard or part, or a traceback when nothing names it); 2 a user
+# error (one line); 3 done, but rows rejected.
+UNIT_FAILED, USER_ERROR, ROWS_REJECTED = 1, 2, 3
 
 
 @app.callback()
@@ -51,15 +52,18 @@ def _run(ctx: typer.Context, flow, *args, **kwargs):
     return flow.with_options(task_runner=task_runner(settings_from(overrides)))(*args, overrides=overrides, **kwargs)
 
 
-def _user_error_line(error: BaseException) -> str | None:
-    """The one line to print for a user error anywhere in the exception chain, else None."""
-    from ravlm_core.errors import UserError
+def _one_line(error: BaseException) -> tuple[str, int] | None:
+    """The line to print and the exit code for a user error (2) or a failed unit of work that names itself (1)
+    anywhere in the exception chain; None for anything else, which keeps its traceback."""
+    from ravlm_core.errors import UnitFailed, UserError
 
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, UserError):
-            return str(error)
+            return str(error), USER_ERROR
+        if isinstance(error, UnitFailed):
+            return str(error), UNIT_FAILED
         error = error.__cause__ or error.__context__
     return None
 
@@ -303,7 +307,8 @@ def _print_eval(result: dict) -> None:
 
 
 def main() -> None:
-    """Run the CLI; a user error anywhere (even inside a flow run) ends as one line on stderr and exit code 2."""
+    """Run the CLI; a user error anywhere (even inside a flow run) ends as one line on stderr and exit code 2, a
+    failed unit of work (a shard, a query part) as one line naming it and exit code 1."""
     import sys
 
     debug = "--debug" in sys.argv
@@ -315,11 +320,11 @@ def main() -> None:
         if hasattr(error, "show") and hasattr(error, "exit_code"):  # a usage error (typer's own click): one box
             error.show()
             sys.exit(error.exit_code)
-        line = _user_error_line(error)
-        if line is None or debug:
+        found = _one_line(error)
+        if found is None or debug:
             raise
-        typer.echo(f"error: {line}", err=True)
-        sys.exit(USER_ERROR)
+        typer.echo(f"error: {found[0]}", err=True)
+        sys.exit(found[1])
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -1,6 +1,8 @@
 """What every flow needs: settings from overrides and the task runner."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 
@@ -25,6 +27,32 @@ def task_runner(settings: Settings):
 
         return RayTaskRunner(address=settings.runner_address or None)
     raise UserError(f"unknown runner {settings.runner!r}: use threads, dask or ray")
+
+
+GPU_TAG = "ravlm-gpu"
+
+
+def on_device(device: str, settings: Settings):
+    """What turns a task into the task as it runs on `device`: on a GPU it takes a slot of the server-wide
+    `ravlm-gpu` tag limit first, so two flow runs (or Dask / Ray workers) never load models onto one GPU at once
+    and run out of its memory. On the CPU tasks are left as they are."""
+    if not device.startswith("cuda"):
+        return lambda task: task
+    _ensure_tag_limit(GPU_TAG, settings.gpu_concurrency)
+    return lambda task: task.with_options(tags={GPU_TAG})
+
+
+@lru_cache(maxsize=None)
+def _ensure_tag_limit(tag: str, slots: int) -> None:
+    """Create the tag's concurrency limit when the server has none; an operator's own setting is kept."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag(tag)
+        except ObjectNotFound:
+            client.create_concurrency_limit(tag=tag, concurrency_limit=slots)
 
 
 def record_run(flow, flow_run, state) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows.common import RUN_HOOKS, run_name, settings_from
+from flows.common import RUN_HOOKS, on_device, run_name, settings_from
 from ravlm_core.ingest import stored_shards
 from ravlm_core.store import Store
 from tasks.embed import build_indexes, embed_shard, embed_texts, resolve_encoder
@@ -15,12 +15,14 @@ def embed_flow(retrain_encoder: bool = False, overrides: dict | None = None) -> 
     settings = settings_from(overrides)
     logger = get_run_logger()
     device = settings.torch_device()
-    encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device, retrain_encoder)
+    gpu = on_device(device, settings)
+    encoder = gpu(resolve_encoder)(settings.encoder, settings.store_uri, str(settings.models_dir), device,
+                                   retrain_encoder)
     shards = stored_shards(Store(settings.store_uri))
     logger.info("embedding %d content shards with %s on %s", len(shards), encoder["model_tag"], device)
-    results = embed_shard.map(unmapped(settings.store_uri), unmapped(encoder["model_ref"]), shards,
-                              unmapped(device), unmapped(settings.batch_size)).result()
-    texts = embed_texts(settings.store_uri, encoder["model_ref"], device, settings.batch_size)
+    results = gpu(embed_shard).map(unmapped(settings.store_uri), unmapped(encoder["model_ref"]), shards,
+                                   unmapped(device), unmapped(settings.batch_size)).result()
+    texts = gpu(embed_texts)(settings.store_uri, encoder["model_ref"], device, settings.batch_size)
     indexes = build_indexes(settings.store_uri, encoder["model_tag"], encoder["question_tag"])
     return {
         **encoder,

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from flows.common import RUN_HOOKS, run_name, settings_from, task_runner
+from flows.common import RUN_HOOKS, on_device, run_name, settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
 from ravlm_core.evaluate import latest_eval_run, split_contents
 from ravlm_core.generators import GeneratorSpec
@@ -39,7 +39,9 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     specs = {g: GeneratorSpec.parse(g) for g in generators or []}
     chosen = {task: [g for g, spec in specs.items() if spec.serves(task)] or list(DEFAULT_GENERATORS[task])
               for task in DEFAULT_GENERATORS}
-    encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), settings.torch_device())
+    device = settings.torch_device()
+    encoder = on_device(device, settings)(resolve_encoder)(settings.encoder, settings.store_uri,
+                                                            str(settings.models_dir), device)
     store = Store(settings.store_uri)
     check_query_set(store, dataset, split)
     has = split_contents(store, dataset, split, sets)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
 
-from flows.common import RUN_HOOKS, run_name, settings_from
+from flows.common import RUN_HOOKS, on_device, run_name, settings_from
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 from ravlm_core.generators import MODEL_KINDS, TASKS, GenerationJob, GeneratorSpec, generator_tag
@@ -55,25 +55,26 @@ def vqa_flow(dataset: str, split: str = "test", generator: str = "builtin-fusion
     spec = _spec_for("vqa", generator)
     settings = settings_from(overrides)
     device = settings.torch_device()
+    gpu = on_device(device, settings)
     sets = [list(s) for s in parse_kb(kb, dataset, settings.kb_split)]
     retrieval = retrieval_settings(settings)
-    encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device)
+    encoder = gpu(resolve_encoder)(settings.encoder, settings.store_uri, str(settings.models_dir), device)
     asked = read_questions_file(Path(questions)) if questions else None
     if asked:
-        embed_texts(settings.store_uri, encoder["model_ref"], device, settings.batch_size, [dataset], asked)
+        gpu(embed_texts)(settings.store_uri, encoder["model_ref"], device, settings.batch_size, [dataset], asked)
     model_dir = None
     if spec.kind == "builtin-fusion":
-        model_dir = train_answerer(settings.store_uri, encoder, sets, retrieval, settings.k, str(settings.models_dir),
-                                   not no_retrieval, device)
+        model_dir = gpu(train_answerer)(settings.store_uri, encoder, sets, retrieval, settings.k,
+                                        str(settings.models_dir), not no_retrieval, device)
     fingerprint = knowledge_fingerprint(settings.store_uri, encoder, sets, retrieval)
     job = _generation_job("vqa", dataset, split, spec, not no_retrieval, fingerprint, model_dir, settings.k,
                           *(asked or []))
     parts = query_parts(settings.store_uri, dataset, split, settings.shard_size)
     get_run_logger().info("vqa[%s] %s/%s against %s: %d parts, job %s", job.variant, dataset, split,
                           kb_label([tuple(s) for s in sets]), len(parts), job.job_id)
-    results = vqa_part.map(unmapped(settings.store_uri), unmapped(encoder), unmapped(sets), unmapped(retrieval),
-                           unmapped(dataset), unmapped(split), parts, unmapped(job.to_dict()), unmapped(settings.k),
-                           unmapped(device), unmapped(asked)).result()
+    results = gpu(vqa_part).map(unmapped(settings.store_uri), unmapped(encoder), unmapped(sets), unmapped(retrieval),
+                                unmapped(dataset), unmapped(split), parts, unmapped(job.to_dict()),
+                                unmapped(settings.k), unmapped(device), unmapped(asked)).result()
     return _summary(job, sets, results)
 
 
@@ -85,17 +86,18 @@ def caption_flow(dataset: str, split: str = "test", generator: str = "builtin-tr
     spec = _spec_for("caption", generator)
     settings = settings_from(overrides)
     device = settings.torch_device()
+    gpu = on_device(device, settings)
     sets = [list(s) for s in parse_kb(kb, dataset, settings.kb_split)]
     retrieval = retrieval_settings(settings)
-    encoder = resolve_encoder(settings.encoder, settings.store_uri, str(settings.models_dir), device)
+    encoder = gpu(resolve_encoder)(settings.encoder, settings.store_uri, str(settings.models_dir), device)
     fingerprint = knowledge_fingerprint(settings.store_uri, encoder, sets, retrieval)
     model_dir = None
     if spec.kind == "smallcap" and not spec.model:  # the embedded default's captioner: trained on this KB
-        model_dir = train_smallcap(settings.store_uri, encoder, sets, retrieval, settings.k,
-                                   str(settings.models_dir), device)
+        model_dir = gpu(train_smallcap)(settings.store_uri, encoder, sets, retrieval, settings.k,
+                                        str(settings.models_dir), device)
     job = _generation_job("caption", dataset, split, spec, not no_retrieval, fingerprint, model_dir, settings.k)
     parts = query_parts(settings.store_uri, dataset, split, settings.shard_size)
-    results = caption_part.map(unmapped(settings.store_uri), unmapped(encoder), unmapped(sets), unmapped(retrieval),
-                               unmapped(dataset), unmapped(split), parts, unmapped(job.to_dict()),
-                               unmapped(settings.k), unmapped(device)).result()
+    results = gpu(caption_part).map(unmapped(settings.store_uri), unmapped(encoder), unmapped(sets),
+                                    unmapped(retrieval), unmapped(dataset), unmapped(split), parts,
+                                    unmapped(job.to_dict()), unmapped(settings.k), unmapped(device)).result()
     return _summary(job, sets, results)

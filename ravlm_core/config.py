@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     runner_address: str = ""
     # Concurrent tasks with the thread runner; torch already uses every core inside one task.
     workers: int = 2
+    # Tasks that may use a GPU at once, across every flow run of one Prefect server: the slots of the `ravlm-gpu`
+    # tag concurrency limit, created with this many when missing (`prefect concurrency-limit` changes it later).
+    gpu_concurrency: int = 1
     # The scheduled nightly (`ravlm serve`, deployments/serve.py): when, in which time zone, and what it re-indexes
     # ([{"source": ..., "dataset": ...}, ...] as `nightly_flow` takes them; RAVLM_NIGHTLY_SOURCES as JSON).
     nightly_cron: str = "0 2 * * *"

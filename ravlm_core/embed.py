@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ravlm_core.imaging import decode_image
+from ravlm_core.imaging import ImageRejected, decode_image
 from ravlm_core.membership import memberships_of
 from ravlm_core.errors import UserError
 from ravlm_core.store import (ACTIVE, IMAGES, MEMBERSHIPS, QA, Store, image_vectors_table, in_list, question_vectors_table,
@@ -67,7 +67,16 @@ def _image_batches(shard_path: str, image_ids: set[str], batch_size: int) -> Ite
         keep = [i for i, image_id in enumerate(ids) if image_id in image_ids]
         if keep:
             blobs = batch.column(1)
-            yield [ids[i] for i in keep], [decode_image(blobs[i].as_py()).image for i in keep]
+            yield [ids[i] for i in keep], [_decoded(shard_path, ids[i], blobs[i].as_py()) for i in keep]
+
+
+def _decoded(shard_path: str, image_id: str, blob: bytes) -> Image.Image:
+    """Ingest decoded every image before writing it, so one that fails here means the shard file was damaged."""
+    try:
+        return decode_image(blob).image
+    except ImageRejected as err:
+        raise UserError(f"shard {shard_path} is damaged: image {image_id} cannot be decoded ({err}); delete the "
+                        f"shard and run `ravlm ingest` on its source again, which writes it anew") from None
 
 
 def _vector_rows(keys: dict[str, list], vectors: np.ndarray, model_tag: str, schema: pa.Schema) -> pa.Table:

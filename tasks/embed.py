@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.retry import RETRY
 
 from ravlm_core import embed, indexing, models
+from ravlm_core.errors import naming
 from ravlm_core.models import timed_load
 from ravlm_core.store import Store
 
@@ -50,31 +51,36 @@ def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, ret
     from ravlm_core.encoders import describe_encoder
     from ravlm_core.encoders.questions import question_encoder_tag
 
-    model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
-    tag, dim = describe_encoder(model_ref)
+    with naming(f"encoder {spec}"):
+        model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
+        tag, dim = describe_encoder(model_ref)
     return {"model_ref": model_ref, "model_tag": tag, "dim": dim, "question_tag": question_encoder_tag()}
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, batch_size: int) -> dict:
-    return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path, batch_size))
+    with naming(f"embedding shard {shard_path}"):
+        return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path, batch_size))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, datasets: list[str] | None = None,
                 extra_questions: list[str] | None = None) -> dict:
-    return asdict(embed.embed_texts(Store(store_uri), lazy_encoder(model_ref, device), datasets, batch_size * 4,
-                                    lazy_question_encoder(device), extra_questions or []))
+    with naming(f"embedding the texts of {', '.join(datasets) if datasets else 'every dataset'}"):
+        return asdict(embed.embed_texts(Store(store_uri), lazy_encoder(model_ref, device), datasets, batch_size * 4,
+                                        lazy_question_encoder(device), extra_questions or []))
 
 
 @task(cache_policy=NO_CACHE)
 def build_indexes(store_uri: str, model_tag: str, question_tag: str) -> dict:
-    return indexing.build_indexes(Store(store_uri), model_tag, question_tag)
+    with naming(f"indexing the tables of {model_tag}"):
+        return indexing.build_indexes(Store(store_uri), model_tag, question_tag)
 
 
 @task(cache_policy=NO_CACHE)
 def compact_store(store_uri: str, keep_versions_days: float) -> dict:
     """Compact every table and drop its versions older than the retention window; returns versions removed."""
-    stats = indexing.compact(Store(store_uri), keep_versions_days)
+    with naming("compacting the store"):
+        stats = indexing.compact(Store(store_uri), keep_versions_days)
     return {"tables": len(stats), "versions_removed": sum(v["versions_before"] - v["versions_after"]
                                                           for v in stats.values())}

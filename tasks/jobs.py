@@ -11,13 +11,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import RETRY
 from prefect.runtime import flow_run
 
 from ravlm_core import generate, jobs, vqa
+from ravlm_core.errors import naming
 from ravlm_core.generators import GenerationJob
-from ravlm_core.knowledge import RetrievalConfig
+from ravlm_core.knowledge import RetrievalConfig, kb_label
 from ravlm_core.store import Store
+from tasks.retry import RETRY
 
 
 def _kb(store_uri: str, encoder: dict, kb: list, retrieval: dict):
@@ -40,33 +41,41 @@ def query_parts(store_uri: str, dataset: str, split: str, part_size: int) -> lis
 def train_answerer(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: int, models_dir: str,
                    use_retrieval: bool, device: str) -> str:
     """Folder of the fusion answerer for this KB (trained on first use, reused while the KB is unchanged)."""
-    knowledge = _kb(store_uri, encoder, kb, retrieval)
-    out_root = Path(models_dir) / "answerers"
-    return str(vqa.train_answerer(Store(store_uri), knowledge, k, out_root, use_retrieval, device))
+    with naming(f"training the fusion answerer on {_label(kb)}"):
+        knowledge = _kb(store_uri, encoder, kb, retrieval)
+        out_root = Path(models_dir) / "answerers"
+        return str(vqa.train_answerer(Store(store_uri), knowledge, k, out_root, use_retrieval, device))
 
 
 @task(cache_policy=NO_CACHE)
 def train_smallcap(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: int, models_dir: str,
                    device: str) -> str:
     """Folder of the KB's SmallCap caption decoder (trained on first use, reused while the KB is unchanged)."""
-    knowledge = _kb(store_uri, encoder, kb, retrieval)
-    return str(generate.train_smallcap_for(Store(store_uri), knowledge, k, Path(models_dir) / "smallcap", device))
+    with naming(f"training SmallCap on {_label(kb)}"):
+        knowledge = _kb(store_uri, encoder, kb, retrieval)
+        return str(generate.train_smallcap_for(Store(store_uri), knowledge, k, Path(models_dir) / "smallcap", device))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def vqa_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: str, split: str, part: str, job: dict,
              k: int, device: str, questions: list[str] | None = None) -> dict:
-    knowledge = _kb(store_uri, encoder, kb, retrieval)
-    return asdict(jobs.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, GenerationJob.from_dict(job), k,
-                                    device, _run_id(), questions))
+    with naming(f"vqa job {job['job_id']}, part {part} of {dataset}/{split}"):
+        knowledge = _kb(store_uri, encoder, kb, retrieval)
+        return asdict(jobs.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, GenerationJob.from_dict(job),
+                                        k, device, _run_id(), questions))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def caption_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: str, split: str, part: str,
                  job: dict, k: int, device: str) -> dict:
-    knowledge = _kb(store_uri, encoder, kb, retrieval)
-    return asdict(jobs.run_caption_part(Store(store_uri), knowledge, dataset, split, part,
-                                        GenerationJob.from_dict(job), k, device, _run_id()))
+    with naming(f"caption job {job['job_id']}, part {part} of {dataset}/{split}"):
+        knowledge = _kb(store_uri, encoder, kb, retrieval)
+        return asdict(jobs.run_caption_part(Store(store_uri), knowledge, dataset, split, part,
+                                            GenerationJob.from_dict(job), k, device, _run_id()))
+
+
+def _label(kb: list) -> str:
+    return kb_label([tuple(s) for s in kb])
 
 
 def _run_id() -> str:

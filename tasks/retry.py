@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from prefect.tasks import exponential_backoff
 
-from ravlm_core.errors import UserError
-
-PERMANENT = (UserError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError, KeyError)
+from ravlm_core.errors import PERMANENT, UnitFailed
 
 
 def transient(task, task_run, state) -> bool:
     """retry_condition_fn: retry unless the exception is one that a retry cannot fix."""
     try:
         state.result()
+    except UnitFailed as error:
+        return not error.permanent
     except PERMANENT:
         return False
     except Exception:  # noqa: BLE001 - anything else (I/O hiccups, commit conflicts, timeouts) may pass

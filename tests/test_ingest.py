@@ -218,7 +218,16 @@ def test_bad_dataset_names_are_user_errors(source, tmp_path, store):
             _ingest(source, store, tmp_path, name)
 
 
-@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def _damage_an_image(shard: str) -> None:
+    """A readable shard whose first image's bytes are no longer an image (bit rot, a bad copy)."""
+    table = pq.read_table(shard)
+    blobs = table.column("image").to_pylist()
+    blobs[0] = b"\x89PNG but not any more"
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(blobs, pa.binary())),
+                   shard)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "image bytes"])
 def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images_get_vectors(source, tmp_path,
                                                                                             store, damage):
     _ingest(source, store, tmp_path)
@@ -227,11 +236,17 @@ def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images
     in_victim = {i for i, s in _rows(store, CONTENTS, "image_id", "shard") if s == victim}
     if damage == "deleted":
         Path(victim).unlink()
-    else:
+    elif damage == "truncated":
         Path(victim).write_bytes(Path(victim).read_bytes()[:100])
+    else:
+        _damage_an_image(victim)
     # Embedding names the shard and what to do, in one line, instead of leaving its images without vectors.
-    with pytest.raises(UserError, match="cannot be read.*run `ravlm ingest`"):
+    expected = "cannot be read.*run `ravlm ingest`" if damage != "image bytes" else (
+        "is damaged: image [0-9a-f]+ cannot be decoded.*delete the shard and run `ravlm ingest`")
+    with pytest.raises(UserError, match=expected):
         embed.embed_shard(store, CountingEncoder(), victim)
+    if damage == "image bytes":
+        Path(victim).unlink()  # as the message says
     summary = _ingest(source, store, tmp_path)  # nothing changed in the source: only the lost bytes are rewritten
     assert (summary.added, summary.changed, summary.new_content) == (0, 0, len(in_victim))
     # Shards are named by their content ids: the same bytes land in a good file of the same name.
