@@ -12,6 +12,8 @@ for _name, _value in {
     "TRANSFORMERS_OFFLINE": "1",
     # The library logs with `logging` (no Prefect import); this shows its progress lines in flow run logs.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "ravlm_core",
+    # ...and outside a flow run (a library call in a notebook, `ravlm search`) they stay local, without a warning.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }.items():
     os.environ.setdefault(_name, _value)
 

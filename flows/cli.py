@@ -34,10 +34,7 @@ def main_options(
     runner_address: Optional[str] = typer.Option(None, help="Address of an existing Dask / Ray cluster."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of user errors too."),
 ) -> None:
-    from flows.errors import quiet_user_errors
-
-    if not debug:
-        quiet_user_errors()
+    ctx.meta["debug"] = debug
     given = {"data_dir": data_dir, "lancedb_uri": lancedb_uri, "reports_dir": reports_dir, "encoder": encoder,
              "device": device, "k": k, "kb_split": kb_split,
              "runner": runner, "runner_address": runner_address}
@@ -47,7 +44,10 @@ def main_options(
 def _run(ctx: typer.Context, flow, *args, **kwargs):
     """Run a flow on the configured task runner with the CLI's setting overrides."""
     from flows.common import settings_from, task_runner
+    from flows.errors import quiet_user_errors
 
+    if not ctx.meta.get("debug"):
+        quiet_user_errors()  # imports Prefect: only commands that run flows pay for it
     overrides = ctx.obj or {}
     return flow.with_options(task_runner=task_runner(settings_from(overrides)))(*args, overrides=overrides, **kwargs)
 

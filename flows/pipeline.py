@@ -28,15 +28,15 @@ def nightly_flow(sources: list[dict] | None = None, evaluate: bool = True, overr
     """Incremental re-index: ingest each source (only new images do work), embed what is new, refresh indexes,
     and evaluate each dataset's test split.
 
-    `sources`: [{"source": "easy-vqa" | folder, "dataset": name, "manifest": optional path, "format": optional
+    `sources` (default: the `nightly_sources` setting): [{"source": "easy-vqa" | folder, "dataset": name, "manifest": optional path, "format": optional
     (coco, vqav2, ...), "annotations" / "questions": optional paths, "kb": optional ["DATASET[:SPLIT]", ...] to
     evaluate its test split against}].
 
     A night with nothing new loads no model and writes no report: evaluation keeps the last report when every
     job of it is unchanged. Old table versions are then dropped (`keep_versions_days`).
     """
-    sources = sources or [{"source": EMBEDDED_DATASET, "dataset": EMBEDDED_DATASET}]
     settings = settings_from(overrides)
+    sources = sources or settings.nightly_sources
     runner = task_runner(settings)
     ingested = [
         ingest_flow.with_options(task_runner=runner)(

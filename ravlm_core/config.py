@@ -90,3 +90,9 @@ class Settings(BaseSettings):
         import torch  # lazy: the CLI must start without importing torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+if __name__ == "__main__":  # `python -m ravlm_core.config nightly_timezone`: one setting as the flows see it
+    import sys
+
+    print(getattr(Settings(), sys.argv[1]))

@@ -103,12 +103,13 @@ def served(tmp_path_factory):
         serve_env = {**env, "RAVLM_DATA_DIR": str(tmp / "data"), "RAVLM_REPORTS_DIR": str(tmp / "reports"),
                      "RAVLM_NIGHTLY_CRON": f"{due.minute} {due.hour} * * *", "RAVLM_NIGHTLY_TIMEZONE": "UTC",
                      "RAVLM_NIGHTLY_SOURCES": json.dumps([{"source": str(folder), "dataset": "shapes"}])}
-        processes.append(_start([sys.executable, "-m", "flows.cli", "serve"], serve_env, tmp / "serve.log"))
+        serving = _start([sys.executable, "-m", "flows.cli", "serve"], serve_env, tmp / "serve.log")
+        processes.append(serving)
         api = Api(url)
         deployment = _wait("the served nightly deployment", lambda: api.post(
             "/deployments/filter", {"deployments": {"name": {"any_": ["ravlm-nightly"]}}}), 180)[0]
         yield {"api": api, "env": env, "deployment": deployment, "tmp": tmp, "folder": folder, "due": due,
-               "store": Store(str(tmp / "data" / "lancedb"))}
+               "store": Store(str(tmp / "data" / "lancedb")), "serving": serving, "processes": processes}
     finally:
         for process in reversed(processes):
             _stop(process)
@@ -157,3 +158,40 @@ def test_the_scheduler_creates_the_nightly_run_and_the_serving_process_runs_it_w
     run = _wait("the scheduled nightly to finish", lambda: _finished(api, first["id"]), max(wait, 0) + 420,
                 every=5)
     assert run["state_type"] == "COMPLETED", (served["tmp"] / "serve.log").read_text()[-3000:]
+
+
+def test_prefect_deploy_all_from_the_repo_then_a_process_worker_runs_a_stage_with_the_library_logs(served):
+    """The work-pool route: `prefect deploy --all` takes the nightly's schedule from the same settings as `ravlm
+    serve`, and a run picked up by `prefect worker start` logs ravlm_core's lines into its run logs."""
+    api, tmp = served["api"], served["tmp"]
+    _stop(served["serving"])  # from here on, only the worker may pick runs up (deploy reuses the served names)
+    env = {**served["env"], "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAVLM_HOME": str(ROOT),
+           "RAVLM_DATA_DIR": str(tmp / "worker-data"), "RAVLM_NIGHTLY_CRON": "30 1 * * *",
+           "RAVLM_NIGHTLY_TIMEZONE": "Europe/Paris"}
+
+    def prefect(*args: str) -> str:
+        done = subprocess.run([str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    prefect("work-pool", "create", "ravlm", "--type", "process")
+    prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    names = ["ravlm-nightly", "ravlm-demo", "ravlm-ingest", "ravlm-embed", "ravlm-vqa", "ravlm-caption", "ravlm-eval"]
+    deployed = {d["name"]: d for d in api.post("/deployments/filter", {"deployments": {"name": {"any_": names}}})}
+    assert {n: d["work_pool_name"] for n, d in deployed.items()} == dict.fromkeys(names, "ravlm")
+    [schedule] = api.client.get(f"/deployments/{deployed['ravlm-nightly']['id']}/schedules").json()
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("30 1 * * *", "Europe/Paris")
+
+    prefect("deployment", "run", "ingest/ravlm-ingest", "--param", f"source={served['folder']}",
+            "--param", "dataset=worked")
+    [queued] = [r for r in api.runs_of(deployed["ravlm-ingest"]["id"]) if r["state_type"] == "SCHEDULED"]
+    worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", "ravlm", "--run-once"], env,
+                    tmp / "worker.log")
+    served["processes"].append(worker)
+    run = _wait("the worker's ingest run to finish", lambda: _finished(api, queued["id"]), 300, every=3)
+    assert run["state_type"] == "COMPLETED", (tmp / "worker.log").read_text()[-3000:]
+    assert Store(str(tmp / "worker-data" / "lancedb")).count(IMAGES) == 32
+    logs = api.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [queued["id"]]}}, "limit": 200})
+    assert any(e["name"] == "ravlm_core.ingest" and "new images" in e["message"] for e in logs), [
+        (e["name"], e["message"][:80]) for e in logs]
