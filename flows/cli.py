@@ -201,14 +201,18 @@ def evaluate(ctx: typer.Context, dataset: str = typer.Option(..., help="The quer
 
 @app.command()
 def search(ctx: typer.Context, text: Optional[str] = typer.Argument(None, help="Text query."),
-           image: Optional[Path] = typer.Option(None, help="Image query (a file)."), top_k: int = typer.Option(10, "-k"),
-           dataset: Optional[str] = None, split: Optional[str] = None, as_json: bool = JSON) -> None:
-    """Text→image or image→image search."""
-    from flows.query import search_flow
+           image: Optional[Path] = typer.Option(None, help="Image query (a file)."),
+           top_k: int = typer.Option(10, "-k", "--top-k", help="How many images to return."),
+           dataset: Optional[str] = typer.Option(None, help="Only images listed in this dataset."),
+           split: Optional[str] = typer.Option(None, help="Only images listed in this split (of --dataset, or of any)."),
+           as_json: bool = JSON) -> None:
+    """Text→image or image→image search over the embedded images. Runs here: no flow, no server, no training."""
+    from flows.common import settings_from
+    from ravlm_core.query import Session
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give a text query or --image PATH (exactly one)")
-    hits = _run(ctx, search_flow, text, str(image) if image else None, top_k, dataset, split)
+    hits = Session(settings_from(ctx.obj)).search(text, image, top_k, dataset, split)
     _emit(hits, as_json, _print_hits)
 
 
@@ -216,21 +220,43 @@ def search(ctx: typer.Context, text: Optional[str] = typer.Argument(None, help="
 def ask(ctx: typer.Context, image: Path, question: str, kb: Optional[list[str]] = typer.Option(
         None, "--kb", help="Knowledge base: DATASET[:SPLIT], repeatable (default: easy-vqa:train)."),
         as_json: bool = JSON) -> None:
-    """Answer a question about an image, retrieving neighbours from a knowledge base."""
-    from flows.query import ask_flow
+    """Answer a question about an image with the answerer `ravlm vqa` trained for the knowledge base."""
+    from flows.common import settings_from
+    from ravlm_core.query import Session
 
-    result = _run(ctx, ask_flow, str(image), question, kb or None)
+    result = Session(settings_from(ctx.obj)).ask(image, question, kb or None)
     _emit(result, as_json, lambda r: (typer.echo(f"{r.get('answer', r['voting'])}"), _print_hits(r["neighbours"])))
 
 
 @app.command()
 def sql(ctx: typer.Context, query: str, as_json: bool = JSON) -> None:
-    """SQL over the store's tables with DuckDB, e.g. ravlm sql "select answer, count(*) from qa group by 1"."""
-    from ravlm_core.analytics import run_sql
+    """DuckDB SQL over every table of the store, read in place, e.g. ravlm sql "select answer, count(*) from qa
+    group by 1" or "show tables". Vector tables have `__` in their names: quote them."""
     from flows.common import settings_from
+    from ravlm_core.analytics import json_records, run_sql
 
     frame = run_sql(settings_from(ctx.obj).store_uri, query)
-    _emit(json.loads(frame.to_json(orient="records")), as_json, lambda _: typer.echo(frame.to_string(max_rows=50)))
+    _emit(json_records(frame), as_json, lambda _: typer.echo(frame.to_string(max_rows=50, max_colwidth=60)))
+
+
+@app.command()
+def tables(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="One table: show its schema."),
+           as_json: bool = JSON) -> None:
+    """The store's tables: rows, version and indexes of each, or one table's schema."""
+    from flows.common import settings_from
+    from ravlm_core.analytics import describe_tables
+    from ravlm_core.store import Store
+
+    found = describe_tables(Store(settings_from(ctx.obj).store_uri), name)
+    _emit(found, as_json, _print_tables)
+
+
+def _print_tables(found: dict) -> None:
+    _table("tables", ["table", "rows", "version", "indexes"],
+           [[n, t["rows"], t["version"], ", ".join(t["indexes"])] for n, t in found.items()])
+    for name, table in found.items():
+        if "schema" in table:
+            _table(name, ["column", "type"], [[c, kind] for c, kind in table["schema"].items()])
 
 
 @app.command()
@@ -275,8 +301,9 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def _print_hits(hits: list[dict]) -> None:
-    _table("neighbours", ["score", "image_id", "dataset", "split", "caption"],
-           [[h.get("score"), h.get("image_id", "")[:12], h.get("dataset"), h.get("split"), h.get("caption")] for h in hits])
+    _table("neighbours", ["score", "path", "dataset", "split", "caption"],
+           [[h.get("score"), h.get("path") or h.get("image_id", ""), h.get("dataset"), h.get("split"), h.get("caption")]
+            for h in hits])
 
 
 def _print_ingest(result: dict) -> None:

@@ -1,6 +1,7 @@
 """Bulk retrieval-augmented VQA and captioning flows: a query set against a knowledge base, one task per part."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, unmapped
@@ -9,7 +10,7 @@ from flows.common import RUN_HOOKS, on_device, run_name, settings_from
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 from ravlm_core.generators import MODEL_KINDS, TASKS, GenerationJob, GeneratorSpec, generator_tag
-from ravlm_core.knowledge import kb_label, parse_kb
+from ravlm_core.knowledge import kb_label, parse_kb, retrieval_config
 from ravlm_core.sources import read_questions_file
 from ravlm_core.vqa import job_id
 from tasks.embed import embed_texts, resolve_encoder
@@ -24,8 +25,7 @@ def _summary(job: GenerationJob, kb: list, results: list[dict]) -> dict:
 
 
 def retrieval_settings(settings: Settings) -> dict:
-    return {"question_match_min": settings.question_match_min, "match_question_form": settings.match_question_form,
-            "leakage_guard": settings.leakage_guard, "near_duplicate_distance": settings.near_duplicate_distance}
+    return asdict(retrieval_config(settings))
 
 
 def _generation_job(kind: str, dataset: str, split: str, spec: GeneratorSpec, use_retrieval: bool, fingerprint: str,

@@ -51,6 +51,13 @@ class RetrievalConfig:
     match_question_form: bool = True
 
 
+def retrieval_config(settings) -> RetrievalConfig:
+    """The retrieval settings of a `Settings`."""
+    return RetrievalConfig(question_match_min=settings.question_match_min, leakage_guard=settings.leakage_guard,
+                           near_duplicate_distance=settings.near_duplicate_distance,
+                           match_question_form=settings.match_question_form)
+
+
 # Words that open a yes/no question in English, and words that negate one.
 _AUXILIARIES = frozenset("is are am was were do does did has have had can could will would shall should may might "
                          "must".split())

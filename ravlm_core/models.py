@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ravlm_core.errors import UserError
 from ravlm_core.imaging import decode_image
 from ravlm_core.store import ACTIVE, CONTENTS, IMAGES, Store, chunks, in_list, sql_quote
 
@@ -38,11 +39,10 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
     """
     if spec != BUILTIN:
         return spec
+    pinned = None if retrain else _pinned_builtin(Path(models_dir))
+    if pinned:
+        return pinned
     pin = Path(models_dir) / "builtin.json"
-    if pin.exists() and not retrain:
-        pinned = json.loads(pin.read_text())["model_dir"]
-        if Path(pinned).exists():
-            return pinned
     images, captions = alignment_pairs(store, split)
     if not images:
         raise ValueError(f"no captioned '{split}' images in {store.uri} to train the built-in encoder on: "
@@ -54,6 +54,26 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
     pin.parent.mkdir(parents=True, exist_ok=True)
     pin.write_text(json.dumps({"model_dir": str(model_dir)}))
     return str(model_dir)
+
+
+def pinned_encoder(spec: str, models_dir: str | Path) -> str:
+    """What `resolve_encoder` returns, without ever training: for interactive commands, which must answer at
+    the speed of a query. Raises a UserError saying what to run when the built-in encoder is not trained yet."""
+    if spec != BUILTIN:
+        return spec
+    pinned = _pinned_builtin(Path(models_dir))
+    if pinned is None:
+        raise UserError(f"no built-in encoder has been trained in {models_dir} yet: run `ravlm embed` (or `ravlm "
+                        "demo`) first, or pass --data-dir of a store that has one")
+    return pinned
+
+
+def _pinned_builtin(models_dir: Path) -> str | None:
+    pin = models_dir / "builtin.json"
+    if not pin.exists():
+        return None
+    pinned = json.loads(pin.read_text())["model_dir"]
+    return pinned if Path(pinned).exists() else None
 
 
 def alignment_pairs(store: Store, split: str, limit: int = MAX_ALIGNMENT_PAIRS) -> tuple[list[Image.Image], list[str]]:

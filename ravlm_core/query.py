@@ -1,4 +1,7 @@
-"""Interactive queries over the store: text or image search, and asking a question about a new image."""
+"""Interactive queries over the store: text or image search, and asking a question about a new image.
+
+They answer at the speed of a query: no flow, no server, and only the models the query needs, which the
+pipeline trained (`ravlm embed`, `ravlm vqa`); nothing is trained here. `Session` opens them from Settings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +9,70 @@ from pathlib import Path
 from PIL import Image
 
 from ravlm_core.answerers import FusionAnswerer, vote_answers
+from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import ImageRejected, open_rgb, signature
-from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.retrieve import Guard, search
-from ravlm_core.store import ACTIVE, IMAGES, Store, image_vectors_table, in_list
+from ravlm_core.knowledge import KnowledgeBase, parse_kb, retrieval_config
+from ravlm_core.models import pinned_encoder, timed_load
+from ravlm_core.retrieve import Guard, kb_filter, search, vector_sets_filter
+from ravlm_core.store import ACTIVE, IMAGES, Store, image_vectors_table, in_list, sql_quote
 from ravlm_core.vqa import retrieve_for_vectors
+
+
+class Session:
+    """A store and the models its interactive queries use, each opened on first use."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.store = settings, Store(settings.store_uri)
+        self.device = settings.torch_device()
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        """The store's encoder (the pinned built-in one, or the configured model)."""
+        if self._encoder is None:
+            from ravlm_core.encoders import load_encoder
+
+            ref = pinned_encoder(self.settings.encoder, self.settings.models_dir)
+            self._encoder = timed_load(f"encoder {ref}", lambda: load_encoder(ref, device=self.device))
+        return self._encoder
+
+    def search(self, text: str | None = None, image: str | Path | None = None, k: int = 10,
+               dataset: str | None = None, split: str | None = None) -> list[dict]:
+        """The k images nearest to a text or an image, among those listed in `dataset` / `split` when given."""
+        return search_images(self.store, self.encoder, text=text, image=image, k=k,
+                             where=listed_in(self.store, dataset, split))
+
+    def ask(self, image: str | Path, question: str, kb: list[str] | None = None) -> dict:
+        """Answer a question about an image with the fusion answerer the pipeline trained for the KB."""
+        from ravlm_core.encoders.questions import QuestionEncoder, question_encoder_tag
+        from ravlm_core.jobs import cached_knowledge_base
+        from ravlm_core.vqa import trained_answerer
+
+        settings = self.settings
+        sets = parse_kb(kb, "easy-vqa", settings.kb_split)
+        knowledge = cached_knowledge_base(self.store.uri, self.encoder.tag, question_encoder_tag(), sets,
+                                          retrieval_config(settings))
+        folder = trained_answerer(knowledge, settings.k, settings.models_dir / "answerers", use_retrieval=True)
+        if folder is None:
+            dataset, split = sets[0]
+            raise UserError(f"no fusion answerer has been trained for the knowledge base {knowledge.label} with "
+                            f"k={settings.k} yet: run `ravlm vqa --dataset {dataset} --split {split} --kb "
+                            f"{dataset}:{split}` (or `ravlm eval`) first")
+        answerer = timed_load(f"fusion answerer {folder}", lambda: FusionAnswerer(folder, self.device))
+        questions = timed_load("question encoder", lambda: QuestionEncoder(self.device))
+        return ask(self.store, knowledge, self.encoder, questions, answerer, image, question, settings.k)
+
+
+def listed_in(store: Store, dataset: str | None, split: str | None) -> str | None:
+    """The vector-table filter for images listed in `dataset` (all its splits, or `split`), or in `split` of
+    any dataset; None for no filter, "false" when nothing is listed there."""
+    if not dataset and not split:
+        return None
+    where = kb_filter(dataset, split) if dataset else f"split = {sql_quote(split)} AND {ACTIVE}"
+    rows = store.read(IMAGES, columns=["dataset", "split"], where=where)
+    sets = sorted(set(zip(rows.column("dataset").to_pylist(), rows.column("split").to_pylist()))) if rows.num_rows else []
+    return vector_sets_filter(sets) if sets else "false"
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ravlm_core.analytics import describe_tables
 from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, image_vectors_table
 
 RUNS = "runs"
@@ -37,12 +38,7 @@ def record_run(store: Store, run_id: str, flow: str, name: str, state: str, mess
 
 def store_status(store: Store, models_dir: Path, runs_per_flow: int = 3) -> dict:
     """Tables (rows, version, indexes), the pinned encoder, images without vectors, stale predictions, last runs."""
-    names = sorted(store.db.list_tables().tables)
-    tables = {}
-    for name in names:
-        table = store.table(name)
-        tables[name] = {"rows": table.count_rows(), "version": table.version,
-                        "indexes": sorted(i.name for i in table.list_indices())}
+    tables = describe_tables(store)
     encoder = _pinned_encoder(models_dir)
     return {
         "store": store.uri,

@@ -127,10 +127,9 @@ def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_
                    device: str = "cpu", config: FusionConfig | None = None) -> Path:
     """Train (or reuse) a fusion answerer on the KB's own QA pairs, retrieving for each as inference will:
     never its own image or a near-duplicate of it."""
-    config = config or FusionConfig()
-    config = FusionConfig(**{**config.__dict__, "use_retrieval": use_retrieval})
-    trained = fusion_dir(out_root, f"{kb.fingerprint}:k={k}", config)
-    if (trained / "weights.safetensors").exists():  # before retrieving for every KB question: nights stay idle
+    config = _with_retrieval(config, use_retrieval)
+    trained = trained_answerer(kb, k, out_root, use_retrieval, config)
+    if trained is not None:  # looked up before retrieving for every KB question: nights stay idle
         return trained
     items = read_items(store, kb.sets, labelled=True)
     if items.empty:
@@ -139,6 +138,17 @@ def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_
     labels = np.array([kb.answer_index(a) for a in items["answer"]])
     return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(kb), labels,
                         kb.answers, out_root, f"{kb.fingerprint}:k={k}", config, device)
+
+
+def trained_answerer(kb: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
+                     config: FusionConfig | None = None) -> Path | None:
+    """The folder of the fusion answerer already trained for this KB, k and config; None when there is none."""
+    trained = fusion_dir(out_root, f"{kb.fingerprint}:k={k}", _with_retrieval(config, use_retrieval))
+    return trained if (trained / "weights.safetensors").exists() else None
+
+
+def _with_retrieval(config: FusionConfig | None, use_retrieval: bool) -> FusionConfig:
+    return FusionConfig(**{**(config or FusionConfig()).__dict__, "use_retrieval": use_retrieval})
 
 
 def job_id(kind: str, dataset: str, split: str, variant: str, *parts: str) -> str:

@@ -14,6 +14,7 @@ class Ravlm:
     """Runs `ravlm --data-dir D --reports-dir R <args> --json` as a user would, against the harness's server."""
 
     def __init__(self, data_dir: Path, reports_dir: Path, api_url: str):
+        self.dirs = (data_dir, reports_dir)
         self.options = ["--data-dir", str(data_dir), "--reports-dir", str(reports_dir)]
         self.env = {**os.environ, "PREFECT_API_URL": api_url}
 

@@ -5,6 +5,7 @@ assertions; a second run of every command must add no rows except the new eval r
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from pathlib import Path
@@ -139,6 +140,33 @@ def test_search_ask_and_sql(run):
     assert answer["answer"] in answers and len(answer["neighbours"]) == 5
     rows = ravlm("sql", "select split, count(*) as n from images group by split order by split")
     assert rows == [{"split": "test", "n": N_TEST}, {"split": "train", "n": N_TRAIN}]
+
+
+def test_interactive_commands_run_without_prefect_and_every_option_does_what_it_says(run):
+    ravlm = run["ravlm"]
+    # No flow and no server: with the API pointed at a closed port, a Prefect call would fail.
+    offline = Ravlm(*ravlm.dirs, "http://127.0.0.1:9/api")
+    assert {h["split"] for h in offline("search", "a drawing of a purple star", "--split", "test", "-k", "20")} == {"test"}
+    assert {h["split"] for h in offline("search", "a star", "--dataset", "shapes", "--split", "train")} == {"train"}
+    assert offline("search", "a star", "--dataset", "no-such-set") == []
+    human = offline.raw("search", "a drawing of a purple star", "-k", "3")
+    assert human.returncode == 0 and "images/" in human.stdout  # the image's path, not only its id
+
+    tables = offline("tables")
+    assert tables["images"]["rows"] == N_TRAIN + N_TEST and "image_id_idx" in tables["images"]["indexes"]
+    assert offline("tables", "qa")["qa"]["schema"]["question"] == "string"
+    assert "images" in {row["name"] for row in offline("sql", "show tables")}
+    columns = offline("sql", "select column_name from information_schema.columns where table_name = 'qa'")
+    assert {"question", "answer"} <= {row["column_name"] for row in columns}
+    [content] = offline("sql", "select thumbnail from contents limit 1")
+    assert base64.b64decode(content["thumbnail"]).startswith(b"\xff\xd8")  # JPEG bytes, not {}
+
+    image = sorted((run["folder"] / "images").glob("test_*.png"))[0]
+    for args, expected in ((("sql", "select nope from qa"), "error: sql: Binder Error"),
+                           (("ask", str(image), "Which colour?", "--kb", "shapes:test"), "run `ravlm vqa --dataset shapes"),
+                           (("tables", "nope"), "error: no table 'nope'")):
+        done = offline.raw(*args)
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_rerunning_every_step_adds_only_a_run_record(run):

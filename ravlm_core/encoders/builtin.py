@@ -109,27 +109,46 @@ def save_builtin(out_root: Path, spec: BuiltinSpec, heads) -> Path:
 
 
 class BuiltinEncoder:
-    """EfficientNet-Lite0 / MiniLM features → trained heads → unit rows of `dim` floats."""
+    """EfficientNet-Lite0 / MiniLM features → trained heads → unit rows of `dim` floats.
+
+    Each tower is built (and its installed weights checked against the ones the heads were trained on) on its
+    first use, so a text search loads no image model and an image-only embed run no text model."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu"):
         from safetensors.torch import load_file
 
         from ravlm_core.encoders.align import AlignmentHeads
-        from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing, TextBackbone
+        from ravlm_core.encoders.backbones import ImageBackbone, TextBackbone
 
-        model_dir = Path(model_dir)
-        spec = read_spec(model_dir)
-        _check_backbones(spec, model_dir)
-        state = load_file(str(model_dir / HEADS_FILE))
+        self.model_dir = Path(model_dir)
+        spec = read_spec(self.model_dir)
+        state = load_file(str(self.model_dir / HEADS_FILE))
         if compute_tag(spec, state) != spec.tag:
             raise ValueError(f"{model_dir}: {HEADS_FILE} or {SPEC_FILE} changed after training (tag mismatch); retrain")
-        pre = spec.preprocessing
         self.tag, self.dim, self.device, self.spec = spec.tag, spec.dim, device, spec
-        self._image = ImageBackbone(ImagePreprocessing(pre.image_size, pre.mean, pre.std), device)
-        self._text = TextBackbone(device, pre.text_max_length)
-        self._heads = AlignmentHeads(self._image.dim, self._text.dim, spec.training.hidden, spec.dim)
+        self._image_tower = self._text_tower = None
+        self._heads = AlignmentHeads(ImageBackbone.dim, TextBackbone.dim, spec.training.hidden, spec.dim)
         self._heads.load_state_dict(state, strict=True)
         self._heads.eval().requires_grad_(False).to(device)
+
+    @property
+    def _image(self):
+        from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing, image_weights_path
+
+        if self._image_tower is None:
+            _check_backbone(self.spec.image_backbone, image_weights_path(), self.model_dir)
+            pre = self.spec.preprocessing
+            self._image_tower = ImageBackbone(ImagePreprocessing(pre.image_size, pre.mean, pre.std), self.device)
+        return self._image_tower
+
+    @property
+    def _text(self):
+        from ravlm_core.encoders.backbones import TextBackbone, text_weights_path
+
+        if self._text_tower is None:
+            _check_backbone(self.spec.text_backbone, text_weights_path(), self.model_dir)
+            self._text_tower = TextBackbone(self.device, self.spec.preprocessing.text_max_length)
+        return self._text_tower
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """float32 [n, dim] unit rows."""
@@ -150,17 +169,15 @@ class BuiltinEncoder:
             return unit_rows(self._heads.text(self._text.features(list(texts))))
 
 
-def _check_backbones(spec: BuiltinSpec, model_dir: Path) -> None:
+def _check_backbone(backbone, path: Path, model_dir: Path) -> None:
     """The tag promises the backbone weights too, so refuse to run heads on different installed weights."""
-    from ravlm_core.encoders.backbones import image_weights_path, text_weights_path
     from ravlm_core.model_files import file_sha256
 
-    for backbone, path in ((spec.image_backbone, image_weights_path()), (spec.text_backbone, text_weights_path())):
-        if file_sha256(path) != backbone.weights_sha256:
-            raise ValueError(
-                f"{model_dir} was trained on {backbone.model} weights sha256 {backbone.weights_sha256[:12]}, but "
-                f"{path} differs; install {backbone.package} or retrain the encoder"
-            )
+    if file_sha256(path) != backbone.weights_sha256:
+        raise ValueError(
+            f"{model_dir} was trained on {backbone.model} weights sha256 {backbone.weights_sha256[:12]}, but "
+            f"{path} differs; install {backbone.package} or retrain the encoder"
+        )
 
 
 def train_builtin_encoder(
