@@ -51,6 +51,10 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
 
     log.info("training the built-in encoder's alignment heads on %d image-caption pairs", len(images))
     model_dir = train_builtin_encoder(images, captions, Path(models_dir), device=device)
+    from ravlm_core.encoders.builtin import BuiltinEncoder
+    from ravlm_core.encoders.text_query import export_text_query
+
+    export_text_query(BuiltinEncoder(model_dir, device="cpu"), model_dir)  # so `ravlm search` starts fast
     pin.parent.mkdir(parents=True, exist_ok=True)
     pin.write_text(json.dumps({"model_dir": str(model_dir)}))
     return str(model_dir)

@@ -13,7 +13,7 @@ from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import ImageRejected, open_rgb, signature
 from ravlm_core.knowledge import KnowledgeBase, parse_kb, retrieval_config
-from ravlm_core.models import pinned_encoder, timed_load
+from ravlm_core.models import BUILTIN, pinned_encoder, timed_load
 from ravlm_core.retrieve import Guard, kb_filter, search, vector_sets_filter
 from ravlm_core.store import ACTIVE, IMAGES, Store, image_vectors_table, in_list, sql_quote
 from ravlm_core.vqa import retrieve_for_vectors
@@ -24,8 +24,11 @@ class Session:
 
     def __init__(self, settings: Settings):
         self.settings, self.store = settings, Store(settings.store_uri)
-        self.device = settings.torch_device()
         self._encoder = None
+
+    @property
+    def device(self) -> str:
+        return self.settings.torch_device()  # imports torch for "auto": only asked when a torch model loads
 
     @property
     def encoder(self):
@@ -37,10 +40,26 @@ class Session:
             self._encoder = timed_load(f"encoder {ref}", lambda: load_encoder(ref, device=self.device))
         return self._encoder
 
+    def text_encoder(self):
+        """What embeds a text query: the built-in encoder's exported text graph when there is one (no torch
+        import; one short text runs as fast on the CPU as on a GPU), else the encoder itself, which then
+        exports the graph for the next query."""
+        from ravlm_core.encoders import describe_encoder
+        from ravlm_core.encoders.text_query import TextQueryEncoder, export_text_query, text_query_ready
+
+        ref = pinned_encoder(self.settings.encoder, self.settings.models_dir)
+        if self.settings.encoder != BUILTIN:
+            return self.encoder
+        if text_query_ready(Path(ref), describe_encoder(ref)[0]):
+            return timed_load(f"text query graph {ref}", lambda: TextQueryEncoder(ref))
+        export_text_query(self.encoder, Path(ref))
+        return self.encoder
+
     def search(self, text: str | None = None, image: str | Path | None = None, k: int = 10,
                dataset: str | None = None, split: str | None = None) -> list[dict]:
         """The k images nearest to a text or an image, among those listed in `dataset` / `split` when given."""
-        return search_images(self.store, self.encoder, text=text, image=image, k=k,
+        encoder = self.text_encoder() if text is not None else self.encoder
+        return search_images(self.store, encoder, text=text, image=image, k=k,
                              where=listed_in(self.store, dataset, split))
 
     def ask(self, image: str | Path, question: str, kb: list[str] | None = None) -> dict:

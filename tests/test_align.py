@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,3 +207,19 @@ def test_cuda_bf16_vectors_agree_with_cpu(trained, data):
     for on_cpu, on_cuda in pairs:
         assert on_cuda.dtype == np.float32
         assert np.sum(on_cpu * on_cuda, axis=1).min() > 0.98  # bf16 autocast: close in angle, not bit-equal
+
+
+def test_the_exported_text_graph_gives_the_torch_encoders_vectors_without_importing_torch(trained, tmp_path):
+    from ravlm_core.encoders.text_query import export_text_query, text_query_ready
+
+    encoder = load_encoder(trained)
+    assert not text_query_ready(trained, encoder.tag)
+    assert export_text_query(encoder, trained) == trained / "text_query.onnx"
+    assert text_query_ready(trained, encoder.tag)
+    texts = ["a red circle", "", "Ünïcode café, what colour?", "what shape is it? " * 200]  # the last is truncated
+    code = ("import json, sys, numpy as np; from ravlm_core.encoders.text_query import TextQueryEncoder; "
+            f"np.save(sys.argv[1], TextQueryEncoder(sys.argv[2]).embed_texts({texts!r})); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "graph.npy"), str(trained)], check=True)
+    graph, torch_vectors = np.load(tmp_path / "graph.npy"), encoder.embed_texts(texts)
+    assert graph.shape == torch_vectors.shape and np.abs(graph - torch_vectors).max() < 1e-5

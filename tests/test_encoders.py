@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from ravlm_core.encoders import load_encoder
-from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing, TextBackbone, text_model_dir
+from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing, TextBackbone
+from ravlm_core.encoders.packages import text_model_dir
 from ravlm_core.encoders.runtime import inference
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -133,7 +133,8 @@ class BuiltinEncoder:
 
     @property
     def _image(self):
-        from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing, image_weights_path
+        from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing
+        from ravlm_core.encoders.packages import image_weights_path
 
         if self._image_tower is None:
             _check_backbone(self.spec.image_backbone, image_weights_path(), self.model_dir)
@@ -143,7 +144,8 @@ class BuiltinEncoder:
 
     @property
     def _text(self):
-        from ravlm_core.encoders.backbones import TextBackbone, text_weights_path
+        from ravlm_core.encoders.backbones import TextBackbone
+        from ravlm_core.encoders.packages import text_weights_path
 
         if self._text_tower is None:
             _check_backbone(self.spec.text_backbone, text_weights_path(), self.model_dir)
@@ -295,7 +297,7 @@ def _text_features(texts: list[str], device: str, batch_size: int = 256):
 
 
 def _spec(preprocessing, config, n_pairs: int, n_captions: int, fingerprint: str, losses: list[float]) -> BuiltinSpec:
-    from ravlm_core.encoders import backbones as bb
+    from ravlm_core.encoders import packages as bb
     from ravlm_core.model_files import file_sha256
 
     image_sha, text_sha = file_sha256(bb.image_weights_path()), file_sha256(bb.text_weights_path())

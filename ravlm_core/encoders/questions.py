@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ravlm_core.encoders.backbones import TEXT_FEATURE_DIM, TextBackbone, text_weights_path
+from ravlm_core.encoders.backbones import TextBackbone
+from ravlm_core.encoders.packages import TEXT_FEATURE_DIM, text_weights_path
 from ravlm_core.encoders.runtime import empty_rows, inference, unit_rows
 from ravlm_core.model_files import file_sha256
 
