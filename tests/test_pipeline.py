@@ -285,3 +285,19 @@ def test_the_same_commands_run_on_a_dask_cluster(harness, tmp_path, run):
     assert ravlm("ingest", str(run["folder"]), "--dataset", "shapes")["added"] == N_TRAIN + N_TEST
     assert ravlm("embed")["new_images"] == N_TRAIN + N_TEST
     assert ravlm("eval", "--dataset", "shapes")["vqa"] == run["eval"]["vqa"]
+
+
+def test_the_python_api_the_readme_documents(run):
+    from ravlm_core.analytics import run_sql
+    from ravlm_core.config import Settings
+    from ravlm_core.query import Session
+
+    session = Session(Settings(data_dir=Path(run["store"].uri).parent))
+    hits = session.search("a drawing of a purple star", k=5, split="test")
+    assert len(hits) == 5 and {h["split"] for h in hits} == {"test"} and all(h["path"] for h in hits)
+    image = sorted((run["folder"] / "images").glob("test_*.png"))[0]
+    assert session.search(image=image, k=1)[0]["path"] == f"images/{image.name}"  # its own bytes come first
+    answers = set(run["store"].read(QA, columns=["answer"]).column("answer").to_pylist())
+    assert session.ask(image, "Which colour is the figure?", ["shapes"])["answer"] in answers
+    counts = run_sql(session.store.uri, "select split, count(*) n from images group by 1 order by 1")
+    assert counts.to_dict(orient="list") == {"split": ["test", "train"], "n": [N_TEST, N_TRAIN]}
