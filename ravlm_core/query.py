@@ -60,7 +60,7 @@ class Session:
         """The k images nearest to a text or an image, among those listed in `dataset` / `split` when given."""
         encoder = self.text_encoder() if text is not None else self.encoder
         return search_images(self.store, encoder, text=text, image=image, k=k,
-                             where=listed_in(self.store, dataset, split))
+                             where=listed_in(self.store, dataset, split), dataset=dataset, split=split)
 
     def ask(self, image: str | Path, question: str, kb: list[str] | None = None) -> dict:
         """Answer a question about an image with the fusion answerer the pipeline trained for the KB."""
@@ -105,20 +105,25 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def search_images(store: Store, encoder, *, text: str | None = None, image: str | Path | None = None, k: int = 10,
-                  where: str | None = None) -> list[dict]:
-    """The k images nearest to a text or an image query, with their caption and provenance."""
+                  where: str | None = None, dataset: str | None = None, split: str | None = None) -> list[dict]:
+    """The k images nearest to a text or an image query, with their caption and provenance (a listing in
+    `dataset` / `split` when given: the same bytes may be listed in several)."""
     if (text is None) == (image is None):
         raise ValueError("give exactly one of a text query or an image path")
     vector = encoder.embed_texts([text]) if text is not None else encoder.embed_images([open_image(image)])
     hits = search(store, image_vectors_table(encoder.tag), vector, k, where=where)
-    return _describe(store, hits.ids[0], hits.scores[0])
+    return _describe(store, hits.ids[0], hits.scores[0], dataset, split)
 
 
-def _describe(store: Store, ids: list[str], scores: list[float]) -> list[dict]:
+def _describe(store: Store, ids: list[str], scores: list[float], dataset: str | None = None,
+              split: str | None = None) -> list[dict]:
     if not ids:
         return []
+    where = f"{in_list('image_id', ids)} AND {ACTIVE}"
+    where += f" AND dataset = {sql_quote(dataset)}" if dataset else ""
+    where += f" AND split = {sql_quote(split)}" if split else ""
     rows = store.read(IMAGES, columns=["image_id", "dataset", "split", "path", "caption", "uri"],
-                      where=f"{in_list('image_id', ids)} AND {ACTIVE}").to_pylist()
+                      where=where).to_pylist()
     by_id = {r["image_id"]: r for r in rows}
     return [{**by_id.get(i, {"image_id": i}), "score": round(float(s), 4)} for i, s in zip(ids, scores)]
 
