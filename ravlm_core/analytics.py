@@ -5,7 +5,7 @@ import base64
 import json
 from typing import TYPE_CHECKING
 
-from ravlm_core.errors import UserError
+from ravlm_core.errors import UserError, first_line
 from ravlm_core.store import Store
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def run_sql(store_uri: str, query: str) -> pd.DataFrame:
     try:
         return connection.execute(query).df()
     except duckdb.Error as error:
-        raise UserError(f"sql: {_first_line(error)}") from None
+        raise UserError(f"sql: {first_line(error) or type(error).__name__}") from None
 
 
 def json_records(frame: pd.DataFrame) -> list[dict]:
@@ -72,7 +72,3 @@ def describe_tables(store: Store, name: str | None = None) -> dict[str, dict]:
         if name is not None:
             found[table_name]["schema"] = {field.name: str(field.type) for field in table.schema}
     return found
-
-
-def _first_line(error: Exception) -> str:
-    return next(iter(str(error).strip().splitlines()), type(error).__name__)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ravlm_core.imaging import ImageRejected, decode_image
 from ravlm_core.membership import memberships_of
-from ravlm_core.errors import UserError
+from ravlm_core.errors import UserError, first_line
 from ravlm_core.store import (ACTIVE, IMAGES, MEMBERSHIPS, QA, Store, image_vectors_table, in_list, question_vectors_table,
                               text_vectors_table, vector_schema)
 
@@ -102,7 +102,7 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) ->
     try:
         shard_ids = pq.read_table(shard_path, columns=["image_id"]).column("image_id").to_pylist()
     except (OSError, pa.ArrowException) as err:
-        raise UserError(f"shard {shard_path} cannot be read ({str(err).splitlines()[0]}): run `ravlm ingest` on "
+        raise UserError(f"shard {shard_path} cannot be read ({first_line(err) or type(err).__name__}): run `ravlm ingest` on "
                         f"its source again, which writes its images anew") from None
     labels = memberships_of(store, shard_ids)  # images no dataset lists any more are not embedded
     missing_images = set(labels) - store.existing_ids(image_table, "image_id", shard_ids)

@@ -25,6 +25,11 @@ class UnitFailed(RuntimeError):
         return self.args[0]
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" when it has none), for one-line reports."""
+    return next(iter(str(error).strip().splitlines()), "")
+
+
 # Errors that fail the same way every time: a user error, a missing or unreadable file, bad data.
 PERMANENT = (UserError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, TypeError, KeyError)
 
@@ -38,6 +43,6 @@ def naming(unit: str):
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001 - every other error gains the name of what failed
-        reason = next(iter(str(error).strip().splitlines()), "")
+        reason = first_line(error)
         raise UnitFailed(f"{unit}: {type(error).__name__}{': ' + reason if reason else ''}",
                          isinstance(error, PERMANENT)) from error

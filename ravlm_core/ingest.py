@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ravlm_core.errors import UserError
+from ravlm_core.errors import UserError, first_line
 from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, signature, thumbnail_jpeg
 from ravlm_core.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
                                    member_id_of)
@@ -228,7 +228,7 @@ def _contents_without_shard(store: Store, image_ids: set[str]) -> set[str]:
             pq.ParquetFile(shard).metadata  # noqa: B018 - reads the footer: a truncated file fails here
             continue
         except (OSError, pa.ArrowException) as err:
-            reason = "is missing" if not Path(shard).exists() else f"cannot be read ({str(err).splitlines()[0]})"
+            reason = "is missing" if not Path(shard).exists() else f"cannot be read ({first_line(err) or type(err).__name__})"
         ids = {i for i, s in shard_of.items() if s == shard}
         log.warning("shard %s %s: its %d images are written again from the source", shard, reason, len(ids))
         lost |= ids

@@ -47,9 +47,9 @@ class Session:
         from ravlm_core.encoders import describe_encoder
         from ravlm_core.encoders.text_query import TextQueryEncoder, export_text_query, text_query_ready
 
-        ref = pinned_encoder(self.settings.encoder, self.settings.models_dir)
         if self.settings.encoder != BUILTIN:
             return self.encoder
+        ref = pinned_encoder(BUILTIN, self.settings.models_dir)
         if text_query_ready(Path(ref), describe_encoder(ref)[0]):
             return timed_load(f"text query graph {ref}", lambda: TextQueryEncoder(ref))
         export_text_query(self.encoder, Path(ref))

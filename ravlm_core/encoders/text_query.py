@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ravlm_core.encoders.packages import text_max_length, text_model_dir
+from ravlm_core.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def export_text_query(encoder, model_dir: Path) -> Path | None:
                               dynamic_axes={**axes, "vectors": {0: "batch"}}, opset_version=17)
     except Exception as error:  # noqa: BLE001 - an optional speed-up must never fail the pipeline
         log.warning("could not export the text query graph (%s: %s); text searches will load torch",
-                    type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                    type(error).__name__, first_line(error))
         staging.unlink(missing_ok=True)
         return None
     staging.replace(model_dir / ONNX_FILE)
