@@ -199,21 +199,91 @@ def evaluate(ctx: typer.Context, dataset: str = typer.Option(..., help="The quer
                generator or None), as_json, _print_eval)
 
 
+SEARCH_WHERE = typer.Option(None, "--where", help="Filter on the images listing, repeatable (all must hold): "
+                            "COLUMN=VALUE, COLUMN!=VALUE, COLUMN>VALUE (>=, <, <=), COLUMN~TEXT (contains, any case) "
+                            "or 'COLUMN in A,B'. Columns: dataset, split, path, uri, caption, format, width, height, "
+                            "extra, image_id, member_id, ingested_at. Values are always literals.")
+OUTPUT_FORMAT = typer.Option("table", "--format", help="table, json, parquet or html (parquet and html need "
+                             "--output).")
+OUTPUT = typer.Option(None, "--output", "-o", help="The file --format parquet / html writes.")
+
+
 @app.command()
 def search(ctx: typer.Context, text: Optional[str] = typer.Argument(None, help="Text query."),
            image: Optional[Path] = typer.Option(None, help="Image query (a file)."),
-           top_k: int = typer.Option(10, "-k", "--top-k", help="How many images to return."),
+           top_k: int = typer.Option(10, "-k", "--top-k", help="How many hits to return."),
            dataset: Optional[str] = typer.Option(None, help="Only images listed in this dataset."),
            split: Optional[str] = typer.Option(None, help="Only images listed in this split (of --dataset, or of any)."),
-           as_json: bool = JSON) -> None:
-    """Text→image or image→image search over the embedded images. Runs here: no flow, no server, no training."""
+           where: Optional[list[str]] = SEARCH_WHERE,
+           target: str = typer.Option("images", "--target", help="images, or texts: the captions and questions "
+                                      "the encoder embedded (with --image: image→text), each with where it is used."),
+           hybrid: bool = typer.Option(False, "--hybrid", help="Text queries: fuse the vector hits with full-text "
+                                       "hits on the query's words (captions, or the texts), reranked."),
+           reranker: str = typer.Option("rrf", help="With --hybrid: rrf (reciprocal rank fusion) or "
+                                        "cross-encoder:FOLDER (a local sentence-transformers cross-encoder)."),
+           output_format: str = OUTPUT_FORMAT, output: Optional[Path] = OUTPUT, as_json: bool = JSON) -> None:
+    """Text→image, image→image or image→text search over the embedded store, optionally hybrid with full text.
+    Runs here: no flow, no server, no training."""
     from flows.common import settings_from
     from ravlm_core.query import Session
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give a text query or --image PATH (exactly one)")
-    hits = Session(settings_from(ctx.obj)).search(text, image, top_k, dataset, split)
-    _emit(hits, as_json, _print_hits)
+    _check_output(output_format, output)
+    session = Session(settings_from(ctx.obj))
+    hits = session.search(text, image, top_k, dataset, split, where=where, target=target, hybrid=hybrid,
+                          reranker=reranker)
+    query_thumbnail = None
+    if image is not None and output_format == "html":
+        from ravlm_core.imaging import thumbnail_jpeg
+        from ravlm_core.query import open_image
+
+        query_thumbnail = thumbnail_jpeg(open_image(image))
+    _write_results(hits, output_format, output, as_json, session.store, query_thumbnail)
+
+
+@app.command()
+def dedup(ctx: typer.Context,
+          threshold: float = typer.Option(..., help="Cosine similarity in (0, 1] at or above which two images are "
+                                          "near-duplicates (0.95 is a start; 1 finds only identical vectors)."),
+          dataset: Optional[str] = typer.Option(None, help="Only images listed in this dataset."),
+          split: Optional[str] = typer.Option(None, help="Only images listed in this split (of --dataset, or of any)."),
+          output_format: str = OUTPUT_FORMAT, output: Optional[Path] = OUTPUT, as_json: bool = JSON) -> None:
+    """Groups of near-duplicate images (re-encoded, resized, brightened copies) over the pinned encoder's image
+    vectors: one row per member with its group, its best similarity within the group and a listing. Byte-identical
+    files are one image already. Runs here: no flow, no server."""
+    from flows.common import settings_from
+    from ravlm_core.dedup import near_duplicates
+    from ravlm_core.encoders import describe_encoder
+    from ravlm_core.models import pinned_encoder
+    from ravlm_core.store import Store
+
+    _check_output(output_format, output)
+    settings = settings_from(ctx.obj)
+    store = Store(settings.store_uri)
+    model_tag = describe_encoder(pinned_encoder(settings.encoder, settings.models_dir))[0]
+    _write_results(near_duplicates(store, model_tag, threshold, dataset, split), output_format, output, as_json, store)
+
+
+def _check_output(output_format: str, output: Optional[Path]) -> None:
+    from ravlm_core.errors import UserError
+
+    if output_format not in ("table", "json", "parquet", "html"):
+        raise UserError(f"--format {output_format!r}: use table, json, parquet or html")
+    if output_format in ("parquet", "html") and output is None:
+        raise UserError(f"--format {output_format} writes a file: give --output PATH")
+
+
+def _write_results(hits, output_format: str, output: Optional[Path], as_json: bool, store,
+                   query_thumbnail: bytes | None = None) -> None:
+    """Print the hits (a table, or JSON rows), or write them to --output and say where."""
+    if output_format in ("parquet", "html"):
+        written = hits.write_parquet(output) if output_format == "parquet" else hits.write_html(output, store,
+                                                                                                query_thumbnail)
+        _emit({"output": str(written), "format": output_format, "rows": len(hits)}, as_json,
+              lambda r: typer.echo(f"wrote {r['rows']} rows to {r['output']}"))
+        return
+    _emit(list(hits), as_json or output_format == "json", lambda _: _print_results(hits))
 
 
 @app.command()
@@ -304,6 +374,30 @@ def _print_hits(hits: list[dict]) -> None:
     _table("neighbours", ["score", "path", "dataset", "split", "caption"],
            [[h.get("score"), h.get("path") or h.get("image_id", ""), h.get("dataset"), h.get("split"), h.get("caption")]
             for h in hits])
+
+
+# Per kind of result: (table title, [(header, row key)]); hybrid searches add their two legs' scores.
+_COLUMNS = {
+    "images": ("images", [("score", "score"), ("path", "path"), ("dataset", "dataset"), ("split", "split"),
+                          ("caption", "caption")]),
+    "texts": ("texts", [("score", "score"), ("text", "text"), ("kind", "kind"), ("listings", "listings"),
+                        ("e.g. path", "path"), ("dataset", "dataset"), ("split", "split")]),
+    "duplicates": ("near-duplicates", [("group", "group"), ("size", "size"), ("similarity", "similarity"),
+                                       ("path", "path"), ("dataset", "dataset"), ("split", "split"),
+                                       ("caption", "caption"), ("listings", "listings")]),
+}
+
+
+def _print_results(hits) -> None:
+    title, columns = _COLUMNS[hits.kind]
+    if any("text_score" in h for h in hits):
+        columns = columns[:1] + [("vector", "vector_score"), ("full text", "text_score")] + columns[1:]
+
+    def cell(hit: dict, key: str):
+        value = hit.get(key) or (hit.get("image_id") if key == "path" else None)  # no listing left: its id
+        return "" if value is None else value
+
+    _table(title, [header for header, _ in columns], [[cell(h, key) for _, key in columns] for h in hits])
 
 
 def _print_ingest(result: dict) -> None:

@@ -1,0 +1,110 @@
+"""Near-duplicate images: groups of stored images whose vectors are at least `threshold` cosine-similar.
+
+Exact byte copies already share one content id (ingest hashes the bytes), so what is left to find is the
+re-encoded, resized, brightened or cropped copy. Each image's nearest neighbours come from the vector table's own
+batched search (its ANN index once it has one), never an all-pairs loop in Python; pairs at or above the
+threshold are edges, and the groups are their connected components.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ravlm_core.errors import UserError
+from ravlm_core.filters import listing_where
+from ravlm_core.results import Hits
+from ravlm_core.retrieve import QUERY_BATCH, search
+from ravlm_core.store import IMAGES, Store, chunks, image_vectors_table, in_list
+
+log = logging.getLogger(__name__)
+
+# Neighbours looked at per image: a group larger than this still comes out whole, joined through its members.
+NEIGHBOURS = 10
+
+
+def near_duplicates(store: Store, model_tag: str, threshold: float, dataset: str | None = None,
+                    split: str | None = None, neighbours: int = NEIGHBOURS) -> Hits:
+    """The groups of images (listed in `dataset` / `split` when given) whose vectors from encoder `model_tag`
+    are at least `threshold` cosine-similar to another member, largest similarity first.
+
+    Returns `Hits` of kind "duplicates": one row per member with its group number, the group's size, the
+    member's best similarity to another member, one of its listings and how many listings show it.
+
+    Raises:
+        UserError: the threshold is not in (0, 1], or the encoder has no image vectors yet.
+    """
+    if not 0 < threshold <= 1:
+        raise UserError(f"--threshold must be a cosine similarity in (0, 1], got {threshold}")
+    from ravlm_core.query import listed_in
+
+    table = image_vectors_table(model_tag)
+    if not store.has(table):
+        raise UserError(f"no image vectors for encoder {model_tag} in {store.uri}: run `ravlm embed` first")
+    where = listed_in(store, dataset, split)
+    scanner = store.table(table).to_lance().to_batches(columns=["image_id", "vector"], filter=where,
+                                                       batch_size=QUERY_BATCH)
+    ids: list[str] = []
+    pairs: list[tuple[str, str, float]] = []
+    for batch in scanner:
+        if not batch.num_rows:
+            continue
+        queries = batch.column("vector").flatten().to_numpy().reshape(batch.num_rows, -1)
+        own = batch.column("image_id").to_pylist()
+        ids += own
+        # The neighbour list includes the image itself; the search keeps it out of its own k.
+        hits = search(store, table, queries.astype(np.float32), neighbours, where=where, exclude=own)
+        pairs += [(a, b, s) for a, found, sims in zip(own, hits.ids, hits.scores)
+                  for b, s in zip(found, sims) if s >= threshold]
+    groups = _components(ids, pairs)
+    log.info("near-duplicates at cosine >= %s: %d groups among %d images", threshold, len(groups), len(ids))
+    return Hits(_rows(store, groups, pairs, listing_where((), dataset, split)), kind="duplicates",
+                title=f"near-duplicates at cosine similarity >= {threshold}")
+
+
+def _components(ids: list[str], pairs: list[tuple[str, str, float]]) -> list[list[str]]:
+    """The connected components with two or more members, each sorted."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    index = {image_id: n for n, image_id in enumerate(ids)}
+    edges = [(index[a], index[b]) for a, b, _ in pairs if a in index and b in index]
+    if not edges:
+        return []
+    rows, cols = np.array(edges).T
+    graph = coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(len(ids), len(ids)))
+    _, labels = connected_components(graph, directed=False)
+    members: dict[int, list[str]] = {}
+    for image_id, label in zip(ids, labels):
+        members.setdefault(int(label), []).append(image_id)
+    return [sorted(group) for group in members.values() if len(group) > 1]
+
+
+def _rows(store: Store, groups: list[list[str]], pairs: list[tuple[str, str, float]], where: str) -> list[dict]:
+    """One row per member, groups ordered by their closest pair, members by their best similarity."""
+    best: dict[str, float] = {}
+    for a, b, sim in pairs:
+        best[a], best[b] = max(best.get(a, sim), sim), max(best.get(b, sim), sim)
+    listings = _listings(store, [i for group in groups for i in group], where)
+    ordered = sorted(groups, key=lambda group: (-max(best[i] for i in group), group[0]))
+    rows = []
+    for number, group in enumerate(ordered, 1):
+        for image_id in sorted(group, key=lambda i: (-best[i], i)):
+            shown = listings.get(image_id, [{}])
+            rows.append({"group": number, "size": len(group), "similarity": round(best[image_id], 6),
+                         "image_id": image_id, **{key: shown[0].get(key) for key in ("dataset", "split", "path",
+                                                                                    "caption")},
+                         "listings": len(listings.get(image_id, []))})
+    return rows
+
+
+def _listings(store: Store, image_ids: list[str], where: str) -> dict[str, list[dict]]:
+    """Each image's listings matching `where`, first by dataset, split, path."""
+    found: dict[str, list[dict]] = {}
+    for part in chunks(sorted(set(image_ids))):
+        table = store.read(IMAGES, columns=["image_id", "dataset", "split", "path", "caption"],
+                           where=f"{in_list('image_id', part)} AND {where}")
+        for row in table.sort_by([("dataset", "ascending"), ("split", "ascending"), ("path", "ascending")]).to_pylist():
+            found.setdefault(row["image_id"], []).append(row)
+    return found
+
