@@ -42,8 +42,8 @@ def near_duplicates(store: Store, model_tag: str, threshold: float, dataset: str
     if not store.has(table):
         raise UserError(f"no image vectors for encoder {model_tag} in {store.uri}: run `ravlm embed` first")
     where = listed_in(store, dataset, split)
-    scanner = store.table(table).to_lance().to_batches(columns=["image_id", "vector"], filter=where,
-                                                       batch_size=QUERY_BATCH)
+    scan = store.table(table).search().select(["image_id", "vector"]).limit(None)
+    scanner = (scan.where(where) if where else scan).to_batches(QUERY_BATCH)
     ids: list[str] = []
     pairs: list[tuple[str, str, float]] = []
     for batch in scanner:

@@ -17,7 +17,8 @@ FILTER_COLUMNS = ("dataset", "split", "path", "uri", "caption", "format", "width
                   "member_id", "ingested_at")
 # `~` is "contains, ignoring case"; `in` takes a comma-separated list. Longest first, so `>=` is not read as `>`.
 OPERATORS = (">=", "<=", "!=", "=", ">", "<", "~")
-_SYNTAX = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:(>=|<=|!=|=|>|<|~)|\s(in)\s)(.*)$", re.IGNORECASE | re.DOTALL)
+_SYNTAX = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(?:({'|'.join(map(re.escape, OPERATORS))})|\s(in)\s)(.*)$",
+                     re.IGNORECASE | re.DOTALL)
 HELP = ("COLUMN=VALUE, COLUMN!=VALUE, COLUMN>VALUE (>=, <, <=), COLUMN~TEXT (contains, any case) or "
         f"'COLUMN in A,B'; columns: {', '.join(FILTER_COLUMNS)}")
 

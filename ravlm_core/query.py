@@ -28,8 +28,9 @@ from ravlm_core.vqa import retrieve_for_vectors
 TARGETS = ("images", "texts")
 # Hits each leg of a hybrid search hands the reranker, so the fused top k can draw on both.
 HYBRID_DEPTH = 50
-# Ids per prefilter IN list: a selective `--where` searches only the rows it selects, in slices this long.
-PREFILTER_IDS = 5000
+# Ids per prefilter IN list: a `--where` searches only the rows it selects, in slices this long (measured on
+# 50k 256-d rows with a B-tree on the id: one slice of 50k ids 0.63 s, ten of 5k 1.3 s, no filter 0.07 s).
+PREFILTER_IDS = 50_000
 
 
 class Session:
@@ -84,6 +85,8 @@ class Session:
             raise UserError("give a text query or an image (exactly one)")
         if target not in TARGETS:
             raise UserError(f"unknown search target {target!r}; targets: {', '.join(TARGETS)}")
+        if not hybrid and reranker != "rrf":
+            raise UserError("--reranker reranks the two halves of a --hybrid search: add --hybrid")
         if hybrid and text is None:
             raise UserError("--hybrid needs a text query: its full-text half matches the query's words")
         if k < 1:

@@ -21,7 +21,7 @@ from ravlm_core import embed, ingest
 from ravlm_core.config import Settings
 from ravlm_core.dedup import near_duplicates
 from ravlm_core.errors import UserError
-from ravlm_core.filters import parse_filter, parse_filters
+from ravlm_core.filters import FILTER_COLUMNS, parse_filter, parse_filters
 from ravlm_core.indexing import build_indexes
 from ravlm_core.query import Session, load_reranker
 from ravlm_core.results import SCHEMAS
@@ -126,6 +126,11 @@ def test_filter_mistakes_are_one_line_errors():
         with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse_filters([given])
     assert [f.sql() for f in parse_filters({"split": "test", "width": 64})] == ["split = 'test'", "width = 64"]
+    assert [f.sql() for f in parse_filters(["split in train, 'val'", "caption~Red Star"])] == [
+        "split IN ('train', 'val')", "contains(lower(caption), 'red star')"]
+    from flows.cli import SEARCH_WHERE  # its help lists the columns without importing the library
+
+    assert all(column in SEARCH_WHERE.help for column in FILTER_COLUMNS)
 
 
 def test_hybrid_fuses_the_vector_and_full_text_rankings_by_reciprocal_rank(shapes):
