@@ -253,16 +253,11 @@ def dedup(ctx: typer.Context,
     vectors: one row per member with its group, its best similarity within the group and a listing. Byte-identical
     files are one image already. Runs here: no flow, no server."""
     from flows.common import settings_from
-    from ravlm_core.dedup import near_duplicates
-    from ravlm_core.encoders import describe_encoder
-    from ravlm_core.models import pinned_encoder
-    from ravlm_core.store import Store
+    from ravlm_core.query import Session
 
     _check_output(output_format, output)
-    settings = settings_from(ctx.obj)
-    store = Store(settings.store_uri)
-    model_tag = describe_encoder(pinned_encoder(settings.encoder, settings.models_dir))[0]
-    _write_results(near_duplicates(store, model_tag, threshold, dataset, split), output_format, output, as_json, store)
+    session = Session(settings_from(ctx.obj))
+    _write_results(session.dedup(threshold, dataset, split), output_format, output, as_json, session.store)
 
 
 def _check_output(output_format: str, output: Optional[Path]) -> None:

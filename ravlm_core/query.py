@@ -100,6 +100,15 @@ class Session:
         hits.title = f"{target} nearest to {text if text is not None else image}"
         return hits
 
+    def dedup(self, threshold: float, dataset: str | None = None, split: str | None = None) -> Hits:
+        """Groups of near-duplicate images (cosine >= `threshold`) among the store encoder's image vectors; see
+        `dedup.near_duplicates`. Loads no model: the encoder's tag is read from its files."""
+        from ravlm_core.dedup import near_duplicates
+        from ravlm_core.encoders import describe_encoder
+
+        model_tag = describe_encoder(pinned_encoder(self.settings.encoder, self.settings.models_dir))[0]
+        return near_duplicates(self.store, model_tag, threshold, dataset, split)
+
     def ask(self, image: str | Path, question: str, kb: list[str] | None = None) -> dict:
         """Answer a question about an image with the fusion answerer the pipeline trained for the KB."""
         from ravlm_core.encoders.questions import QuestionEncoder, question_encoder_tag
@@ -184,6 +193,8 @@ def search_images(store: Store, model_tag: str, vector, k: int, scope: Scope, *,
                   reranker=None) -> Hits:
     """The k images nearest to a query vector ([1, d]) within `scope`, each described by a listing that passes
     it; with `fts_query`, fused with the full-text hits on captions by `reranker`."""
+    if not store.has(image_vectors_table(model_tag)):
+        raise UserError(f"no image vectors for encoder {model_tag} in {store.uri}: run `ravlm embed` first")
     where, ids = scope.image_prefilter(store)
     depth = max(k, HYBRID_DEPTH) if fts_query else k
     nearest = _nearest(store, image_vectors_table(model_tag), vector, depth, "image_id", where, ids)

@@ -74,6 +74,7 @@ def test_text_to_image_and_image_to_image(shapes):
     query = image_of(shapes, "test_00050.png")
     [own] = session.search(image=query, k=1, dataset="shapes")
     assert own["path"] == "images/test_00050.png" and own["score"] == pytest.approx(1.0, abs=1e-3)
+    assert session.search("a star", dataset="no-such-set") == []
 
 
 def test_image_to_text_returns_the_images_own_caption_and_where_each_text_is_used(shapes):
