@@ -1,9 +1,10 @@
 """Near-duplicate images: groups of stored images whose vectors are at least `threshold` cosine-similar.
 
 Exact byte copies already share one content id (ingest hashes the bytes), so what is left to find is the
-re-encoded, resized, brightened or cropped copy. Each image's nearest neighbours come from the vector table's own
-batched search (its ANN index once it has one), never an all-pairs loop in Python; pairs at or above the
-threshold are edges, and the groups are their connected components.
+re-encoded, resized, brightened or cropped copy. Each image's nearest neighbours at or above the threshold are
+edges, and the groups are their connected components. The neighbours come from blocks of exact similarities
+(matrix products) up to `EXACT_MAX_ROWS` images, far faster there than one index query per image, and from the
+vector index, in batches of queries, above it; never from a loop over pairs in Python.
 """
 from __future__ import annotations
 
@@ -19,12 +20,20 @@ from ravlm_core.store import IMAGES, Store, chunks, image_vectors_table, in_list
 
 log = logging.getLogger(__name__)
 
-# Neighbours looked at per image: a group larger than this still comes out whole, joined through its members.
+# Neighbours looked at per image: a larger group still comes out whole, joined through its members.
 NEIGHBOURS = 10
+# Up to this many images every similarity is computed (see benchmarks/dedup_bench.py: 20k images, exact in
+# seconds, where one index query per image took minutes); the vectors are held in memory (200k x 256 = 200 MB).
+EXACT_MAX_ROWS = 200_000
+# Similarities computed per block of the exact route (float32: 256 MB).
+BLOCK_CELLS = 1 << 26
+
+Pair = tuple[str, str, float]
 
 
 def near_duplicates(store: Store, model_tag: str, threshold: float, dataset: str | None = None,
-                    split: str | None = None, neighbours: int = NEIGHBOURS) -> Hits:
+                    split: str | None = None, neighbours: int = NEIGHBOURS,
+                    exact_max_rows: int = EXACT_MAX_ROWS) -> Hits:
     """The groups of images (listed in `dataset` / `split` when given) whose vectors from encoder `model_tag`
     are at least `threshold` cosine-similar to another member, largest similarity first.
 
@@ -43,26 +52,65 @@ def near_duplicates(store: Store, model_tag: str, threshold: float, dataset: str
         raise UserError(f"no image vectors for encoder {model_tag} in {store.uri}: run `ravlm embed` first")
     where = listed_in(store, dataset, split)
     scan = store.table(table).search().select(["image_id", "vector"]).limit(None)
-    scanner = (scan.where(where) if where else scan).to_batches(QUERY_BATCH)
-    ids: list[str] = []
-    pairs: list[tuple[str, str, float]] = []
-    for batch in scanner:
-        if not batch.num_rows:
-            continue
-        queries = batch.column("vector").flatten().to_numpy().reshape(batch.num_rows, -1)
-        own = batch.column("image_id").to_pylist()
-        ids += own
-        # The neighbour list includes the image itself; the search keeps it out of its own k.
-        hits = search(store, table, queries.astype(np.float32), neighbours, where=where, exclude=own)
-        pairs += [(a, b, s) for a, found, sims in zip(own, hits.ids, hits.scores)
-                  for b, s in zip(found, sims) if s >= threshold]
+    batches = (scan.where(where) if where else scan).to_batches(QUERY_BATCH)
+    if store.count(table, where) <= exact_max_rows:
+        ids, pairs = _pairs_exact(batches, threshold, neighbours)
+    else:
+        ids, pairs = _pairs_indexed(store, table, batches, where, threshold, neighbours)
     groups = _components(ids, pairs)
     log.info("near-duplicates at cosine >= %s: %d groups among %d images", threshold, len(groups), len(ids))
     return Hits(_rows(store, groups, pairs, listing_where((), dataset, split)), kind="duplicates",
                 title=f"near-duplicates at cosine similarity >= {threshold}")
 
 
-def _components(ids: list[str], pairs: list[tuple[str, str, float]]) -> list[list[str]]:
+def _vectors(batch) -> np.ndarray:
+    return batch.column("vector").flatten().to_numpy().reshape(batch.num_rows, -1).astype(np.float32)
+
+
+def _pairs_exact(batches, threshold: float, neighbours: int) -> tuple[list[str], list[Pair]]:
+    """The pairs at or above the threshold among each image's `neighbours` nearest, from blocks of exact
+    similarities (vectors are L2-normalised). Capping the neighbours keeps a low threshold from listing every
+    pair of a large collection; the groups still come out whole, joined through their members."""
+    batches = [batch for batch in batches if batch.num_rows]
+    ids = [image_id for batch in batches for image_id in batch.column("image_id").to_pylist()]
+    if len(ids) < 2:
+        return ids, []
+    vectors = np.concatenate([_vectors(batch) for batch in batches])  # [n, d]
+    nearest = min(neighbours, len(ids) - 1)
+    pairs: list[Pair] = []
+    step = max(1, BLOCK_CELLS // len(ids))
+    for start in range(0, len(ids), step):
+        sims = vectors[start : start + step] @ vectors.T  # [block, n]
+        block = np.arange(len(sims))
+        sims[block, start + block] = -np.inf  # an image is not its own neighbour
+        close = np.flatnonzero((sims >= threshold).any(axis=1))  # most images have no near-duplicate at all
+        if not close.size:
+            continue
+        top = np.argpartition(-sims[close], nearest - 1, axis=1)[:, :nearest]  # [close, nearest]
+        top_sims = np.take_along_axis(sims[close], top, axis=1)
+        rows, cols = np.nonzero(top_sims >= threshold)
+        pairs += [(ids[start + close[r]], ids[top[r, c]], float(top_sims[r, c])) for r, c in zip(rows, cols)]
+    return ids, pairs
+
+
+def _pairs_indexed(store: Store, table: str, batches, where: str | None, threshold: float,
+                   neighbours: int) -> tuple[list[str], list[Pair]]:
+    """The pairs at or above the threshold among each image's `neighbours` nearest, from the vector index."""
+    ids: list[str] = []
+    pairs: list[Pair] = []
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        own = batch.column("image_id").to_pylist()
+        ids += own
+        # The neighbour list would include the image itself; the search keeps it out of its own k.
+        hits = search(store, table, _vectors(batch), neighbours, where=where, exclude=own)
+        pairs += [(a, b, s) for a, found, sims in zip(own, hits.ids, hits.scores)
+                  for b, s in zip(found, sims) if s >= threshold]
+    return ids, pairs
+
+
+def _components(ids: list[str], pairs: list[Pair]) -> list[list[str]]:
     """The connected components with two or more members, each sorted."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -80,7 +128,7 @@ def _components(ids: list[str], pairs: list[tuple[str, str, float]]) -> list[lis
     return [sorted(group) for group in members.values() if len(group) > 1]
 
 
-def _rows(store: Store, groups: list[list[str]], pairs: list[tuple[str, str, float]], where: str) -> list[dict]:
+def _rows(store: Store, groups: list[list[str]], pairs: list[Pair], where: str) -> list[dict]:
     """One row per member, groups ordered by their closest pair, members by their best similarity."""
     best: dict[str, float] = {}
     for a, b, sim in pairs:
@@ -104,6 +152,8 @@ def _listings(store: Store, image_ids: list[str], where: str) -> dict[str, list[
     for part in chunks(sorted(set(image_ids))):
         table = store.read(IMAGES, columns=["image_id", "dataset", "split", "path", "caption"],
                            where=f"{in_list('image_id', part)} AND {where}")
+        if not table.num_rows:
+            continue
         for row in table.sort_by([("dataset", "ascending"), ("split", "ascending"), ("path", "ascending")]).to_pylist():
             found.setdefault(row["image_id"], []).append(row)
     return found

@@ -302,6 +302,8 @@ def test_dedup_finds_the_planted_copy_and_nothing_else(photos):
     groups = near_duplicates(photos, PixelEncoder.tag, 0.9)
     assert sorted(r["path"] for r in groups) == ["photo03.png", "photo03_edit.jpg"]
     assert {r["group"] for r in groups} == {1} and all(r["size"] == 2 and r["similarity"] >= 0.9 for r in groups)
+    # The route through the vector index (for collections past EXACT_MAX_ROWS) finds the same group.
+    assert near_duplicates(photos, PixelEncoder.tag, 0.9, exact_max_rows=0) == groups
     # At a threshold no pair reaches, nothing is grouped; outside the dataset asked for, nothing is looked at.
     assert near_duplicates(photos, PixelEncoder.tag, 0.9999) == []
     assert near_duplicates(photos, PixelEncoder.tag, 0.9, dataset="elsewhere") == []
