@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 # Neighbours looked at per image: a larger group still comes out whole, joined through its members.
 NEIGHBOURS = 10
-# Up to this many images every similarity is computed (see benchmarks/dedup_bench.py: 20k images, exact in
-# seconds, where one index query per image took minutes); the vectors are held in memory (200k x 256 = 200 MB).
+# Up to this many images every similarity is computed; the vectors are held in memory (200k x 256 = 200 MB).
+# benchmarks/dedup_bench.py, 20k images: exact 6.7 s, one index query per image 98.5 s (2 busy cores). The exact
+# cost grows with the square of the images and the index's linearly: they meet around here.
 EXACT_MAX_ROWS = 200_000
 # Similarities computed per block of the exact route (float32: 256 MB).
 BLOCK_CELLS = 1 << 26
