@@ -245,7 +245,7 @@ def search(ctx: typer.Context, text: Optional[str] = typer.Argument(None, help="
 @app.command()
 def dedup(ctx: typer.Context,
           threshold: float = typer.Option(..., help="Cosine similarity in (0, 1] at or above which two images are "
-                                          "near-duplicates (0.95 is a start; 1 finds only identical vectors)."),
+                                          "near-duplicates (0.95 is a start; what is near depends on the encoder)."),
           dataset: Optional[str] = typer.Option(None, help="Only images listed in this dataset."),
           split: Optional[str] = typer.Option(None, help="Only images listed in this split (of --dataset, or of any)."),
           output_format: str = OUTPUT_FORMAT, output: Optional[Path] = OUTPUT, as_json: bool = JSON) -> None:
