@@ -89,7 +89,7 @@ def raw_search(store, table, queries, k, settings: tuple[int, int] | None) -> tu
         started = time.perf_counter()
         search = handle.search(query).distance_type("cosine").limit(k).select(["image_id", "_distance"])
         if settings is not None:
-            search = search.minimum_nprobes(settings[0]).maximum_nprobes(0)
+            search = search.nprobes(settings[0])
             search = search.refine_factor(settings[1]) if settings[1] else search
         result = search.to_arrow()
         times.append((time.perf_counter() - started) * 1000)

@@ -143,8 +143,8 @@ def ensure_vector_index(store: Store, name: str, *, min_rows: int, target_recall
         stats = table.index_stats(index.name)
         trained_rows = record.trained_rows if record is not None else stats.num_indexed_rows
         if stats.num_unindexed_rows == 0 and record is not None and record.index_uuid == segment_uuids(table) \
-                and record.rows_indexed == rows and record.target_recall <= target_recall:
-            return record  # idempotent rerun: same index, same rows, a figure already gated at this target
+                and record.rows_indexed == rows and record.target_recall == target_recall:
+            return record  # idempotent rerun: same index, same rows, a figure gated at this target
         if stats.num_unindexed_rows:
             log.info("%s: indexing %d appended rows as a delta", name, stats.num_unindexed_rows)
             append_delta(table, index.name)
@@ -227,10 +227,10 @@ def exact_neighbours(table, queries: int, seed: int = 0) -> tuple[Sample, np.nda
     """`queries` stored vectors drawn at random, and the row ids of each one's K nearest other rows by exact
     cosine (numpy over the whole table, one chunk at a time): [q, K]."""
     dataset = table.to_lance()
-    all_ids = dataset.to_table(columns=[], with_row_id=True).column("_rowid").to_numpy()
-    rng = np.random.default_rng(seed)
-    positions = np.sort(rng.choice(len(all_ids), size=min(queries, len(all_ids)), replace=False))
-    sample = Sample(all_ids[positions], _unit(_matrix(dataset.take(positions, columns=[COLUMN]).column(COLUMN))))
+    rows = dataset.count_rows()
+    positions = np.sort(np.random.default_rng(seed).choice(rows, size=min(queries, rows), replace=False))
+    taken = dataset.take(positions, columns=[COLUMN, "_rowid"])  # the row ids the scan below reports
+    sample = Sample(taken.column("_rowid").to_numpy(), _unit(_matrix(taken.column(COLUMN))))
     best_sims = np.full((len(positions), K), -np.inf, np.float32)
     best_ids = np.zeros((len(positions), K), np.uint64)
     for batch in dataset.to_batches(columns=[COLUMN], with_row_id=True, batch_size=65_536):
@@ -261,10 +261,10 @@ def measure_recall(table, sample: Sample, truth: np.ndarray, nprobes: int, refin
 
 
 def _query(table, vectors, nprobes: int, refine: int, limit: int):
-    """A vector query at the gate's settings: `nprobes` partitions at least, more (no maximum) only when they
-    hold fewer than `limit` rows, as under a selective filter."""
+    """An unfiltered vector query at the gate's settings (exactly `nprobes` partitions: measured, leaving the
+    maximum open costs time even when the first partitions already hold enough rows)."""
     query = table.search(vectors, vector_column_name=COLUMN).distance_type("cosine").limit(limit)
-    query = query.minimum_nprobes(nprobes).maximum_nprobes(0).select(["_distance"])
+    query = query.nprobes(nprobes).select(["_distance"])
     return query.refine_factor(refine) if refine else query
 
 

@@ -83,8 +83,9 @@ def search(
         query = handle.search(list(batch.astype(np.float32))).distance_type("cosine").limit(k + extra)
         query = query.select([key, "_distance"])
         if gated is not None:
-            # nprobes is a minimum: a selective prefilter may probe further partitions to find k rows.
-            query = query.minimum_nprobes(gated[0]).maximum_nprobes(0)
+            # Unfiltered, exactly the gate's nprobes (an open maximum costs time even when unused); under a
+            # prefilter, nprobes is a minimum so that a selective filter probes on until it has k rows.
+            query = query.nprobes(gated[0]) if not where else query.minimum_nprobes(gated[0]).maximum_nprobes(0)
         refine = refine_factor if refine_factor is not None else (gated[1] if gated else UNGATED_REFINE)
         if refine:
             query = query.refine_factor(refine)

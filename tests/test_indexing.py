@@ -10,7 +10,7 @@ import pytest
 
 from ravlm_core import ann, retrieve
 from ravlm_core.errors import UserError
-from ravlm_core.indexing import build_indexes
+from ravlm_core.indexing import build_indexes, compact
 from ravlm_core.status import vector_indexes
 from ravlm_core.store import MEMBERSHIPS, image_vectors_table, vector_schema
 
@@ -119,3 +119,16 @@ def test_a_small_table_gets_no_vector_index_and_exact_search(store):
     add_rows(store, Clusters().draw(500, seed=1), 0)
     build_indexes(store, TAG, None, min_rows_for_ann=MIN_ROWS, target_recall=TARGET)
     assert ann.vector_index(store.table(TABLE)) is None and TABLE not in ann.read_quality(store)
+
+
+def test_compaction_keeps_every_row_indexed_and_the_gate_figure_valid(indexed):
+    store, clusters, _ = indexed
+    for part in range(3):  # several small appends: fragments worth compacting
+        add_rows(store, clusters.draw(100, seed=20 + part), ROWS + 100 * part)
+    build_indexes(store, TAG, None, min_rows_for_ann=MIN_ROWS, target_recall=TARGET)
+    compact(store, keep_versions_days=0)
+    shown = vector_indexes(store)[TABLE]
+    assert shown["rows_indexed"] == ROWS + 300 and shown["rows_unindexed"] == 0
+    table = store.table(TABLE)
+    assert ann.measure_recall(table, *ann.exact_neighbours(table, 100), shown["nprobes"],
+                              shown["refine_factor"]) >= TARGET - 0.03
