@@ -84,9 +84,9 @@ def search(
         query = query.select([key, "_distance"])
         if gated is not None:
             # Unfiltered: exactly the gate's nprobes. Under a prefilter, nprobes is only a minimum with no maximum:
-            # measured at 1M rows with a filter passing 1% of them (a one-off check beside benchmarks/ann_bench.py), a bounded probe count
-            # misses most filtered neighbours (recall@10 0.83 at 20 probes, 0.88 at 200) while the open maximum
-            # reaches 0.995, at ~50 ms p50 instead of ~6-10 ms.
+            # measured at 1M rows with a filter passing 1% of them (a one-off check beside ann_bench.py), bounded
+            # probes miss most filtered neighbours (recall@10 0.83 at 20 probes, 0.88 at 200) while the open
+            # maximum reaches 0.995, at ~50 ms p50 instead of ~6-10 ms.
             query = query.nprobes(gated[0]) if not where else query.minimum_nprobes(gated[0]).maximum_nprobes(0)
         refine = refine_factor if refine_factor is not None else (gated[1] if gated else UNGATED_REFINE)
         if refine:
