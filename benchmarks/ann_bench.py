@@ -98,7 +98,8 @@ def raw_search(store, table, queries, k, settings: tuple[int, int] | None) -> tu
 
 
 def recall(ids: list[list[str]], exact: np.ndarray) -> float:
-    return float(np.mean([len({int(i) for i in got} & set(want.tolist())) / want.size for got, want in zip(ids, exact)]))
+    hits = [len({int(i) for i in got} & set(want.tolist())) / want.size for got, want in zip(ids, exact)]
+    return float(np.mean(hits))
 
 
 def main() -> None:

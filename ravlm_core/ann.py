@@ -55,7 +55,7 @@ QUALITY_SCHEMA = pa.schema(
         ("queries", pa.int64()),
         ("rows_indexed", pa.int64()),
         ("trained_rows", pa.int64()),  # rows when the partitions were last trained
-        ("index_uuid", pa.string()),  # the index segments the figure belongs to (base first, then deltas), comma-separated
+        ("index_uuid", pa.string()),  # the index segments measured, comma-separated: the base first, then deltas
         ("action", pa.string()),  # built, appended, measured
         ("build_s", pa.float64()),  # time of that action
         ("measured_at", pa.timestamp("us", tz="UTC")),
@@ -160,12 +160,12 @@ def append_delta(table, index_name: str) -> None:
     """Index the unindexed rows as a new delta (num_indices_to_merge=0): vectors go to the nearest trained
     partition, nothing is retrained and the existing indexes are not rewritten. LanceDB's `optimize()` instead
     merges everything into one new index (rewriting every partition; for HNSW, rebuilding every graph)."""
-    dataset = table.to_lance()
+    dataset = table.to_lance()  # moves to each version it commits; `table` would need reopening to see them
     dataset.optimize.optimize_indices(num_indices_to_merge=0, index_names=[index_name])
-    deltas = table.index_stats(index_name).num_indices - 1
+    deltas = len(dataset.stats.index_stats(index_name)["indices"]) - 1
     if deltas > MAX_DELTAS:
         # The newest `deltas` segments are the deltas (the base is the oldest): merge them, not the base.
-        table.to_lance().optimize.optimize_indices(num_indices_to_merge=deltas, index_names=[index_name])
+        dataset.optimize.optimize_indices(num_indices_to_merge=deltas, index_names=[index_name])
 
 
 def gate(table, name: str, target_recall: float, *, action: str = "measured", trained_rows: int | None = None,

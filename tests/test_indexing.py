@@ -132,3 +132,16 @@ def test_compaction_keeps_every_row_indexed_and_the_gate_figure_valid(indexed):
     table = store.table(TABLE)
     assert ann.measure_recall(table, *ann.exact_neighbours(table, 100), shown["nprobes"],
                               shown["refine_factor"]) >= TARGET - 0.03
+
+
+def test_deltas_past_the_limit_are_merged_with_each_other_not_with_the_base(indexed, monkeypatch):
+    store, clusters, _ = indexed
+    monkeypatch.setattr(ann, "MAX_DELTAS", 1)
+    base = ann.read_quality(store)[TABLE].index_uuid
+    for part in range(2):
+        add_rows(store, clusters.draw(200, seed=30 + part), ROWS + 200 * part)
+        build_indexes(store, TAG, None, min_rows_for_ann=MIN_ROWS, target_recall=TARGET)
+    record = ann.read_quality(store)[TABLE]
+    segments = record.index_uuid.split(",")
+    assert segments[0] == base and len(segments) == 2, "two deltas merged into one beside the untouched base"
+    assert record.rows_indexed == ROWS + 400 and vector_indexes(store)[TABLE]["rows_unindexed"] == 0
