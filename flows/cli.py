@@ -342,6 +342,13 @@ def _print_status(result: dict) -> None:
     typer.echo(f"encoder {encoder['model_tag'] if encoder else 'none pinned yet (run ravlm embed)'}")
     _table("tables", ["table", "rows", "version", "indexes"],
            [[n, t["rows"], t["version"], ", ".join(t["indexes"])] for n, t in result["tables"].items()])
+    indexes = result.get("vector_indexes") or {}
+    if indexes:
+        _table("vector indexes", ["table", "index", "indexed", "unindexed", "recall@10", "nprobes", "refine",
+                                  "p50 ms", "measured (UTC)"],
+               [[n, i["index_type"], i["rows_indexed"], i["rows_unindexed"],
+                 "not measured" if i["recall_at_10"] is None else f"{i['recall_at_10']:.3f}", i["nprobes"],
+                 i["refine_factor"], i["p50_ms"], i["measured_at"]] for n, i in indexes.items()])
     missing = result["images_without_vectors"]
     if missing is not None:
         typer.echo(f"images without vectors: {missing['count']}" + (" (run ravlm embed)" if missing["count"] else ""))

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # edits; benchmarks/leakage_bench.py chose it); false keeps such hits, still counted.
     leakage_guard: bool = True
     near_duplicate_distance: float = 3.0
+    # Vector tables past this many rows get an ANN index (below it an exact scan is fast and exact).
+    min_rows_for_ann: int = 10_000
+    # The ANN index's quality gate: after each build or append, recall@10 against exact search on stored vectors
+    # must reach this with some (nprobes, refine) setting, else the embed flow fails (ravlm_core/ann.py).
+    ann_target_recall: float = 0.95
     # Table versions older than this are dropped by the nightly's compaction (time travel works within it).
     keep_versions_days: float = 7.0
     # Images over this many pixels are rejected at ingest as likely decompression bombs.

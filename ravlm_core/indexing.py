@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import logging
 
+from ravlm_core import ann
 from ravlm_core.store import CONTENTS, IMAGES, QA, Store, image_vectors_table, question_vectors_table, text_vectors_table
 
 log = logging.getLogger(__name__)
 
 # Below this many rows an exact scan is fast and exact; an ANN index only costs recall.
 MIN_ROWS_FOR_ANN = 10_000
+# recall@10 against exact search the vector index must reach (Settings.ann_target_recall).
+DEFAULT_TARGET_RECALL = 0.95
 
 # table -> (full-text columns, {index kind: scalar columns}); BITMAP for low-cardinality filters, BTREE for ids,
 # LABEL_LIST for the "dataset:split" lists that knowledge-base prefilters test with array_has_any.
@@ -32,12 +35,14 @@ def _plan(model_tag: str, question_tag: str | None) -> dict[str, tuple[list[str]
 
 
 def build_indexes(store: Store, model_tag: str, question_tag: str | None = None,
-                  min_rows_for_ann: int = MIN_ROWS_FOR_ANN) -> dict[str, list[str]]:
+                  min_rows_for_ann: int = MIN_ROWS_FOR_ANN,
+                  target_recall: float = DEFAULT_TARGET_RECALL) -> dict[str, list[str]]:
     """Create the missing indexes of every table and fold appended rows into existing ones.
 
-    Idempotent and incremental: an index that exists is kept and `optimize()` adds the rows appended since
-    (LanceDB leaves appended rows unindexed until then), so the nightly run does not rebuild from scratch.
-    Returns the indexed columns per table.
+    Idempotent and incremental: an index that exists is kept and the rows appended since are added to it
+    (LanceDB leaves appended rows unindexed until then). A vector table past `min_rows_for_ann` rows gets an ANN
+    index kept by `ann.ensure_vector_index` (delta indexes for appends, retrained only after large growth) and
+    gated at `target_recall` (an error when unreachable). Returns the indexed columns per table.
     """
     built: dict[str, list[str]] = {}
     for name, (fts, scalar) in _plan(model_tag, question_tag).items():
@@ -52,16 +57,21 @@ def build_indexes(store: Store, model_tag: str, question_tag: str | None = None,
             for column in columns:
                 if (column,) not in existing:
                     table.create_scalar_index(column, index_type=kind, replace=True)
+        optimize_other_indexes(table)
         if "vector" in table.schema.names:
-            rows = table.count_rows()
-            if ("vector",) not in existing and rows >= min_rows_for_ann:
-                # IVF_HNSW_SQ: good recall without PQ's refine step; partitions ~ sqrt(rows).
-                table.create_index(metric="cosine", index_type="IVF_HNSW_SQ",
-                                   num_partitions=max(1, int(rows**0.5) // 4))
-        table.optimize()
+            ann.ensure_vector_index(store, name, min_rows=min_rows_for_ann, target_recall=target_recall)
+        table = store.table(name)
         built[name] = sorted({c for index in table.list_indices() for c in index.columns})
         log.info("indexed %s: %s", name, ", ".join(built[name]))
     return built
+
+
+def optimize_other_indexes(table) -> None:
+    """Add appended rows to the full-text and scalar indexes. Not `table.optimize()`: that would also merge the
+    vector index's deltas into a rewritten whole (see `ann.append_delta`)."""
+    names = [index.name for index in table.list_indices() if list(index.columns) != [ann.COLUMN]]
+    if names and any(table.index_stats(n).num_unindexed_rows for n in names):
+        table.to_lance().optimize.optimize_indices(index_names=names)
 
 
 def compact(store: Store, keep_versions_days: float) -> dict[str, dict[str, int]]:
@@ -74,7 +84,13 @@ def compact(store: Store, keep_versions_days: float) -> dict[str, dict[str, int]
     for name in sorted(store.db.list_tables().tables):
         table = store.table(name)
         before = len(table.list_versions())
-        table.optimize(cleanup_older_than=timedelta(days=keep_versions_days))
+        # Compaction and pruning only, then the non-vector indexes: `table.optimize()` would also merge the vector
+        # index's delta segments into a rewritten whole every night (ann.ensure_vector_index merges deltas itself).
+        dataset = table.to_lance()
+        dataset.optimize.compact_files()
+        dataset.cleanup_old_versions(older_than=timedelta(days=keep_versions_days))
+        table = store.table(name)
+        optimize_other_indexes(table)
         out[name] = {"versions_before": before, "versions_after": len(table.list_versions())}
     removed = sum(v["versions_before"] - v["versions_after"] for v in out.values())
     log.info("compacted %d tables, %d old versions removed (keeping %.1f days)", len(out), removed,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ravlm_core import ann
 from ravlm_core.analytics import describe_tables
 from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, image_vectors_table
 
@@ -45,9 +46,35 @@ def store_status(store: Store, models_dir: Path, runs_per_flow: int = 3) -> dict
         "tables": tables,
         "encoder": encoder,
         "images_without_vectors": _images_without_vectors(store, encoder["model_tag"]) if encoder else None,
+        "vector_indexes": vector_indexes(store),
         "stale_predictions": _stale_predictions(store),
         "last_runs": last_runs(store, runs_per_flow),
     }
+
+
+def vector_indexes(store: Store) -> dict[str, dict]:
+    """Per vector table with an ANN index: its type, rows indexed / not yet indexed, and the quality gate's last
+    figure (recall@10 against exact search, the nprobes / refine chosen, when measured)."""
+    quality = ann.read_quality(store)
+    out = {}
+    for name in sorted(store.db.list_tables().tables):
+        if name == ann.INDEX_QUALITY:
+            continue
+        table = store.table(name)
+        index = ann.vector_index(table)
+        if index is None:
+            continue
+        stats = table.index_stats(index.name)
+        record = quality.get(name)
+        out[name] = {"index_type": stats.index_type, "rows_indexed": stats.num_indexed_rows,
+                     "rows_unindexed": stats.num_unindexed_rows, "segments": stats.num_indices,
+                     "recall_at_10": record.recall_at_10 if record else None,
+                     "target_recall": record.target_recall if record else None,
+                     "nprobes": record.nprobes if record else None,
+                     "refine_factor": record.refine_factor if record else None,
+                     "p50_ms": round(record.p50_ms, 2) if record else None,
+                     "measured_at": str(record.measured_at)[:19] if record else None}
+    return out
 
 
 def _pinned_encoder(models_dir: Path) -> dict | None:

@@ -72,9 +72,10 @@ def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, da
 
 
 @task(cache_policy=NO_CACHE)
-def build_indexes(store_uri: str, model_tag: str, question_tag: str) -> dict:
+def build_indexes(store_uri: str, model_tag: str, question_tag: str, min_rows_for_ann: int = indexing.MIN_ROWS_FOR_ANN,
+                  target_recall: float = indexing.DEFAULT_TARGET_RECALL) -> dict:
     with naming(f"indexing the tables of {model_tag}"):
-        return indexing.build_indexes(Store(store_uri), model_tag, question_tag)
+        return indexing.build_indexes(Store(store_uri), model_tag, question_tag, min_rows_for_ann, target_recall)
 
 
 @task(cache_policy=NO_CACHE)
