@@ -8,10 +8,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ravlm_core.encoders.runtime import empty_rows, inference, unit_rows
+from ravlm_core.encoders.runtime import GPU_BATCH_SIZE, empty_rows, inference, to_device, unit_rows
 from ravlm_core.model_files import folder_digest, resolve_folder
 
 SUPPORTED_MODEL_TYPES = ("clip", "siglip")
+HF_CPU_BATCH_SIZE = 32
+
+
+class ProcessorPixels:
+    """The model's image processor on one image: RGB → float32 [3, H, W] (resize, crop, rescale, normalise)."""
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.image_processor(images=[image.convert("RGB")], return_tensors="np")["pixel_values"][0]
 
 
 class HFEncoder:
@@ -26,7 +37,9 @@ class HFEncoder:
             supported = ", ".join(SUPPORTED_MODEL_TYPES)
             raise ValueError(f"{ref}: model_type {config.model_type!r} is not supported; supported: {supported}")
         model_class = {"clip": CLIPModel, "siglip": SiglipModel}[config.model_type]
-        self.model = model_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+        # SDPA: the fused attention kernel (flash / memory-efficient on a GPU); the same math as the eager path.
+        self.model = model_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False,
+                                                 attn_implementation="sdpa")
         self.model.eval().requires_grad_(False).to(device)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.image_processor = AutoImageProcessor.from_pretrained(folder)
@@ -34,15 +47,29 @@ class HFEncoder:
         self.model_type = config.model_type
         self.max_length = config.text_config.max_position_embeddings
         self.tag, self.dim = describe_hf_encoder(ref, folder, config)
+        # No probe here (it would write into a model folder that may be the hub cache): a transformer's CPU
+        # throughput is flat from 16 up, so a fixed size serves; on a GPU bigger batches fill it.
+        self.batch_size = GPU_BATCH_SIZE if device.startswith("cuda") else HF_CPU_BATCH_SIZE
+        self._staging: dict = {}  # the pinned host buffer of CUDA batches
+
+    @property
+    def preprocess(self) -> ProcessorPixels:
+        """One decoded image → float32 [3, H, W] as the model's processor prepares it; picklable for readers."""
+        return ProcessorPixels(self.image_processor)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 [n, 3, H, W] from `preprocess` → float32 [n, dim] unit rows."""
+        if not len(pixels):
+            return empty_rows(self.dim)
+        with inference(self.device):
+            pixel_values = to_device(pixels, self.device, self._staging)
+            return unit_rows(_embeddings(self.model.get_image_features(pixel_values=pixel_values)))
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """float32 [n, dim] unit rows."""
         if not images:
             return empty_rows(self.dim)
-        pixels = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
-        pixel_values = pixels["pixel_values"].to(self.device)  # [n, 3, H, W] as the model's processor prepares them
-        with inference(self.device):
-            return unit_rows(_embeddings(self.model.get_image_features(pixel_values=pixel_values)))
+        return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """float32 [n, dim] unit rows."""
