@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import RETRY
 
-from ravlm_core import embed, indexing, models
+from ravlm_core import embed, embed_reader, indexing, models
 from ravlm_core.errors import naming
 from ravlm_core.models import timed_load
 from ravlm_core.store import Store
@@ -62,7 +62,7 @@ def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str) ->
     # Batches are sized by the encoder for the device (measured once per machine on a CPU).
     with naming(f"embedding shard {shard_path}"):
         return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path,
-                                        workers=embed.reader_workers(device)))
+                                        workers=embed_reader.reader_workers(device)))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
