@@ -261,6 +261,15 @@ def test_builtin_encoder_measures_its_batch_size_once(builtin_folder):
 def test_hf_pixel_path_equals_the_processor_on_a_batch(tiny_model):
     encoder = load_encoder(tiny_model)
     images = _colour_images(3, seed=5)
-    batched = encoder.image_processor(images=images, return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(np.stack([encoder.preprocess(image) for image in images]), batched, atol=1e-6)
+    batched = encoder.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    pixels = np.stack([encoder.preprocess(image) for image in images])
+    assert pixels.dtype == np.uint8
+    torch.testing.assert_close(encoder.normalise(torch.from_numpy(pixels)), batched, atol=1e-6, rtol=0)
+    with inference("cpu"):
+        today = torch.nn.functional.normalize(_embedding(encoder.model.get_image_features(pixel_values=batched)), dim=-1)
+    np.testing.assert_allclose(encoder.embed_images(images), today.numpy(), atol=1e-5)
     assert encoder.model.config._attn_implementation == "sdpa"
+
+
+def _embedding(output):
+    return output if isinstance(output, torch.Tensor) else output.pooler_output

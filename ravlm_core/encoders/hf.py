@@ -16,13 +16,17 @@ HF_CPU_BATCH_SIZE = 32
 
 
 class ProcessorPixels:
-    """The model's image processor on one image: RGB → float32 [3, H, W] (resize, crop, rescale, normalise)."""
+    """The PIL half of the model's image processor on one image: RGB → uint8 [3, H, W] resized and cropped.
+
+    Rescaling and normalising happen on the device (`HFEncoder.normalise`): a uint8 batch is a quarter of the
+    bytes to pass from reader processes and to copy to a GPU."""
 
     def __init__(self, image_processor):
         self.image_processor = image_processor
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        return self.image_processor(images=[image.convert("RGB")], return_tensors="np")["pixel_values"][0]
+        return self.image_processor(images=[image.convert("RGB")], do_rescale=False, do_normalize=False,
+                                    return_tensors="np")["pixel_values"][0].astype(np.uint8, copy=False)
 
 
 class HFEncoder:
@@ -54,16 +58,27 @@ class HFEncoder:
 
     @property
     def preprocess(self) -> ProcessorPixels:
-        """One decoded image → float32 [3, H, W] as the model's processor prepares it; picklable for readers."""
+        """One decoded image → uint8 [3, H, W], resized and cropped as the model's processor does; picklable."""
         return ProcessorPixels(self.image_processor)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 [n, 3, H, W] from `preprocess` → float32 [n, dim] unit rows."""
+        """uint8 [n, 3, H, W] from `preprocess` → float32 [n, dim] unit rows."""
         if not len(pixels):
             return empty_rows(self.dim)
         with inference(self.device):
-            pixel_values = to_device(pixels, self.device, self._staging)
+            pixel_values = self.normalise(to_device(pixels, self.device, self._staging))
             return unit_rows(_embeddings(self.model.get_image_features(pixel_values=pixel_values)))
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The processor's rescale and normalise steps on a uint8 batch, where the batch is (within 2e-7)."""
+        processor, batch = self.image_processor, pixels.float()
+        if processor.do_rescale:
+            batch = batch.mul_(processor.rescale_factor)
+        if processor.do_normalize:
+            mean = torch.tensor(processor.image_mean, device=batch.device).view(1, -1, 1, 1)
+            std = torch.tensor(processor.image_std, device=batch.device).view(1, -1, 1, 1)
+            batch = batch.sub_(mean).div_(std)
+        return batch
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """float32 [n, dim] unit rows."""
