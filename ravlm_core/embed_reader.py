@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator
@@ -61,6 +62,7 @@ def _decoded(shard_path: str, image_id: str, blob: bytes) -> Image.Image:
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()  # the thread runner embeds several shards of one process at once
 
 
 def _reader_pool(workers: int) -> ProcessPoolExecutor:
@@ -68,9 +70,10 @@ def _reader_pool(workers: int) -> ProcessPoolExecutor:
 
     forkserver, not fork: the parent runs Prefect's and LanceDB's threads, which a forked child would inherit
     mid-lock."""
-    if workers not in _POOLS:
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-    return _POOLS[workers]
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        return _POOLS[workers]
 
 
 def _pixel_chunks(shard_path: str, plan, preprocess, workers: int) -> Iterator[tuple[list[str], np.ndarray]]:
