@@ -146,12 +146,13 @@ def end_to_end(encoder, shards: list[str], work: Path, workers: int, gpu: bool) 
     if store.has(image_vectors_table(encoder.tag)):
         store.delete(image_vectors_table(encoder.tag), "true")
     sampler = _GpuSampler() if gpu else None
-    start = time.perf_counter()
+    faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     results = [embed.embed_shard(store, encoder, shard, workers=workers) for shard in shards]
     seconds = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     n = sum(r.new_images for r in results)
     assert store.count(image_vectors_table(encoder.tag)) == n
-    report = {"images": n, "img_s": round(n / seconds, 1),
+    report = {"images": n, "img_s": round(n / seconds, 1), "minor_faults_per_image": round(faults / n),
               **{f"{part}_s": round(sum(getattr(r, f"{part}_s") for r in results), 2)
                  for part in ("read", "encode", "write")}}
     if sampler:
