@@ -7,15 +7,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm.auto import tqdm
 
-from ravlm_core.imaging import ImageRejected, decode_image
+from ravlm_core.embed_reader import pixel_batches, row_groups, wanted_rows
 from ravlm_core.membership import memberships_of
 from ravlm_core.errors import UserError, first_line
 from ravlm_core.store import (ACTIVE, IMAGES, MEMBERSHIPS, QA, Store, image_vectors_table, in_list, question_vectors_table,
@@ -60,40 +58,28 @@ def listed_texts(store: Store, datasets: list[str] | None = None) -> tuple[list[
     return sorted(set(as_list(captions, "caption"))), sorted(set(as_list(questions, "question")))
 
 
-def _image_batches(shard_path: str, image_ids: set[str], batch_size: int) -> Iterator[tuple[list[str], list[Image.Image]]]:
-    """Reader: the shard's images whose id is in `image_ids`, normalised as the thumbnails, `batch_size` at a time."""
-    for batch in pq.ParquetFile(shard_path).iter_batches(batch_size=batch_size, columns=["image_id", "image"]):
-        ids = batch.column(0).to_pylist()
-        keep = [i for i, image_id in enumerate(ids) if image_id in image_ids]
-        if keep:
-            blobs = batch.column(1)
-            yield [ids[i] for i in keep], [_decoded(shard_path, ids[i], blobs[i].as_py()) for i in keep]
-
-
-def _decoded(shard_path: str, image_id: str, blob: bytes) -> Image.Image:
-    """Ingest decoded every image before writing it, so one that fails here means the shard file was damaged."""
-    try:
-        return decode_image(blob).image
-    except ImageRejected as err:
-        raise UserError(f"shard {shard_path} is damaged: image {image_id} cannot be decoded ({err}); delete the "
-                        f"shard and run `ravlm ingest` on its source again, which writes it anew") from None
-
-
 def _vector_rows(keys: dict[str, list], vectors: np.ndarray, model_tag: str, schema: pa.Schema) -> pa.Table:
     now = datetime.now(timezone.utc)
     columns = dict(keys)
-    columns["vector"] = list(vectors.astype(np.float32))
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])  # no per-row Python objects
     columns["model_tag"] = [model_tag] * len(vectors)
     columns["embedded_at"] = [now] * len(vectors)
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) -> EmbedResult:
+def embed_shard(store: Store, encoder, shard_path: str, batch_size: int | None = None,
+                workers: int = 0) -> EmbedResult:
     """Embed the images of one content shard that some dataset lists and `encoder.tag`'s image table lacks.
 
+    Reader → mapper → writer: row groups are decoded and preprocessed (`encoder.preprocess`, inline or in
+    `workers` reader processes), regrouped into batches of `batch_size` (default: the encoder's, measured on a
+    CPU), encoded (`encoder.embed_pixels`) and committed every WRITE_ROWS rows. Memory holds a few row groups of
+    pixels and WRITE_ROWS vectors, however big the shard or the collection.
+
     Idempotent: ids already stored are skipped, so a rerun (or a crash, then a rerun) does only the missing work.
-    Image vectors are committed every WRITE_ROWS rows, so an interrupted shard keeps what it finished. Each row
-    carries the "dataset:split" sets listing its image (kept true by ingest afterwards).
+    An interrupted shard keeps what it committed. Each row carries the "dataset:split" sets listing its image (kept
+    true by ingest afterwards).
     """
     image_table = image_vectors_table(encoder.tag)
     image_schema = vector_schema(encoder.dim, "image_id", MEMBERSHIPS)
@@ -101,11 +87,13 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) ->
 
     try:
         shard_ids = pq.read_table(shard_path, columns=["image_id"]).column("image_id").to_pylist()
+        group_rows = [group.num_rows for group in row_groups(shard_path)]
     except (OSError, pa.ArrowException) as err:
         raise UserError(f"shard {shard_path} cannot be read ({first_line(err) or type(err).__name__}): run `ravlm ingest` on "
                         f"its source again, which writes its images anew") from None
     labels = memberships_of(store, shard_ids)  # images no dataset lists any more are not embedded
     missing_images = set(labels) - store.existing_ids(image_table, "image_id", shard_ids)
+    plan = wanted_rows(group_rows, shard_ids, missing_images)
     new_images = 0
     pending: list[pa.Table] = []
 
@@ -116,21 +104,23 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int = 64) ->
         timings["write"] += time.perf_counter() - tick
         return written
 
-    bar = tqdm(total=len(missing_images), desc=f"embed {Path(shard_path).name}", unit="img", mininterval=5)
-    tick = time.perf_counter()
-    for ids, images in _image_batches(shard_path, missing_images, batch_size):
-        bar.update(len(images))
-        timings["read"] += time.perf_counter() - tick
+    if plan:
+        batches = pixel_batches(shard_path, plan, encoder.preprocess, batch_size or encoder.batch_size, workers)
+        bar = tqdm(total=len(missing_images), desc=f"embed {Path(shard_path).name}", unit="img", mininterval=5)
         tick = time.perf_counter()
-        vectors = encoder.embed_images(images)
-        timings["encode"] += time.perf_counter() - tick
-        keys = {"image_id": ids, "memberships": [labels[i] for i in ids]}
-        pending.append(_vector_rows(keys, vectors, encoder.tag, image_schema))
-        if sum(t.num_rows for t in pending) >= WRITE_ROWS:
-            new_images += flush()
-        tick = time.perf_counter()
-    new_images += flush()
-    bar.close()
+        for ids, pixels in batches:
+            timings["read"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            vectors = encoder.embed_pixels(pixels)
+            timings["encode"] += time.perf_counter() - tick
+            keys = {"image_id": ids, "memberships": [labels[i] for i in ids]}
+            pending.append(_vector_rows(keys, vectors, encoder.tag, image_schema))
+            if sum(t.num_rows for t in pending) >= WRITE_ROWS:
+                new_images += flush()
+            bar.update(len(ids))
+            tick = time.perf_counter()
+        new_images += flush()
+        bar.close()
 
     log.info("embedded %s: %d images; read %.1fs encode %.1fs write %.1fs", shard_path, new_images,
              timings["read"], timings["encode"], timings["write"])

@@ -5,8 +5,12 @@ import io
 import os
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile, ImageOps
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_MAX_PIXELS = 64_000_000  # above this an image is rejected as a likely decompression bomb
 
@@ -70,6 +74,21 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     except BROKEN_FILE_ERRORS as err:
         raise ImageRejected(f"damaged or truncated image data ({type(err).__name__}: {err}): {REPLACE_FILE}") from err
     return Decoded(rgb, rgb.width, rgb.height, image_format or "", source_mode)
+
+
+@dataclass(frozen=True)
+class SquarePixels:
+    """An RGB image → uint8 [side, side, 3], bicubic: the pixel half of the built-in encoder's preprocessing.
+
+    Torch-free and picklable, so embedding's reader processes run it next to the decode."""
+
+    side: int
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        import numpy as np
+
+        size = (self.side, self.side)
+        return np.asarray(image.convert("RGB").resize(size, Image.Resampling.BICUBIC))
 
 
 def open_rgb(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import RETRY
 
-from ravlm_core import embed, indexing, models
+from ravlm_core import embed, embed_reader, indexing, models
 from ravlm_core.errors import naming
 from ravlm_core.models import timed_load
 from ravlm_core.store import Store
@@ -58,9 +58,11 @@ def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, ret
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
-def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, batch_size: int) -> dict:
+def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str) -> dict:
+    # Batches are sized by the encoder for the device (measured once per machine on a CPU).
     with naming(f"embedding shard {shard_path}"):
-        return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path, batch_size))
+        return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path,
+                                        workers=embed_reader.reader_workers(device)))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)

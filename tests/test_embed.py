@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core import embed, ingest
+from ravlm_core.errors import UserError
+from ravlm_core.imaging import SquarePixels, decode_image
 from ravlm_core.store import Store, image_vectors_table, in_list, question_vectors_table, text_vectors_table
 
 
@@ -16,6 +18,8 @@ class CountingEncoder:
     """Deterministic vectors from content, and a count of what was encoded (the real encoders are tested apart)."""
 
     tag, dim = "fake-1", 8
+    preprocess = SquarePixels(16)  # a 16x16 thumbnail's bytes decide the vector
+    batch_size = 4
 
     def __init__(self):
         self.images = 0
@@ -26,9 +30,12 @@ class CountingEncoder:
         rows = np.stack([np.random.default_rng(seed).standard_normal(self.dim) for seed in seeds])
         return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        self.images += len(pixels)
+        return self._rows([row.tobytes() for row in pixels])
+
     def embed_images(self, images) -> np.ndarray:
-        self.images += len(images)
-        return self._rows([image.tobytes() for image in images])
+        return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
 
     def embed_texts(self, texts) -> np.ndarray:
         self.texts += list(texts)
@@ -80,3 +87,30 @@ def test_texts_of_all_shards_are_embedded_once(store: Store, shards):
     assert store.count(question_vectors_table(questions.tag)) == len(asked)
     rerun = embed.embed_texts(store, encoder, batch_size=4, question_encoder=questions)
     assert (rerun.new_texts, rerun.new_questions) == (0, 0) and len(encoder.texts) == len(captions | asked)
+
+
+def _stored_vectors(store: Store, tag: str) -> dict[str, np.ndarray]:
+    table = store.read(image_vectors_table(tag), columns=["image_id", "vector"])
+    return dict(zip(table.column("image_id").to_pylist(), np.array(table.column("vector").to_pylist())))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_shard_path_gives_the_vectors_of_one_image_at_a_time(store: Store, shards, workers):
+    # Batches of 3 cross the row groups' boundaries; two reader processes return their row groups out of order.
+    encoder = CountingEncoder()
+    assert sum(embed.embed_shard(store, encoder, path, batch_size=3, workers=workers).new_images
+               for path in shards) == 10
+    stored = _stored_vectors(store, encoder.tag)
+    for path in shards:
+        table = pq.read_table(path, columns=["image_id", "image"])
+        for image_id, blob in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
+            one = encoder.embed_images([decode_image(blob).image])[0]
+            np.testing.assert_array_equal(stored[image_id], one)
+
+
+def test_a_damaged_image_read_in_a_reader_process_names_the_shard(store: Store, shards):
+    from tests.test_ingest import _damage_an_image
+
+    _damage_an_image(shards[0])
+    with pytest.raises(UserError, match="is damaged: image [0-9a-f]+ cannot be decoded.*run `ravlm ingest`"):
+        embed.embed_shard(store, CountingEncoder(), shards[0], workers=1)

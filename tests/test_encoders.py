@@ -195,3 +195,81 @@ def test_unknown_kind_is_rejected(tmp_path):
 def test_importing_the_package_and_builtin_does_not_import_torch():
     code = "import sys, ravlm_core.encoders, ravlm_core.encoders.builtin; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the optimised image path -------------------------------------------------------------------------------------
+
+def test_folded_network_computes_the_package_network():
+    backbone = ImageBackbone(ImagePreprocessing(128))
+    pixels = backbone.preprocess(_natural_images() + _colour_images(2))
+    with inference("cpu"):
+        reference = torch.nn.functional.adaptive_avg_pool2d(backbone.model.extract_features(pixels.contiguous()), 1)
+        folded = backbone.network(pixels)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.network.modules())
+    torch.testing.assert_close(folded, reference.flatten(1), atol=1e-4, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def builtin_folder(tmp_path_factory):
+    from ravlm_core.encoders.builtin import train_builtin_encoder
+
+    images = _colour_images(8, seed=3)
+    return train_builtin_encoder(images, ["a red square", "a blue circle"] * 4, tmp_path_factory.mktemp("models"),
+                                 image_size=64, epochs=1, batch_size=8)
+
+
+def test_builtin_vectors_stay_within_tolerance_of_the_unoptimised_torch_path(builtin_folder):
+    from ravlm_core.encoders.image_graph import ONNX_FILE
+    from ravlm_core.encoders.runtime import unit_rows
+
+    encoder = load_encoder(builtin_folder)
+    images = _natural_images() + _colour_images(4, seed=4)
+    vectors = encoder.embed_images(images)
+    assert (builtin_folder / ONNX_FILE).is_file()  # the CPU path ran the exported graph
+    tower = encoder._image
+    with inference("cpu"):  # today's path: the package network, unfolded, in contiguous memory
+        maps = tower.model.extract_features(tower.preprocess(images).contiguous())
+        reference = unit_rows(encoder._heads.image(torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1)))
+    assert np.abs(vectors - reference).max() <= 1e-4
+    reloaded = load_encoder(builtin_folder)  # the graph on disk serves the next process as it is
+    np.testing.assert_allclose(reloaded.embed_images(images), vectors, atol=1e-6)
+    np.testing.assert_allclose(np.vstack([encoder.embed_images([i]) for i in images]), vectors, atol=1e-5)
+
+
+def test_batch_size_probe_is_cached_per_machine_and_reused(tmp_path):
+    from ravlm_core.encoders.runtime import measured_batch_size
+
+    calls: list[int] = []
+    cache = tmp_path / "batch_size.json"
+    chosen = measured_batch_size(calls.append, cache, candidates=(2, 4))
+    assert chosen in (2, 4) and set(calls) == {2, 4}
+    assert list(json.loads(cache.read_text()).values()) == [chosen]
+    calls.clear()
+    assert measured_batch_size(calls.append, cache, candidates=(2, 4)) == chosen and calls == []
+
+
+def test_builtin_encoder_measures_its_batch_size_once(builtin_folder):
+    from ravlm_core.encoders.builtin import BATCH_SIZE_FILE
+    from ravlm_core.encoders.runtime import CPU_BATCH_CANDIDATES
+
+    (builtin_folder / BATCH_SIZE_FILE).unlink(missing_ok=True)
+    chosen = load_encoder(builtin_folder).batch_size
+    assert chosen in CPU_BATCH_CANDIDATES and (builtin_folder / BATCH_SIZE_FILE).is_file()
+    assert load_encoder(builtin_folder).batch_size == chosen
+
+
+def test_hf_pixel_path_equals_the_processor_on_a_batch(tiny_model):
+    encoder = load_encoder(tiny_model)
+    images = _colour_images(3, seed=5)
+    batched = encoder.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    pixels = np.stack([encoder.preprocess(image) for image in images])
+    assert pixels.dtype == np.uint8
+    torch.testing.assert_close(encoder.normalise(torch.from_numpy(pixels)), batched, atol=1e-6, rtol=0)
+    with inference("cpu"):
+        today = torch.nn.functional.normalize(_embedding(encoder.model.get_image_features(pixel_values=batched)), dim=-1)
+    np.testing.assert_allclose(encoder.embed_images(images), today.numpy(), atol=1e-5)
+    assert encoder.model.config._attn_implementation == "sdpa"
+
+
+def _embedding(output):
+    return output if isinstance(output, torch.Tensor) else output.pooler_output

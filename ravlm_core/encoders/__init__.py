@@ -36,6 +36,20 @@ class Encoder(Protocol):
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
 
 
+class ImageEncoder(Encoder, Protocol):
+    """What embedding a shard needs on top: the per-image pixel step apart from the batched forward pass, so
+    decoding and preprocessing can run in reader processes while the model runs.
+
+    `embed_images(images)` equals `embed_pixels(np.stack([preprocess(image) for image in images]))`."""
+
+    # Picklable: decoded RGB image → a fixed-shape array (uint8 or float32).
+    preprocess: Callable[[Image.Image], np.ndarray]
+    # Images per forward pass, chosen for the device (measured on a CPU).
+    batch_size: int
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
 def load_encoder(ref: str | Path, *, device: str = "cpu") -> Encoder:
     """Open an encoder from a built-in folder, a local Hugging Face folder, or a hub id.
 
@@ -100,6 +114,17 @@ class LazyEncoder:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self._loaded().embed_texts(texts) if texts else np.zeros((0, self.dim), np.float32)
+
+    @property
+    def preprocess(self) -> Callable[[Image.Image], np.ndarray]:
+        return self._loaded().preprocess
+
+    @property
+    def batch_size(self) -> int:
+        return self._loaded().batch_size
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self._loaded().embed_pixels(pixels) if len(pixels) else np.zeros((0, self.dim), np.float32)
 
 
 def _check_kind(spec_path: Path) -> None:

@@ -14,10 +14,12 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ravlm_core.encoders import SPEC_FILE
+from ravlm_core.imaging import SquarePixels
 
 log = logging.getLogger(__name__)
 
 HEADS_FILE = "heads.safetensors"
+BATCH_SIZE_FILE = "batch_size.json"  # the CPU probe's choice per machine (runtime.measured_batch_size)
 TAG_PREFIX = "builtin-"
 
 
@@ -127,6 +129,8 @@ class BuiltinEncoder:
             raise ValueError(f"{model_dir}: {HEADS_FILE} or {SPEC_FILE} changed after training (tag mismatch); retrain")
         self.tag, self.dim, self.device, self.spec = spec.tag, spec.dim, device, spec
         self._image_tower = self._text_tower = None
+        self._graph = self._batch_size = None
+        self._staging: dict = {}  # the pinned host buffer of CUDA batches
         self._heads = AlignmentHeads(ImageBackbone.dim, TextBackbone.dim, spec.training.hidden, spec.dim)
         self._heads.load_state_dict(state, strict=True)
         self._heads.eval().requires_grad_(False).to(device)
@@ -152,14 +156,63 @@ class BuiltinEncoder:
             self._text_tower = TextBackbone(self.device, self.spec.preprocessing.text_max_length)
         return self._text_tower
 
+    @property
+    def preprocess(self) -> SquarePixels:
+        """One decoded image → uint8 [S, S, 3]: the PIL half of the preprocessing, picklable for reader processes."""
+        return SquarePixels(self.spec.preprocessing.image_size)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass: measured once per machine on a CPU (cached in the encoder folder)."""
+        from ravlm_core.encoders.runtime import GPU_BATCH_SIZE, measured_batch_size
+
+        if self._batch_size is None:
+            if self.device.startswith("cuda"):
+                self._batch_size = GPU_BATCH_SIZE
+            else:
+                side = self.spec.preprocessing.image_size
+                probe = lambda n: self.embed_pixels(np.zeros((n, side, side, 3), np.uint8))  # noqa: E731
+                self._batch_size = measured_batch_size(probe, self.model_dir / BATCH_SIZE_FILE)
+        return self._batch_size
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [n, S, S, 3] from `preprocess` → float32 [n, dim] unit rows."""
+        from ravlm_core.encoders.runtime import empty_rows, inference, to_device, unit_rows, unit_rows_np
+
+        if not len(pixels):
+            return empty_rows(self.dim)
+        graph = self._graph_runner()
+        if graph is not None:
+            return unit_rows_np(graph(pixels))
+        with inference(self.device):
+            batch = to_device(pixels, self.device, self._staging)
+            return unit_rows(self._heads.image(self._image.pixel_features(batch)))
+
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """float32 [n, dim] unit rows."""
-        from ravlm_core.encoders.runtime import empty_rows, inference, unit_rows
-
         if not images:
-            return empty_rows(self.dim)
-        with inference(self.device):
-            return unit_rows(self._heads.image(self._image.features(images)))
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
+
+    def _graph_runner(self):
+        """On a CPU the ONNX image graph (exported on first use), unless it cannot be exported; else None."""
+        from ravlm_core.encoders import image_graph
+
+        if self._graph is None and not self.device.startswith("cuda"):
+            import torch
+
+            size = self.spec.preprocessing.image_size
+            if not image_graph.image_graph_ready(self.model_dir, self.tag, size):
+                image_graph.export_image_graph(self._image, self._heads.image, self.model_dir, self.tag)
+            if image_graph.image_graph_ready(self.model_dir, self.tag, size):
+                from ravlm_core.encoders.packages import image_weights_path
+
+                _check_backbone(self.spec.image_backbone, image_weights_path(), self.model_dir)
+                self._graph = image_graph.ImageGraphRunner(self.model_dir / image_graph.ONNX_FILE,
+                                                           torch.get_num_threads())
+            else:
+                self._graph = False  # export failed: the torch network serves, and we do not retry every batch
+        return self._graph or None
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """float32 [n, dim] unit rows."""
