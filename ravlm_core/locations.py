@@ -12,7 +12,6 @@ pyarrow and LanceDB both read.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -151,7 +150,10 @@ def local_models(models: str | Path) -> Path:
     itself when it is local, this machine's cache of it when it is on object storage."""
     if not is_remote(models):
         return Path(models)
-    return cache_root() / "models" / hashlib.sha256(str(models).rstrip("/").encode()).hexdigest()[:16]
+    # The cache mirrors the URI (<cache>/s3/bucket/ravlm/models/...), so a model's URI and the models
+    # location it lies under name the same local folder.
+    scheme, rest = str(models).rstrip("/").split("://", 1)
+    return cache_root() / scheme / rest
 
 
 def pulled(models: str | Path, sub: str) -> Path:
