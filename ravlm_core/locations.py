@@ -183,6 +183,8 @@ def _download(fs: pafs.FileSystem, prefix: str, target: Path) -> None:
     try:
         pafs.copy_files(prefix, str(partial), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         (partial / COMPLETE).touch()
+        if (target / COMPLETE).is_file():  # another process on this machine downloaded it meanwhile
+            return
         shutil.rmtree(target, ignore_errors=True)  # a copy left without its marker by a killed download
         try:
             os.rename(partial, target)
