@@ -60,6 +60,7 @@ def runs(harness, ray_address, tmp_path_factory):
     for runner in ("threads", "ray"):
         ravlm = Ravlm(tmp / runner / "data", tmp / runner / "reports", harness)
         ravlm.env["RAVLM_SHARD_SIZE"] = str(SHARD_SIZE)
+        ravlm.env["RAY_DEDUP_LOGS"] = "0"  # Ray folds alike worker lines into "[repeated Nx]" on the console
         options = ["--runner", "ray", "--runner-address", ray_address] if runner == "ray" else ["--runner", "threads"]
         # Global options go before the command.
         ravlm.options += options
