@@ -23,7 +23,8 @@ UNIT_FAILED, USER_ERROR, ROWS_REJECTED = 1, 2, 3
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    data_dir: Optional[Path] = typer.Option(None, help="Where Parquet shards, models and the default store live."),
+    data_dir: Optional[str] = typer.Option(None, help="Where Parquet shards, models and the default store live: a "
+                                           "folder or a URI on object storage (s3://bucket/ravlm)."),
     lancedb_uri: Optional[str] = typer.Option(None, help="Any LanceDB URI (folder, s3://, gs://, db://)."),
     reports_dir: Optional[Path] = typer.Option(None, help="Where eval reports are written (default ./reports)."),
     encoder: Optional[str] = typer.Option(None, help='"builtin", a local model folder, or a hub id.'),

@@ -1,6 +1,7 @@
 """What every flow needs: settings from overrides and the task runner."""
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from ravlm_core.config import Settings
@@ -23,10 +24,48 @@ def task_runner(settings: Settings):
 
         return DaskTaskRunner(address=settings.runner_address or None)
     if settings.runner == "ray":
-        from prefect_ray import RayTaskRunner  # pip install 'ravlm[ray]'
-
-        return RayTaskRunner(address=settings.runner_address or None)
+        return _ray_runner(settings)
     raise UserError(f"unknown runner {settings.runner!r}: use threads, dask or ray")
+
+
+def _ray_runner(settings: Settings):
+    """prefect-ray's runner on the cluster at `runner_address` (ray://head:10001 or head:6379), or on a local Ray
+    instance it starts when none is given. Tasks are thin and take paths, so any worker that can import ravlm and
+    reach the store runs them; each worker process first runs `prepare_ray_worker`."""
+    try:
+        from prefect_ray import RayTaskRunner
+        from prefect_ray.context import remote_options
+    except ImportError:
+        raise UserError("--runner ray needs prefect-ray: pip install 'ravlm[ray]'") from None
+
+    class GpuAwareRayTaskRunner(RayTaskRunner):
+        """Tasks holding the `ravlm-gpu` tag also ask Ray for their share of a GPU: Ray then places them on a
+        node with one and shows it to them (it hides GPUs from tasks that asked for none)."""
+
+        def submit(self, task, parameters, wait_for=None, dependencies=None):
+            if GPU_TAG not in task.tags:
+                return super().submit(task, parameters, wait_for, dependencies)
+            with remote_options(num_gpus=1 / settings.gpu_concurrency):
+                return super().submit(task, parameters, wait_for, dependencies)
+
+    runtime_env = {"worker_process_setup_hook": "flows.common.prepare_ray_worker",
+                   # The library's log lines and the no-hub rule hold in workers on any node of the cluster.
+                   "env_vars": {name: os.environ[name] for name in WORKER_ENV if name in os.environ}}
+    return GpuAwareRayTaskRunner(address=settings.runner_address or None, init_kwargs={"runtime_env": runtime_env})
+
+
+# Passed to Ray workers: the settings flows/__init__ applies, and where the Prefect API is.
+WORKER_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW",
+              "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def prepare_ray_worker() -> None:
+    """Run by Ray in each worker process before its first task. Importing this module has imported `flows`,
+    which routes ravlm_core's log lines (e.g. "embedded ... read/encode/write") to the flow run's logs in Prefect
+    and to the console, as with the thread runner."""
+    import flows
+
+    flows._route_library_logs()
 
 
 GPU_TAG = "ravlm-gpu"

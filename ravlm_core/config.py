@@ -1,9 +1,13 @@
 """The one place defaults live: `Settings` from RAVLM_* environment variables, `ravlm.toml`, and CLI overrides."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from ravlm_core.locations import join
 
 
 class Settings(BaseSettings):
@@ -11,7 +15,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RAVLM_", toml_file="ravlm.toml", frozen=True, extra="forbid")
 
-    data_dir: Path = Path("data")
+    # A local folder, or a URI on object storage (s3://bucket/ravlm, gs://..., any pyarrow file system): the
+    # store (unless lancedb_uri says otherwise), Parquet shards, staging plans and trained models live under it,
+    # so every machine with the same setting works from the same files (ravlm_core.locations).
+    data_dir: str = "data"
     # Any LanceDB URI: a local folder, s3://bucket/path, gs://..., db://remote. Empty means <data_dir>/lancedb.
     lancedb_uri: str = ""
     reports_dir: Path = Path("reports")
@@ -73,21 +80,28 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    # Below: a Path under a local data_dir (as always), a URI string under one on object storage.
     @property
     def store_uri(self) -> str:
-        return self.lancedb_uri or str(self.data_dir / "lancedb")
+        return self.lancedb_uri or str(join(self.data_dir, "lancedb"))
 
     @property
-    def parquet_dir(self) -> Path:
-        return self.data_dir / "parquet"
+    def parquet_dir(self) -> Path | str:
+        return join(self.data_dir, "parquet")
 
     @property
-    def models_dir(self) -> Path:
-        return self.data_dir / "models"
+    def models_dir(self) -> Path | str:
+        """Where trained models are kept; loaders read them from `locations.local_models(models_dir)`."""
+        return join(self.data_dir, "models")
 
     @property
-    def staging_dir(self) -> Path:
-        return self.data_dir / "staging"
+    def staging_dir(self) -> Path | str:
+        return join(self.data_dir, "staging")
 
     def torch_device(self) -> str:
         if self.device != "auto":

@@ -19,6 +19,7 @@ import pandas as pd
 from ravlm_core.contents import read_images, read_thumbnails
 from ravlm_core.captioning import caption_rows
 from ravlm_core.errors import UserError
+from ravlm_core.locations import local_model
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
 from ravlm_core.knowledge import KnowledgeBase
 from ravlm_core.models import timed_load
@@ -41,7 +42,7 @@ def cached_generator(spec: GeneratorSpec, model_dir: str | None, device: str):
 @lru_cache(maxsize=2)
 def _load(spec: GeneratorSpec, model_dir: str | None, device: str):
     if model_dir:
-        spec = GeneratorSpec.from_fields({**spec.fields(), "model": model_dir})
+        spec = GeneratorSpec.from_fields({**spec.fields(), "model": local_model(model_dir)})
     return timed_load(f"generator {spec.kind} {spec.model}", lambda: load_generator(spec, device=device))
 
 

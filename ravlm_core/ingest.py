@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from ravlm_core.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyRe
                                    member_id_of)
 from ravlm_core.sources import BadRow, SourceRecord, open_source
 from ravlm_core.contents import shards_of
+from ravlm_core.locations import exists, join, list_files, remove, write_parquet_atomically
 from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, sql_quote
 
 log = logging.getLogger(__name__)
@@ -147,18 +147,18 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
                         counts[REANNOTATED], counts[REMOVED], len(listed) - counts[ADDED] - counts[CHANGED]
                         - counts[REANNOTATED], len(new_content), bad_rows + unreadable)
     if not dry_run and (plan or new_content):
-        folder = staging_dir / dataset
+        folder = join(staging_dir, dataset)
         digest = _digest([f"{r['member_id']}:{r['image_id']}:{r.get('annotation')}" for r in plan] + sorted(lost))
         if plan:
-            result.plan_path = str(folder / f"plan-{digest}.parquet")
-            _write_parquet_atomically(Path(result.plan_path), MEMBER_PLAN_SCHEMA,
-                                      [pa.Table.from_pylist(plan, MEMBER_PLAN_SCHEMA)])
+            result.plan_path = str(join(folder, f"plan-{digest}.parquet"))
+            write_parquet_atomically(result.plan_path, MEMBER_PLAN_SCHEMA,
+                                     [pa.Table.from_pylist(plan, MEMBER_PLAN_SCHEMA)])
         if new_content:
             rows = [{"image_id": i, "path": str(r.path), "ref": r.ref, "shard": shard_of[i]}
                     for i, r in sorted(new_content.items(), key=lambda item: (shard_of[item[0]], item[0]))]
-            result.content_path = str(folder / f"content-{digest}.parquet")
-            _write_parquet_atomically(Path(result.content_path), CONTENT_PLAN_SCHEMA,
-                                      [pa.Table.from_pylist(rows, CONTENT_PLAN_SCHEMA)])
+            result.content_path = str(join(folder, f"content-{digest}.parquet"))
+            write_parquet_atomically(result.content_path, CONTENT_PLAN_SCHEMA,
+                                     [pa.Table.from_pylist(rows, CONTENT_PLAN_SCHEMA)])
     log.info("%s: %d listed; %d added, %d changed, %d re-annotated, %d removed, %d unchanged; %d new images in %d "
              "shards; %d bad rows", dataset, result.images_seen, result.added, result.changed, result.reannotated,
              result.removed, result.unchanged, result.new_content, len(result.shards), len(result.bad_rows))
@@ -228,7 +228,7 @@ def _contents_without_shard(store: Store, image_ids: set[str]) -> set[str]:
             pq.ParquetFile(shard).metadata  # noqa: B018 - reads the footer: a truncated file fails here
             continue
         except (OSError, pa.ArrowException) as err:
-            reason = "is missing" if not Path(shard).exists() else f"cannot be read ({first_line(err) or type(err).__name__})"
+            reason = "is missing" if not exists(shard) else f"cannot be read ({first_line(err) or type(err).__name__})"
         ids = {i for i, s in shard_of.items() if s == shard}
         log.warning("shard %s %s: its %d images are written again from the source", shard, reason, len(ids))
         lost |= ids
@@ -260,7 +260,7 @@ def _assign_shards(records: dict[str, SourceRecord], shard_size: int) -> dict[st
     return shard_of
 
 
-def write_shard(content_path: str, shard: str, parquet_dir: Path,
+def write_shard(content_path: str, shard: str, parquet_dir: Path | str,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> ShardResult:
     """Validate, decode and store one shard of new image contents as `parquet_dir/content/<shard>.parquet`.
 
@@ -273,7 +273,7 @@ def write_shard(content_path: str, shard: str, parquet_dir: Path,
     rows = pq.read_table(content_path, filters=[("shard", "==", shard)]).to_pylist()
     if not rows:
         raise ValueError(f"shard {shard!r} has no rows in {content_path}: rerun the ingest")
-    path = parquet_dir / CONTENT_DIR / f"{shard}.parquet"
+    path = join(parquet_dir, CONTENT_DIR, f"{shard}.parquet")  # a URI when the data dir is on object storage
     bad: list[BadRow] = []
     written = 0
 
@@ -288,11 +288,11 @@ def write_shard(content_path: str, shard: str, parquet_dir: Path,
             written += len(good)
             yield pa.Table.from_pylist(good, SHARD_SCHEMA)
 
-    _write_parquet_atomically(path, SHARD_SCHEMA, batches())
+    write_parquet_atomically(path, SHARD_SCHEMA, batches())
     log.info("%s: %d images, %d bad", path, written, len(bad))
     if not written:
         # Every image of the shard failed validation: no empty shard for later stages to trip over.
-        path.unlink()
+        remove(path)
         return ShardResult("", 0, bad)
     return ShardResult(str(path), written, bad)
 
@@ -315,21 +315,6 @@ def _shard_row(row: dict, max_pixels: int) -> dict | BadRow:
             "thumbnail": thumbnail_jpeg(decoded.image, THUMBNAIL_SIDE), "signature": signature(decoded.image)}
 
 
-def _write_parquet_atomically(path: Path, schema: pa.Schema, tables) -> None:
-    """Write `tables` as row groups of one file that appears under `path` only once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not "*.parquet": a half-written file must never be listed as a shard.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(partial, schema) as writer:
-            for table in tables:
-                if table.num_rows:
-                    writer.write_table(table)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def load_shard(store: Store, shard_path: str) -> int:
     """Register one content shard's rows (without the bytes) in `contents`; returns how many were new."""
     table = pq.read_table(shard_path, columns=[name for name in SHARD_SCHEMA.names if name != "image"])
@@ -339,17 +324,17 @@ def load_shard(store: Store, shard_path: str) -> int:
     return new
 
 
-def ingest_all(source: str, dataset: str, store: Store, data_dir: Path, *, manifest: Path | None = None,
+def ingest_all(source: str, dataset: str, store: Store, data_dir: Path | str, *, manifest: Path | None = None,
                shard_size: int = 1000, dry_run: bool = False, keep_removed: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS, source_format: str = "auto", annotations: Path | None = None,
                questions: Path | None = None) -> IngestSummary:
     """The whole ingest in one process, step by step as the flow runs it (for notebooks and tests)."""
-    scan = scan_source(source, dataset, data_dir / "staging", store, shard_size, manifest, dry_run, source_format,
+    scan = scan_source(source, dataset, join(data_dir, "staging"), store, shard_size, manifest, dry_run, source_format,
                        annotations, questions)
     bad = list(scan.bad_rows)
     if not dry_run:
         for shard in scan.shards:
-            written = write_shard(scan.content_path, shard, data_dir / "parquet", max_pixels)
+            written = write_shard(scan.content_path, shard, join(data_dir, "parquet"), max_pixels)
             bad += written.bad_rows
             if written.path:
                 load_shard(store, written.path)
@@ -374,7 +359,6 @@ def stored_shards(store: Store) -> list[str]:
     return sorted(set(store.read(CONTENTS, columns=["shard"]).column("shard").to_pylist()))
 
 
-def content_shards(parquet_dir: Path) -> list[str]:
+def content_shards(parquet_dir: Path | str) -> list[str]:
     """Sorted paths of every content shard (never a half-written one)."""
-    folder = parquet_dir / CONTENT_DIR
-    return sorted(str(path) for path in folder.glob("*.parquet")) if folder.is_dir() else []
+    return list_files(join(parquet_dir, CONTENT_DIR), ".parquet")

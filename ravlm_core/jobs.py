@@ -18,6 +18,7 @@ from ravlm_core.errors import UserError
 from ravlm_core.generate import generate_captions, generate_vqa
 from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
+from ravlm_core.locations import local_model
 from ravlm_core.membership import qa_id_of
 from ravlm_core.models import timed_load
 from ravlm_core.retrieve import Neighbours, kb_filter, search, vectors_by_id
@@ -114,7 +115,7 @@ def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part
         retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
         answerer = None
         if job.spec.kind == "builtin-fusion":
-            answerer = timed_load(f"fusion answerer {job.model_dir}", lambda: FusionAnswerer(job.model_dir, device))
+            answerer = timed_load(f"fusion answerer {job.model_dir}", lambda: FusionAnswerer(local_model(job.model_dir), device))
         predictions = answer(kb, retrieved, job.variant, answerer)
         rows = prediction_rows(job, kb, items, retrieved, predictions, run_id)
         n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import decode_image
+from ravlm_core.locations import is_remote, join, local_models, publish, pulled, read_text, write_text
 from ravlm_core.store import ACTIVE, CONTENTS, IMAGES, Store, chunks, in_list, sql_quote
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,9 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
     """
     if spec != BUILTIN:
         return spec
-    pinned = None if retrain else _pinned_builtin(Path(models_dir))
+    pinned = None if retrain else _pinned_builtin(models_dir)
     if pinned:
         return pinned
-    pin = Path(models_dir) / "builtin.json"
     images, captions = alignment_pairs(store, split)
     if not images:
         raise ValueError(f"no captioned '{split}' images in {store.uri} to train the built-in encoder on: "
@@ -50,13 +50,16 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
     from ravlm_core.encoders.builtin import train_builtin_encoder
 
     log.info("training the built-in encoder's alignment heads on %d image-caption pairs", len(images))
-    model_dir = train_builtin_encoder(images, captions, Path(models_dir), device=device)
+    model_dir = train_builtin_encoder(images, captions, local_models(models_dir), device=device)
     from ravlm_core.encoders.builtin import BuiltinEncoder
     from ravlm_core.encoders.text_query import export_text_query
 
     export_text_query(BuiltinEncoder(model_dir, device="cpu"), model_dir)  # so `ravlm search` starts fast
-    pin.parent.mkdir(parents=True, exist_ok=True)
-    pin.write_text(json.dumps({"model_dir": str(model_dir)}))
+    publish(models_dir, model_dir)  # on object storage: uploaded before the pin names it
+    # A local pin names the folder itself (as ever); one on object storage names it relative to the models
+    # location, since each machine keeps its copy in its own cache.
+    pinned_name = model_dir.name if is_remote(models_dir) else str(model_dir)
+    write_text(join(models_dir, "builtin.json"), json.dumps({"model_dir": pinned_name}))
     return str(model_dir)
 
 
@@ -65,18 +68,21 @@ def pinned_encoder(spec: str, models_dir: str | Path) -> str:
     the speed of a query. Raises a UserError saying what to run when the built-in encoder is not trained yet."""
     if spec != BUILTIN:
         return spec
-    pinned = _pinned_builtin(Path(models_dir))
+    pinned = _pinned_builtin(models_dir)
     if pinned is None:
         raise UserError(f"no built-in encoder has been trained in {models_dir} yet: run `ravlm embed` (or `ravlm "
                         "demo`) first, or pass --data-dir of a store that has one")
     return pinned
 
 
-def _pinned_builtin(models_dir: Path) -> str | None:
-    pin = models_dir / "builtin.json"
-    if not pin.exists():
+def _pinned_builtin(models_dir: str | Path) -> str | None:
+    """The pinned encoder's local folder (downloaded first when the models are on object storage), or None."""
+    pin = read_text(join(models_dir, "builtin.json"))
+    if pin is None:
         return None
-    pinned = json.loads(pin.read_text())["model_dir"]
+    pinned = json.loads(pin)["model_dir"]
+    if is_remote(models_dir):
+        pinned = str(pulled(models_dir, pinned))
     return pinned if Path(pinned).exists() else None
 
 

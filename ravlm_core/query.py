@@ -119,7 +119,9 @@ class Session:
         sets = parse_kb(kb, "easy-vqa", settings.kb_split)
         knowledge = cached_knowledge_base(self.store.uri, self.encoder.tag, question_encoder_tag(), sets,
                                           retrieval_config(settings))
-        folder = trained_answerer(knowledge, settings.k, settings.models_dir / "answerers", use_retrieval=True)
+        from ravlm_core.locations import pulled
+
+        folder = trained_answerer(knowledge, settings.k, pulled(settings.models_dir, "answerers"), use_retrieval=True)
         if folder is None:
             dataset, split = sets[0]
             raise UserError(f"no fusion answerer has been trained for the knowledge base {knowledge.label} with "

@@ -11,6 +11,7 @@ from tasks.retry import RETRY
 
 from ravlm_core import embed, embed_reader, indexing, models
 from ravlm_core.errors import naming
+from ravlm_core.locations import local_model, shared_ref
 from ravlm_core.models import timed_load
 from ravlm_core.store import Store
 
@@ -34,6 +35,7 @@ def lazy_encoder(model_ref: str, device: str):
     """The encoder as tasks use it: tag and dim from its files, weights loaded only when something is new."""
     from ravlm_core.encoders import LazyEncoder, describe_encoder
 
+    model_ref = local_model(model_ref)  # a trained encoder on object storage: fetched into this machine's cache
     return LazyEncoder(*describe_encoder(model_ref), lambda: load_cached_encoder(model_ref, device))
 
 
@@ -54,7 +56,7 @@ def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, ret
     with naming(f"encoder {spec}"):
         model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
         tag, dim = describe_encoder(model_ref)
-    return {"model_ref": model_ref, "model_tag": tag, "dim": dim, "question_tag": question_encoder_tag()}
+    return {"model_ref": shared_ref(models_dir, model_ref) if model_ref != spec else spec, "model_tag": tag, "dim": dim, "question_tag": question_encoder_tag()}
 
 
 @task(cache_policy=NO_CACHE, **RETRY)

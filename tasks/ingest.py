@@ -20,7 +20,7 @@ def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, sha
                 annotations: str | None = None, questions: str | None = None) -> dict:
     """Hash every image of the source and plan what changed since the store last saw it."""
     with naming(f"scanning {source}"):
-        result = ingest.scan_source(source, dataset, Path(staging_dir), Store(store_uri), shard_size,
+        result = ingest.scan_source(source, dataset, staging_dir, Store(store_uri), shard_size,
                                     Path(manifest) if manifest else None, dry_run, source_format,
                                     Path(annotations) if annotations else None, Path(questions) if questions else None)
     return asdict(result)
@@ -29,7 +29,7 @@ def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, sha
 @task(cache_policy=NO_CACHE, **RETRY)
 def write_shard(content_path: str, shard: str, parquet_dir: str, max_pixels: int) -> dict:
     with naming(f"writing shard {shard}"):
-        return asdict(ingest.write_shard(content_path, shard, Path(parquet_dir), max_pixels))
+        return asdict(ingest.write_shard(content_path, shard, parquet_dir, max_pixels))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)

@@ -6,7 +6,6 @@ stays small and JSON; models load inside the process that runs the part."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -17,6 +16,7 @@ from ravlm_core import generate, jobs, vqa
 from ravlm_core.errors import naming
 from ravlm_core.generators import GenerationJob
 from ravlm_core.knowledge import RetrievalConfig, kb_label
+from ravlm_core.locations import publish, pulled, shared_ref
 from ravlm_core.store import Store
 from tasks.retry import RETRY
 
@@ -43,8 +43,11 @@ def train_answerer(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: 
     """Folder of the fusion answerer for this KB (trained on first use, reused while the KB is unchanged)."""
     with naming(f"training the fusion answerer on {_label(kb)}"):
         knowledge = _kb(store_uri, encoder, kb, retrieval)
-        out_root = Path(models_dir) / "answerers"
-        return str(vqa.train_answerer(Store(store_uri), knowledge, k, out_root, use_retrieval, device))
+        # Answerers trained before (on any machine, when the models are on object storage) are reused.
+        folder = vqa.train_answerer(Store(store_uri), knowledge, k, pulled(models_dir, "answerers"), use_retrieval,
+                                    device)
+        publish(models_dir, folder)
+        return shared_ref(models_dir, folder)
 
 
 @task(cache_policy=NO_CACHE)
@@ -53,7 +56,9 @@ def train_smallcap(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: 
     """Folder of the KB's SmallCap caption decoder (trained on first use, reused while the KB is unchanged)."""
     with naming(f"training SmallCap on {_label(kb)}"):
         knowledge = _kb(store_uri, encoder, kb, retrieval)
-        return str(generate.train_smallcap_for(Store(store_uri), knowledge, k, Path(models_dir) / "smallcap", device))
+        folder = generate.train_smallcap_for(Store(store_uri), knowledge, k, pulled(models_dir, "smallcap"), device)
+        publish(models_dir, folder)
+        return shared_ref(models_dir, folder)
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
