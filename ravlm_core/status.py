@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from ravlm_core import ann
 from ravlm_core.analytics import describe_tables
+from ravlm_core.locations import is_remote, join, read_text
 from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, image_vectors_table
 
 RUNS = "runs"
@@ -77,14 +78,17 @@ def vector_indexes(store: Store) -> dict[str, dict]:
     return out
 
 
-def _pinned_encoder(models_dir: Path) -> dict | None:
-    pin = Path(models_dir) / "builtin.json"
-    if not pin.is_file():
+def _pinned_encoder(models_dir: str | Path) -> dict | None:
+    """The pinned built-in encoder's folder and tag, read from its files where they live (a bucket included)
+    without downloading the model: status stays cheap. A pin to a folder that is gone still shows its name."""
+    pin = read_text(join(models_dir, "builtin.json"))
+    if pin is None:
         return None
-    model_dir = Path(json.loads(pin.read_text())["model_dir"])
-    spec = model_dir / "encoder.json"
-    tag = json.loads(spec.read_text()).get("tag") if spec.is_file() else None
-    return {"model_dir": str(model_dir), "model_tag": tag or model_dir.name}
+    pinned = json.loads(pin)["model_dir"]
+    folder = join(models_dir, pinned) if is_remote(models_dir) else Path(pinned)  # a bucket's pin is relative
+    spec = read_text(join(folder, "encoder.json"))
+    tag = json.loads(spec).get("tag") if spec else None
+    return {"model_dir": str(folder), "model_tag": tag or Path(pinned).name}
 
 
 def _images_without_vectors(store: Store, model_tag: str) -> dict:

@@ -110,6 +110,10 @@ def test_a_second_machine_works_from_the_bucket(s3_env, harness, tmp_path):
     assert fs.get_file_info(f"{root}/models/{pin['model_dir']}/{locations.COMPLETE}").type == pafs.FileType.File
 
     env_b = {"RAVLM_CACHE_DIR": str(machine_b / "cache")}
+    # Status reads the pin and the encoder's tag where they live, without downloading the model.
+    status = ravlm(data_dir, machine_b, env_b, "status")
+    assert status["encoder"]["model_tag"] == embedded["model_tag"]
+    assert status["images_without_vectors"]["count"] == 0 and not (machine_b / "cache").exists()
     hits = ravlm(data_dir, machine_b, env_b, "search", "a red circle", "-k", "5")
     assert len(hits) == 5 and all(hit["dataset"] == "shapes" for hit in hits)
     cached = machine_b / "cache" / "s3" / BUCKET / "e2e" / "ravlm" / "models" / pin["model_dir"]
