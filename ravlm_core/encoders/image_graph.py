@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ravlm_core.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +36,8 @@ def export_image_graph(image_tower, head, model_dir: Path, tag: str) -> Path | N
     `model_dir`, atomically; None, with a warning, when the export cannot be done here."""
     import torch
 
+    from ravlm_core.encoders.runtime import export_onnx
+
     class ImageGraph(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -47,25 +46,12 @@ def export_image_graph(image_tower, head, model_dir: Path, tag: str) -> Path | N
         def forward(self, pixels):  # uint8 [n, S, S, 3] → [n, dim], not yet L2-normalised
             return self.head(self.network(image_tower.preprocess.normalise(pixels)))
 
-    model_dir = Path(model_dir)
     size = image_tower.preprocess.image_size
-    staging = model_dir / f".{ONNX_FILE}.{os.getpid()}.tmp"
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shapes the graph keeps dynamic anyway
-            torch.onnx.export(ImageGraph().eval().cpu(), (example,), str(staging), dynamo=False,
-                              input_names=["pixels"], output_names=["vectors"], opset_version=17,
-                              dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}})
-    except Exception as error:  # noqa: BLE001 - an optional speed-up must never fail the pipeline
-        log.warning("could not export the image graph (%s: %s); images will be embedded with torch",
-                    type(error).__name__, first_line(error))
-        staging.unlink(missing_ok=True)
-        return None
-    staging.replace(model_dir / ONNX_FILE)
-    (model_dir / META_FILE).write_text(json.dumps({"tag": tag, "image_size": size, "version": GRAPH_VERSION}))
-    log.info("exported the image graph of %s", tag)
-    return model_dir / ONNX_FILE
+    return export_onnx(ImageGraph().cpu(), (example,), model_dir, ONNX_FILE, META_FILE,
+                       {"tag": tag, "image_size": size, "version": GRAPH_VERSION}, input_names=["pixels"],
+                       dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}},
+                       what="images will be embedded with torch")
 
 
 class ImageGraphRunner:

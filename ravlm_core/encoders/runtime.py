@@ -113,3 +113,29 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def export_onnx(module: torch.nn.Module, example: tuple, model_dir: Path, onnx_file: str, meta_file: str,
+                meta: dict, *, input_names: list[str], dynamic_axes: dict, what: str) -> Path | None:
+    """Export `module` to `model_dir/onnx_file` (staged under a temporary name, then renamed) and write `meta`
+    beside it; None, with a warning naming `what` falls back to, when the export cannot be done here: an optional
+    speed-up must never fail the pipeline."""
+    import warnings
+
+    from ravlm_core.errors import first_line
+
+    model_dir = Path(model_dir)
+    staging = model_dir / f".{onnx_file}.{os.getpid()}.tmp"
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes the graph keeps dynamic anyway
+            torch.onnx.export(module.eval(), example, str(staging), dynamo=False, input_names=input_names,
+                              output_names=["vectors"], dynamic_axes=dynamic_axes, opset_version=17)
+    except Exception as error:  # noqa: BLE001
+        log.warning("could not export %s (%s: %s); %s", onnx_file, type(error).__name__, first_line(error), what)
+        staging.unlink(missing_ok=True)
+        return None
+    staging.replace(model_dir / onnx_file)
+    (model_dir / meta_file).write_text(json.dumps(meta))
+    log.info("exported %s for %s", onnx_file, meta.get("tag"))
+    return model_dir / onnx_file

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ravlm_core.encoders.packages import text_max_length, text_model_dir
-from ravlm_core.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,8 @@ def export_text_query(encoder, model_dir: Path) -> Path | None:
     the export cannot be done here (the torch path keeps working, only slower to start)."""
     import torch
 
+    from ravlm_core.encoders.runtime import export_onnx
+
     class TextGraph(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -49,26 +48,12 @@ def export_text_query(encoder, model_dir: Path) -> Path | None:
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return self.head(torch.nn.functional.normalize(mean, dim=-1))
 
-    model_dir = Path(model_dir)
-    staging = model_dir / f".{ONNX_FILE}.{os.getpid()}.tmp"
     example = encoder._text.tokenizer(["a red circle", "what colour is the shape?"], padding=True,
                                       return_tensors="pt")
     axes = {name: {0: "batch", 1: "tokens"} for name in INPUTS}
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shapes the graph keeps dynamic anyway
-            torch.onnx.export(TextGraph().eval(), tuple(example[name] for name in INPUTS), str(staging),
-                              dynamo=False, input_names=list(INPUTS), output_names=["vectors"],
-                              dynamic_axes={**axes, "vectors": {0: "batch"}}, opset_version=17)
-    except Exception as error:  # noqa: BLE001 - an optional speed-up must never fail the pipeline
-        log.warning("could not export the text query graph (%s: %s); text searches will load torch",
-                    type(error).__name__, first_line(error))
-        staging.unlink(missing_ok=True)
-        return None
-    staging.replace(model_dir / ONNX_FILE)
-    (model_dir / META_FILE).write_text(json.dumps({"tag": encoder.tag, "dim": encoder.dim}))
-    log.info("exported the text query graph of %s", encoder.tag)
-    return model_dir / ONNX_FILE
+    return export_onnx(TextGraph(), tuple(example[name] for name in INPUTS), model_dir, ONNX_FILE, META_FILE,
+                       {"tag": encoder.tag, "dim": encoder.dim}, input_names=list(INPUTS),
+                       dynamic_axes={**axes, "vectors": {0: "batch"}}, what="text searches will load torch")
 
 
 class TextQueryEncoder:
