@@ -21,7 +21,7 @@ def embed_flow(retrain_encoder: bool = False, overrides: dict | None = None) -> 
     shards = stored_shards(Store(settings.store_uri))
     logger.info("embedding %d content shards with %s on %s", len(shards), encoder["model_tag"], device)
     results = gpu(embed_shard).map(unmapped(settings.store_uri), unmapped(encoder["model_ref"]), shards,
-                                   unmapped(device)).result()
+                                   unmapped(device), unmapped(settings.image_batch_size)).result()
     texts = gpu(embed_texts)(settings.store_uri, encoder["model_ref"], device, settings.batch_size)
     indexes = build_indexes(settings.store_uri, encoder["model_tag"], encoder["question_tag"],
                             settings.min_rows_for_ann, settings.ann_target_recall)

@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     device: str = "auto"
     # Images per Parquet shard: the unit of parallel work and of incremental re-embedding.
     shard_size: int = 1000
+    # Texts per batch (embedding uses 4x this).
     batch_size: int = 64
+    # Images per embedding batch; 0 = the encoder's own: measured once per machine on a CPU, 256 on a GPU. Fix it
+    # when runs must give bit-identical vectors: the float rounding of a forward pass depends on its batch.
+    image_batch_size: int = 0
     # "builtin" (EfficientNet-Lite0 + MiniLM with trained alignment heads), a local model folder, or a hub id.
     encoder: str = "builtin"
     # Neighbours retrieved per item for the retrieval-augmented jobs.

@@ -60,11 +60,11 @@ def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, ret
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
-def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str) -> dict:
-    # Batches are sized by the encoder for the device (measured once per machine on a CPU).
+def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, batch_size: int = 0) -> dict:
+    # Batches are sized by the encoder for the device (measured once per machine on a CPU) unless given.
     with naming(f"embedding shard {shard_path}"):
         return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path,
-                                        workers=embed_reader.reader_workers(device)))
+                                        batch_size or None, workers=embed_reader.reader_workers(device)))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)

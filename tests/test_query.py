@@ -262,13 +262,19 @@ class PixelEncoder:
     """Vectors that are an image's own pixels (16x16 grey, mean removed): a brightened or resized copy stays
     close to its original, a different picture does not."""
 
-    tag, dim = "pixels-1", 256
+    tag, dim, batch_size = "pixels-1", 256, 8
 
-    def embed_images(self, images) -> np.ndarray:
-        rows = np.stack([np.asarray(image.convert("L").resize((16, 16), Image.BILINEAR), np.float32).ravel()
-                         for image in images])
+    @staticmethod
+    def preprocess(image) -> np.ndarray:  # what embedding's reader calls per image: uint8 [16, 16]
+        return np.asarray(image.convert("L").resize((16, 16), Image.BILINEAR))
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        rows = pixels.reshape(len(pixels), -1).astype(np.float32)
         rows -= rows.mean(axis=1, keepdims=True)
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def embed_images(self, images) -> np.ndarray:
+        return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
 
 
 def photo(seed: int) -> Image.Image:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 HEADS_FILE = "heads.safetensors"
 BATCH_SIZE_FILE = "batch_size.json"  # the CPU probe's choice per machine (runtime.measured_batch_size)
 TAG_PREFIX = "builtin-"
+# First use of an encoder (ONNX export, batch probe) happens once even when shard tasks share it on threads;
+# re-entrant because the probe itself embeds.
+_FIRST_USE = threading.RLock()
 
 
 class _Spec(BaseModel):
@@ -164,6 +168,10 @@ class BuiltinEncoder:
     @property
     def batch_size(self) -> int:
         """Images per forward pass: measured once per machine on a CPU (cached in the encoder folder)."""
+        with _FIRST_USE:  # shard tasks of one process share this encoder: one probe, one choice for all
+            return self._measured_batch_size()
+
+    def _measured_batch_size(self) -> int:
         from ravlm_core.encoders.runtime import GPU_BATCH_SIZE, measured_batch_size
 
         if self._batch_size is None:
@@ -195,7 +203,16 @@ class BuiltinEncoder:
         return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
 
     def _graph_runner(self):
-        """On a CPU the ONNX image graph (exported on first use), unless it cannot be exported; else None."""
+        """On a CPU the ONNX image graph (exported on first use), unless it cannot be exported; else None.
+
+        Under a lock: shard tasks on threads share this encoder, and one that found the graph half-exported by
+        another would fall back to torch, whose vectors differ in the last float bits from the graph's."""
+        if self._graph is None:
+            with _FIRST_USE:
+                return self._open_graph()
+        return self._graph or None
+
+    def _open_graph(self):
         from ravlm_core.encoders import image_graph
 
         if self._graph is None and not self.device.startswith("cuda"):
@@ -212,6 +229,8 @@ class BuiltinEncoder:
                                                            torch.get_num_threads())
             else:
                 self._graph = False  # export failed: the torch network serves, and we do not retry every batch
+        elif self._graph is None:
+            self._graph = False  # on a GPU the torch network serves
         return self._graph or None
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

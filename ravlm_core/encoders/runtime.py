@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,7 +126,7 @@ def export_onnx(module: torch.nn.Module, example: tuple, model_dir: Path, onnx_f
     from ravlm_core.errors import first_line
 
     model_dir = Path(model_dir)
-    staging = model_dir / f".{onnx_file}.{os.getpid()}.tmp"
+    staging = model_dir / f".{onnx_file}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shapes the graph keeps dynamic anyway
