@@ -11,13 +11,18 @@ from ravlm_core.imaging import decode_image
 from ravlm_core.store import CONTENTS, Store, chunks, in_list
 
 
-def shards_of(store: Store, image_ids) -> dict[str, str]:
-    """image id -> the shard file `contents` says holds its bytes."""
+def stored_values(store: Store, image_ids, column: str) -> dict:
+    """image id -> its value of `column` in `contents` (shard, thumbnail, signature, ...), for the ids stored."""
     found = {}
     for part in chunks(sorted(set(image_ids))):
-        rows = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", part))
-        found.update(zip(rows.column("image_id").to_pylist(), rows.column("shard").to_pylist()))
+        rows = store.read(CONTENTS, columns=["image_id", column], where=in_list("image_id", part))
+        found.update(zip(rows.column("image_id").to_pylist(), rows.column(column).to_pylist()))
     return found
+
+
+def shards_of(store: Store, image_ids) -> dict[str, str]:
+    """image id -> the shard file `contents` says holds its bytes."""
+    return stored_values(store, image_ids, "shard")
 
 
 def read_images(store: Store, image_ids: list[str]) -> dict[str, Image.Image]:
@@ -44,9 +49,5 @@ def read_images(store: Store, image_ids: list[str]) -> dict[str, Image.Image]:
 
 def read_thumbnails(store: Store, image_ids: list[str]) -> dict[str, Image.Image]:
     """The small JPEG thumbnails kept in `contents` (what a prompt shows of a neighbour), decoded."""
-    thumbnails = {}
-    for part in chunks(sorted(set(image_ids))):
-        rows = store.read(CONTENTS, columns=["image_id", "thumbnail"], where=in_list("image_id", part))
-        for image_id, jpeg in zip(rows.column("image_id").to_pylist(), rows.column("thumbnail").to_pylist()):
-            thumbnails[image_id] = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    return thumbnails
+    return {image_id: Image.open(io.BytesIO(jpeg)).convert("RGB")
+            for image_id, jpeg in stored_values(store, image_ids, "thumbnail").items()}

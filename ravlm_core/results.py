@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ravlm_core.store import CONTENTS, Store, chunks, in_list
+from ravlm_core.contents import stored_values
+from ravlm_core.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +53,7 @@ class Hits(list):
         """One self-contained page: each hit's stored thumbnail inlined, with its text escaped."""
         from ravlm_core.report import _img
 
-        thumbs = thumbnails(store, [row["image_id"] for row in self if row.get("image_id")])
+        thumbs = stored_values(store, [row["image_id"] for row in self if row.get("image_id")], "thumbnail")
         if self.kind == "duplicates":
             groups: dict[int, list[dict]] = {}
             for row in self:
@@ -80,16 +81,6 @@ def _figure(row: dict, thumbs: dict[str, bytes], img) -> str:
     picture = img(thumb, lines[1]) if thumb else ""
     text = "".join(f"<div>{html.escape(line)}</div>" for line in lines if line)
     return f"<figure>{picture}<figcaption>{text}</figcaption></figure>"
-
-
-def thumbnails(store: Store, image_ids: list[str]) -> dict[str, bytes]:
-    """The small JPEG ingest stored for each image (at most 128 px a side)."""
-    found: dict[str, bytes] = {}
-    for ids in chunks(sorted(set(image_ids))):
-        rows = store.read(CONTENTS, columns=["image_id", "thumbnail"], where=in_list("image_id", ids))
-        if rows.num_rows:
-            found.update(zip(rows.column("image_id").to_pylist(), rows.column("thumbnail").to_pylist()))
-    return found
 
 
 _STYLE = """

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ravlm_core import ann
+from ravlm_core.contents import stored_values
 from ravlm_core.imaging import signature_distance
-from ravlm_core.store import ACTIVE, CONTENTS, Store, chunks, in_list, membership_label, sql_quote
+from ravlm_core.store import ACTIVE, Store, membership_label, sql_quote
 
 # Queries per LanceDB call: one call answers many queries (rows carry `query_index`).
 QUERY_BATCH = 512
@@ -129,12 +130,7 @@ def _leaks(guard: Guard, query: int, hits: list[tuple[float, str]], hit_signatur
 
 def signatures_of(store: Store, image_ids) -> dict[str, bytes]:
     """Pixel signatures of stored contents (see `imaging.signature`)."""
-    found: dict[str, bytes] = {}
-    for ids in chunks(sorted(set(image_ids))):
-        rows = store.read(CONTENTS, columns=["image_id", "signature"], where=in_list("image_id", ids))
-        if rows.num_rows:
-            found.update(zip(rows.column("image_id").to_pylist(), rows.column("signature").to_pylist()))
-    return found
+    return stored_values(store, image_ids, "signature")
 
 
 def vectors_by_id(store: Store, table: str, ids: list[str], key: str) -> np.ndarray:
