@@ -274,8 +274,13 @@ def _write_results(hits, output_format: str, output: Optional[Path], as_json: bo
                    query_thumbnail: bytes | None = None) -> None:
     """Print the hits (a table, or JSON rows), or write them to --output and say where."""
     if output_format in ("parquet", "html"):
-        written = hits.write_parquet(output) if output_format == "parquet" else hits.write_html(output, store,
-                                                                                                query_thumbnail)
+        try:
+            written = hits.write_parquet(output) if output_format == "parquet" else hits.write_html(output, store,
+                                                                                                    query_thumbnail)
+        except OSError as error:  # a missing folder, no permission, a full disk: the user's to fix
+            from ravlm_core.errors import UserError, first_line
+
+            raise UserError(f"cannot write --output {output}: {error.strerror or first_line(error)}") from None
         _emit({"output": str(written), "format": output_format, "rows": len(hits)}, as_json,
               lambda r: typer.echo(f"wrote {r['rows']} rows to {r['output']}"))
         return

@@ -236,7 +236,9 @@ def test_cli_search_mistakes_are_one_line(shapes, capsys, monkeypatch):
                            (["a star", "--format", "html"], "error: --format html writes a file: give --output PATH"),
                            (["a star", "--format", "xml"], "error: --format 'xml': use table, json, parquet or html"),
                            (["a star", "--target", "captions"], "error: unknown search target 'captions'"),
-                           (["--image", image, "--hybrid"], "error: --hybrid needs a text query")):
+                           (["--image", image, "--hybrid"], "error: --hybrid needs a text query"),
+                           (["a star", "--format", "parquet", "-o", "/nonexistent/folder/hits.parquet"],
+                            "error: cannot write --output /nonexistent/folder/hits.parquet: ")):
         code, _, err = cli(shapes, capsys, monkeypatch, "search", *args)
         assert code == 2 and err.startswith(expected) and len(err.strip().splitlines()) == 1, err
 
