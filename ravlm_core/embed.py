@@ -22,9 +22,11 @@ from ravlm_core.store import (ACTIVE, IMAGES, MEMBERSHIPS, QA, Store, image_vect
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = [("text", pa.string())]
-# Rows per LanceDB commit: each commit is a table version and a fragment, so committing every small encode batch
-# would leave thousands of tiny fragments; a crash loses at most this many rows of work.
-WRITE_ROWS = 512
+# A LanceDB commit every WRITE_ROWS rows or WRITE_SECONDS of work, whichever comes first: each commit is a table
+# version and a fragment (committing every small encode batch would leave thousands of tiny fragments, and each
+# merge costs ~15 ms), and a crash loses at most that much work, however slow the model.
+WRITE_ROWS = 2048
+WRITE_SECONDS = 10.0
 
 
 def text_id(text: str) -> str:
@@ -36,7 +38,7 @@ def text_id(text: str) -> str:
 class EmbedResult:
     shard: str
     new_images: int
-    read_s: float
+    read_s: float  # time the encoder waited for the reader thread or processes, whose work overlaps its own
     encode_s: float
     write_s: float
 
@@ -74,8 +76,8 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int | None =
 
     Reader → mapper → writer: row groups are decoded and preprocessed (`encoder.preprocess`, inline or in
     `workers` reader processes), regrouped into batches of `batch_size` (default: the encoder's, measured on a
-    CPU), encoded (`encoder.embed_pixels`) and committed every WRITE_ROWS rows. Memory holds a few row groups of
-    pixels and WRITE_ROWS vectors, however big the shard or the collection.
+    CPU), encoded (`encoder.embed_pixels`) and committed every WRITE_ROWS rows or WRITE_SECONDS. Memory holds a few
+    row groups of pixels and WRITE_ROWS vectors, however big the shard or the collection.
 
     Idempotent: ids already stored are skipped, so a rerun (or a crash, then a rerun) does only the missing work.
     An interrupted shard keeps what it committed. Each row carries the "dataset:split" sets listing its image (kept
@@ -96,9 +98,11 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int | None =
     plan = wanted_rows(group_rows, shard_ids, missing_images)
     new_images = 0
     pending: list[pa.Table] = []
+    last_flush = time.perf_counter()
 
     def flush() -> int:
-        tick = time.perf_counter()
+        nonlocal last_flush
+        tick = last_flush = time.perf_counter()
         written = store.upsert(image_table, pa.concat_tables(pending), "image_id") if pending else 0
         pending.clear()
         timings["write"] += time.perf_counter() - tick
@@ -115,7 +119,8 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int | None =
             timings["encode"] += time.perf_counter() - tick
             keys = {"image_id": ids, "memberships": [labels[i] for i in ids]}
             pending.append(_vector_rows(keys, vectors, encoder.tag, image_schema))
-            if sum(t.num_rows for t in pending) >= WRITE_ROWS:
+            if (sum(t.num_rows for t in pending) >= WRITE_ROWS
+                    or time.perf_counter() - last_flush >= WRITE_SECONDS):
                 new_images += flush()
             bar.update(len(ids))
             tick = time.perf_counter()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -20,8 +21,8 @@ from ravlm_core.imaging import ImageRejected, decode_image
 
 def reader_workers(device: str) -> int:
     """Decode processes that suit `device`: none on a CPU, where the model's threads already use every core (the
-    bench measured readers there costing as much as they overlap), several beside a GPU, which a single decoding
-    process cannot keep fed."""
+    bench measured a reader process there costing more than it overlaps; one reader thread serves instead),
+    several beside a GPU, which a single decoding process cannot keep fed."""
     return 0 if not str(device).startswith("cuda") else max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
@@ -48,14 +49,16 @@ def read_pixels(shard_path: str, group: int, rows: list[int], preprocess) -> tup
     pipe, only the preprocessed pixels come back."""
     table = pq.ParquetFile(shard_path).read_row_group(group, columns=["image_id", "image"])
     ids, blobs = table.column("image_id"), table.column("image")
-    return ([ids[i].as_py() for i in rows],
-            np.stack([preprocess(_decoded(shard_path, ids[i].as_py(), blobs[i].as_py())) for i in rows]))
+    images = [_decoded(shard_path, ids[i].as_py(), blobs[i].as_py()) for i in rows]
+    many = getattr(preprocess, "many", None)  # a whole row group at once where the preprocessing batches
+    return [ids[i].as_py() for i in rows], many(images) if many else np.stack([preprocess(i) for i in images])
 
 
 def _decoded(shard_path: str, image_id: str, blob: bytes) -> Image.Image:
-    """Ingest decoded every image before writing it, so one that fails here means the shard file was damaged."""
+    """Ingest verified and decoded every image before writing it, so the reader only decodes (`verify=False`, the
+    same pixels), and an image that fails here means the shard file was damaged."""
     try:
-        return decode_image(blob).image
+        return decode_image(blob, verify=False).image
     except ImageRejected as err:
         raise UserError(f"shard {shard_path} is damaged: image {image_id} cannot be decoded ({err}); delete the "
                         f"shard and run `ravlm ingest` on its source again, which writes it anew") from None
@@ -72,24 +75,37 @@ def _reader_pool(workers: int) -> ProcessPoolExecutor:
     mid-lock."""
     with _POOLS_LOCK:
         if workers not in _POOLS:
-            _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                                  initializer=_one_thread_each)
         return _POOLS[workers]
 
 
+def _one_thread_each() -> None:
+    """A reader process resizes with at most one thread (torch's, for "bicubic-torch"): the readers are already
+    one per core, and torch would otherwise start a thread per core in each of them."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # the forkserver may have imported it with the parent's main module
+        sys.modules["torch"].set_num_threads(1)
+
+
 def _pixel_chunks(shard_path: str, plan, preprocess, workers: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """The reader over a whole shard, in shard order: inline, or `workers` processes with 2 units each in flight
-    (prefetch), so at most that many row groups of pixels wait in memory."""
-    if workers <= 0:
+    """The reader over a whole shard, in shard order: `workers` processes, or with 0 one thread (decode and resize
+    release the GIL, so it works while the model runs), with 2 units per reader in flight (prefetch): at most that
+    many row groups of pixels wait in memory."""
+    thread = ThreadPoolExecutor(1, thread_name_prefix="embed-reader") if workers <= 0 else None
+    pool, depth, in_flight = thread or _reader_pool(workers), 2 * max(1, workers), deque()
+    try:
         for group, rows in plan:
-            yield read_pixels(shard_path, group, rows, preprocess)
-        return
-    pool, in_flight = _reader_pool(workers), deque()
-    for group, rows in plan:
-        in_flight.append(pool.submit(read_pixels, shard_path, group, rows, preprocess))
-        if len(in_flight) >= 2 * workers:
+            in_flight.append(pool.submit(read_pixels, shard_path, group, rows, preprocess))
+            if len(in_flight) >= depth:
+                yield in_flight.popleft().result()
+        while in_flight:
             yield in_flight.popleft().result()
-    while in_flight:
-        yield in_flight.popleft().result()
+    finally:  # also when the consumer stops early or a unit failed: drop what has not started
+        for unit in in_flight:
+            unit.cancel()
+        if thread:
+            thread.shutdown(wait=False)
 
 
 def _batches(chunks: Iterator[tuple[list[str], np.ndarray]], size: int) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 
 from ravlm_core.encoders import load_encoder, train_builtin_encoder
 from ravlm_core.encoders.align import HeadConfig, multi_positive_loss, train_heads
-from ravlm_core.encoders.builtin import BuiltinEncoder, read_spec
+from ravlm_core.encoders.builtin import BuiltinEncoder, BuiltinSpec, read_spec
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 FAST = dict(image_size=32, epochs=30, batch_size=32)  # 32 px keeps the backbone pass to a fraction of a second
@@ -133,16 +134,36 @@ def test_saved_heads_reproduce_the_trained_heads(trained, tmp_path):
 
     images, captions = _colour_pairs(8)
     texts = list(dict.fromkeys(captions))
+    spec = read_spec(trained)  # the fixture's: 32 px, hidden 512, dim 256; its tag is recomputed for these heads
     with inference("cpu"):
-        image_features = ImageBackbone(ImagePreprocessing(32)).features(images).clone()
+        preprocessing = ImagePreprocessing(32, resample=spec.preprocessing.resample)
+        image_features = ImageBackbone(preprocessing).features(images).clone()
         text_features = TextBackbone().features(texts).clone()
     heads, _ = train_heads(image_features, text_features[:4].repeat(2, 1), torch.arange(8) % 4, TRAINED_SHAPES)
-    # The fixture's spec has the same shapes (32 px, hidden 512, dim 256); the tag is recomputed for these heads.
-    spec = read_spec(trained)
     loaded = BuiltinEncoder(save_builtin(tmp_path / "out", spec, heads))
     with torch.no_grad():
         np.testing.assert_allclose(loaded.embed_images(images), heads.embed_images(image_features).numpy(), atol=1e-5)
         np.testing.assert_allclose(loaded.embed_texts(texts), heads.embed_texts(text_features).numpy(), atol=1e-5)
+
+
+def test_new_encoders_resize_with_torch_and_an_older_spec_keeps_pil(trained, data, tmp_path):
+    from ravlm_core.encoders.builtin import save_builtin
+    from ravlm_core.imaging import SquarePixels
+
+    images, _ = data
+    new = BuiltinEncoder(trained)
+    assert new.spec.preprocessing.resample == "bicubic-torch" == new.preprocess.resample
+    # An encoder trained before the torch resampler: its spec says "bicubic" (PIL), which stays what it runs.
+    older_spec = new.spec.model_copy(update={"preprocessing": new.spec.preprocessing.model_copy(
+        update={"resample": "bicubic"})})
+    older = BuiltinEncoder(save_builtin(tmp_path / "older", older_spec, new._heads))
+    assert older.preprocess == SquarePixels(32, "bicubic") and older.tag != new.tag
+    pil_pixels = np.stack([np.asarray(image.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
+                           for image in images[:4]])
+    np.testing.assert_array_equal(older.embed_images(images[:4]), older.embed_pixels(pil_pixels))
+    spec_json = json.loads((Path(trained) / "encoder.json").read_text())
+    del spec_json["preprocessing"]["resample"]  # a spec file written before the field existed
+    assert BuiltinSpec.model_validate(spec_json).preprocessing.resample == "bicubic"
 
 
 def test_tag_is_stable_for_the_same_training_and_changes_with_the_data(trained, data, tmp_path):

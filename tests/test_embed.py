@@ -108,9 +108,34 @@ def test_the_shard_path_gives_the_vectors_of_one_image_at_a_time(store: Store, s
             np.testing.assert_array_equal(stored[image_id], one)
 
 
-def test_a_damaged_image_read_in_a_reader_process_names_the_shard(store: Store, shards):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_damaged_image_read_in_a_reader_thread_or_process_names_the_shard(store: Store, shards, workers):
     from tests.test_ingest import _damage_an_image
 
     _damage_an_image(shards[0])
     with pytest.raises(UserError, match="is damaged: image [0-9a-f]+ cannot be decoded.*run `ravlm ingest`"):
-        embed.embed_shard(store, CountingEncoder(), shards[0], workers=1)
+        embed.embed_shard(store, CountingEncoder(), shards[0], workers=workers)
+
+
+def test_torch_resampled_batches_give_the_vectors_of_one_image_at_a_time(store: Store, shards):
+    encoder = CountingEncoder()
+    encoder.preprocess = SquarePixels(16, "bicubic-torch")
+    assert sum(embed.embed_shard(store, encoder, path, batch_size=2).new_images for path in shards) == 10
+    stored = _stored_vectors(store, encoder.tag)
+    for path in shards:
+        table = pq.read_table(path, columns=["image_id", "image"])
+        for image_id, blob in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
+            np.testing.assert_array_equal(stored[image_id], encoder.embed_images([decode_image(blob).image])[0])
+
+
+def test_commits_come_every_write_rows_or_write_seconds(store: Store, shards, monkeypatch):
+    path = max(shards, key=lambda p: pq.read_metadata(p).num_rows)  # 3 images: batches of 1, 1 and 1
+    monkeypatch.setattr(embed, "WRITE_SECONDS", 0.0)  # a slow model: every batch is past the time limit
+    encoder = CountingEncoder()
+    embed.embed_shard(store, encoder, path, batch_size=1)
+    versions = store.table(image_vectors_table(encoder.tag)).list_versions()
+    monkeypatch.setattr(embed, "WRITE_SECONDS", 3600.0)
+    other = CountingEncoder()
+    other.tag = "fake-2"
+    embed.embed_shard(store, other, path, batch_size=1)
+    assert len(versions) - len(store.table(image_vectors_table(other.tag)).list_versions()) == 2

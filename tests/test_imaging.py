@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from ravlm_core.imaging import (DEFAULT_MAX_PIXELS, ImageRejected, _check_size, decode_image, open_rgb,
+from ravlm_core.imaging import (DEFAULT_MAX_PIXELS, ImageRejected, SquarePixels, _check_size, decode_image, open_rgb,
                                 thumbnail_jpeg, to_rgb)
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -70,6 +70,18 @@ def test_truncated_image_is_rejected_with_the_cause_chained(image_format):
     with pytest.raises(ImageRejected, match=r"damaged or truncated image data \(.+\): re-export") as caught:
         decode_image(data[: len(data) * 2 // 3])
     assert isinstance(caught.value.__cause__, (OSError, SyntaxError))
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_decoding_without_verify_gives_the_same_pixels_and_still_rejects_truncated_data(image_format):
+    noise = np.random.default_rng(3).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), image_format)
+    np.testing.assert_array_equal(np.asarray(decode_image(data, verify=False).image),
+                                  np.asarray(decode_image(data).image))
+    with pytest.raises(ImageRejected, match="damaged or truncated"):
+        decode_image(data[: len(data) * 2 // 3], verify=False)
+    with pytest.raises(ImageRejected, match="over the limit"):
+        decode_image(data, max_pixels=100, verify=False)
 
 
 @pytest.mark.parametrize("where", ["data", "crc"])
@@ -366,3 +378,24 @@ def test_open_rgb_errors_are_rejections_without_the_file_name(tmp_path):
     with pytest.raises(ImageRejected) as caught:
         open_rgb(bad)
     assert "notes.png" not in str(caught.value) and str(caught.value).startswith("not an image format")
+
+
+def test_torch_resampler_batches_mixed_sizes_like_one_at_a_time_and_stays_close_to_pil():
+    sizes = [(64, 64), (300, 200), (64, 64), (17, 90), (200, 300), (129, 127), (64, 64), (1, 1)]
+    rng = np.random.default_rng(4)  # noise: every pixel of the output depends on the filter's exact weights
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    torch_square, pil_square = SquarePixels(48, "bicubic-torch"), SquarePixels(48)
+    batch = torch_square.many(images)
+    assert batch.shape == (len(images), 48, 48, 3) and batch.dtype == np.uint8
+    for row, image in enumerate(images):  # same-size groups go through together; each row keeps its own image
+        np.testing.assert_array_equal(batch[row], torch_square(image))
+        # The same filter as PIL's: a few grey levels apart on a few pixels (PIL's bilinear is 2-8 levels apart
+        # on average here, the non-antialiased torch bicubic worse).
+        gap = np.abs(batch[row].astype(int) - pil_square(image).astype(int))
+        assert gap.max() <= 4 and gap.mean() < 0.1, (sizes[row], gap.max(), gap.mean())
+    assert not np.array_equal(batch[0], batch[2])  # two 64x64 images of one group stay apart
+
+
+def test_unknown_resampler_is_refused():
+    with pytest.raises(ValueError, match="unknown resample 'lanczos'"):
+        SquarePixels(32, "lanczos")

@@ -41,7 +41,7 @@ class BackboneSpec(_Spec):
 
 class PreprocessingSpec(_Spec):
     image_size: int
-    resample: Literal["bicubic"] = "bicubic"
+    resample: Literal["bicubic", "bicubic-torch"] = "bicubic"  # imaging.RESAMPLERS; older specs lack it
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     text_max_length: int
@@ -147,7 +147,8 @@ class BuiltinEncoder:
         if self._image_tower is None:
             _check_backbone(self.spec.image_backbone, image_weights_path(), self.model_dir)
             pre = self.spec.preprocessing
-            self._image_tower = ImageBackbone(ImagePreprocessing(pre.image_size, pre.mean, pre.std), self.device)
+            self._image_tower = ImageBackbone(ImagePreprocessing(pre.image_size, pre.mean, pre.std, pre.resample),
+                                              self.device)
         return self._image_tower
 
     @property
@@ -162,8 +163,8 @@ class BuiltinEncoder:
 
     @property
     def preprocess(self) -> SquarePixels:
-        """One decoded image → uint8 [S, S, 3]: the PIL half of the preprocessing, picklable for reader processes."""
-        return SquarePixels(self.spec.preprocessing.image_size)
+        """Decoded images → uint8 [S, S, 3]: the resizing half of the preprocessing, picklable for reader processes."""
+        return SquarePixels(self.spec.preprocessing.image_size, self.spec.preprocessing.resample)
 
     @property
     def batch_size(self) -> int:
@@ -200,7 +201,7 @@ class BuiltinEncoder:
         """float32 [n, dim] unit rows."""
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
+        return self.embed_pixels(self.preprocess.many(images))
 
     def _graph_runner(self):
         """On a CPU the ONNX image graph (exported on first use), unless it cannot be exported; else None.
@@ -296,12 +297,12 @@ def train_builtin_encoder(
     import torch
 
     from ravlm_core.encoders.align import HeadConfig, train_heads
-    from ravlm_core.encoders.backbones import ImagePreprocessing
+    from ravlm_core.encoders.backbones import TRAINING_RESAMPLE, ImagePreprocessing
 
     captions = _checked_captions(captions)
     config = HeadConfig(dim=dim, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, seed=seed)
-    preprocessing = ImagePreprocessing(image_size)
+    preprocessing = ImagePreprocessing(image_size, resample=TRAINING_RESAMPLE)
     image_features, fingerprint = _image_features(images, captions, preprocessing, device, feature_batch_size)
     distinct = list(dict.fromkeys(captions))
     labels = torch.tensor(_label_ids(captions, distinct))  # [N] caption ids
@@ -379,8 +380,9 @@ def _spec(preprocessing, config, n_pairs: int, n_captions: int, fingerprint: str
                                     feature_dim=bb.IMAGE_FEATURE_DIM),
         text_backbone=BackboneSpec(model=bb.TEXT_MODEL, package=bb.TEXT_PACKAGE, weights_sha256=text_sha,
                                    feature_dim=bb.TEXT_FEATURE_DIM),
-        preprocessing=PreprocessingSpec(image_size=preprocessing.image_size, mean=preprocessing.mean,
-                                        std=preprocessing.std, text_max_length=bb.text_max_length()),
+        preprocessing=PreprocessingSpec(image_size=preprocessing.image_size, resample=preprocessing.resample,
+                                        mean=preprocessing.mean, std=preprocessing.std,
+                                        text_max_length=bb.text_max_length()),
         training=TrainingSpec(hidden=config.hidden, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                               weight_decay=config.weight_decay, seed=config.seed, n_pairs=n_pairs,
                               n_captions=n_captions, data_fingerprint=fingerprint,
