@@ -280,7 +280,7 @@ def _nearest(store: Store, table: str, vector, k: int, key: str, where: str | No
         return list(zip(hits.ids[0], hits.scores[0]))
     found = []
     for part in chunks(ids, PREFILTER_IDS):
-        hits = search(store, table, vector, k, key=key, where=in_list(key, part))
+        hits = search(store, table, vector, k, key=key, where=in_list(key, part), where_rows=len(part))
         found += zip(hits.ids[0], hits.scores[0])
     return sorted(found, key=lambda hit: -hit[1])[:k]
 

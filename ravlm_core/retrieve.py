@@ -1,6 +1,8 @@
 """Nearest neighbours from a LanceDB vector table, batched, with filters and a leakage guard."""
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +18,12 @@ QUERY_BATCH = 512
 GUARD_OVERFETCH = 8
 # Re-ranking for an ANN index without a gate record (built before the gate existed).
 UNGATED_REFINE = 10
+# A filter that passes at most this many rows is searched exactly, in memory: its rows' vectors are read once per
+# table version and filter (the last FLAT_CACHE_ENTRIES kept, ~30 MB each at 384-d) and each batch of queries is a
+# matrix product. At 1M rows and a 1% filter, LanceDB's prefiltered index search took ~56 ms a query at recall 0.99
+# (benchmarks/ann_bench.py); the product over those 10k vectors takes about a millisecond and is exact.
+FLAT_MAX_ROWS = 20_000
+FLAT_CACHE_ENTRIES = 4
 
 
 @dataclass
@@ -64,6 +72,7 @@ def search(
     exclude: list[str] | None = None,
     guard: Guard | None = None,
     refine_factor: int | None = None,
+    where_rows: int | None = None,
 ) -> Neighbours:
     """The k nearest rows of `table` for each query vector (float32 [n, d], L2-normalised), by cosine.
 
@@ -71,34 +80,24 @@ def search(
     bytes and near-duplicates among its hits (`near_duplicates`) and drops them unless told only to count.
     With an ANN index in place, the (nprobes, refine_factor) its quality gate chose for the table are used
     (`ann.search_settings`); `refine_factor` overrides the refine. A table under `min_rows_for_ann` has no index
-    and is searched exactly; an index the gate has not measured (an older store) gets refine 10.
+    and is searched exactly; an index the gate has not measured (an older store) gets refine 10. A `where` that
+    passes at most FLAT_MAX_ROWS rows is searched exactly in memory instead (`_filtered_rows`); `where_rows`, the
+    rows `where` passes at most when the caller knows it (an id list), saves counting them.
     """
     handle = store.table(table)
     gated = ann.search_settings(store, table, handle.version)
+    flat = _filtered_rows(store, handle, table, key, where, where_rows) if where else None
     extra = (1 if exclude is not None else 0) + (GUARD_OVERFETCH if guard is not None else 0)
     dropped: list[int] = []
     ids: list[list[str]] = []
     scores: list[list[float]] = []
     for start in range(0, len(vectors), QUERY_BATCH):
         batch = vectors[start : start + QUERY_BATCH]
-        query = handle.search(list(batch.astype(np.float32))).distance_type("cosine").limit(k + extra)
-        query = query.select([key, "_distance"])
-        if gated is not None:
-            # Unfiltered: exactly the gate's nprobes. Under a prefilter, nprobes is only a minimum with no maximum:
-            # measured at 1M rows with a filter passing 1% of them (a one-off check beside ann_bench.py), bounded
-            # probes miss most filtered neighbours (recall@10 0.83 at 20 probes, 0.88 at 200) while the open
-            # maximum reaches 0.995, at ~50 ms p50 instead of ~6-10 ms.
-            query = query.nprobes(gated[0]) if not where else query.minimum_nprobes(gated[0]).maximum_nprobes(0)
-        refine = refine_factor if refine_factor is not None else (gated[1] if gated else UNGATED_REFINE)
-        if refine:
-            query = query.refine_factor(refine)
-        if where:
-            query = query.where(where, prefilter=True)
-        result = query.to_arrow()
-        # A single query vector comes back without query_index.
-        qidx = result.column("query_index").to_numpy() if "query_index" in result.column_names else np.zeros(result.num_rows, int)
-        hit_ids = result.column(key).to_pylist()
-        sims = 1.0 - result.column("_distance").to_numpy()
+        if flat is not None:
+            qidx, hit_ids, sims = _exact_hits(flat, batch, k + extra)
+        else:
+            refine = refine_factor if refine_factor is not None else (gated[1] if gated else UNGATED_REFINE)
+            qidx, hit_ids, sims = _index_hits(handle, batch, k + extra, key, where, gated, refine)
         per_query: list[list[tuple[float, str]]] = [[] for _ in range(len(batch))]
         for q, hit, sim in zip(qidx, hit_ids, sims):
             per_query[q].append((float(sim), hit))
@@ -114,6 +113,72 @@ def search(
             ids.append([h[1] for h in kept])
             scores.append([h[0] for h in kept])
     return Neighbours(ids, scores, dropped)
+
+
+def _index_hits(handle, batch: np.ndarray, limit: int, key: str, where: str | None, gated, refine: int | None):
+    """(query index, key, cosine) of each hit LanceDB returns for `batch`, through the vector index if any."""
+    query = handle.search(list(batch.astype(np.float32))).distance_type("cosine").limit(limit)
+    query = query.select([key, "_distance"])
+    if gated is not None:
+        # Unfiltered: exactly the gate's nprobes. Under a prefilter, nprobes is only a minimum with no maximum:
+        # measured at 1M rows with a filter passing 1% of them (a one-off check beside ann_bench.py), bounded
+        # probes miss most filtered neighbours (recall@10 0.83 at 20 probes, 0.88 at 200) while the open
+        # maximum reaches 0.995, at ~50 ms p50 instead of ~6-10 ms.
+        query = query.nprobes(gated[0]) if not where else query.minimum_nprobes(gated[0]).maximum_nprobes(0)
+    if refine:
+        query = query.refine_factor(refine)
+    if where:
+        query = query.where(where, prefilter=True)
+    result = query.to_arrow()
+    # A single query vector comes back without query_index.
+    qidx = result.column("query_index").to_numpy() if "query_index" in result.column_names else np.zeros(result.num_rows, int)
+    return qidx, result.column(key).to_pylist(), 1.0 - result.column("_distance").to_numpy()
+
+
+@dataclass(frozen=True)
+class _Rows:
+    keys: list[str]
+    vectors: np.ndarray  # float32 [n, d], unit rows
+
+
+_FLAT: OrderedDict[tuple, _Rows | None] = OrderedDict()
+_FLAT_LOCK = threading.Lock()  # flows search from several threads at once
+
+
+def _filtered_rows(store: Store, handle, table: str, key: str, where: str, bound: int | None) -> _Rows | None:
+    """The rows `where` passes with their unit vectors, when there are at most FLAT_MAX_ROWS of them (else None);
+    remembered per table version, so a batch job or a notebook repeating one filter reads them once."""
+    cache_key = (store.uri, table, handle.version, key, where)
+    with _FLAT_LOCK:
+        if cache_key in _FLAT:
+            _FLAT.move_to_end(cache_key)
+            return _FLAT[cache_key]
+    rows = None
+    if (bound if bound is not None else handle.count_rows(where)) <= FLAT_MAX_ROWS:
+        found = handle.search().where(where).select([key, "vector"]).limit(None).to_arrow()
+        column = found.column("vector").combine_chunks()
+        vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+        vectors = vectors.astype(np.float32, copy=False)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        rows = _Rows(found.column(key).to_pylist(), vectors / np.where(norms > 0, norms, 1))
+    with _FLAT_LOCK:
+        _FLAT[cache_key] = rows
+        while len(_FLAT) > FLAT_CACHE_ENTRIES:
+            _FLAT.popitem(last=False)
+    return rows
+
+
+def _exact_hits(rows: _Rows, batch: np.ndarray, limit: int):
+    """(query index, key, cosine) of each query's `limit` best rows, by a matrix product over all of them."""
+    if not rows.keys:
+        return np.zeros(0, int), [], np.zeros(0, np.float32)
+    queries = batch.astype(np.float32)
+    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    sims = queries @ rows.vectors.T  # [n_queries, n_rows]
+    limit = min(limit, sims.shape[1])
+    best = np.argpartition(-sims, limit - 1, axis=1)[:, :limit]
+    qidx = np.repeat(np.arange(len(batch)), limit)
+    return qidx, [rows.keys[i] for i in best.ravel()], sims[qidx, best.ravel()]
 
 
 def _leaks(guard: Guard, query: int, hits: list[tuple[float, str]], hit_signatures: dict[str, bytes]) -> set[str]:

@@ -145,3 +145,29 @@ def test_deltas_past_the_limit_are_merged_with_each_other_not_with_the_base(inde
     segments = record.index_uuid.split(",")
     assert segments[0] == base and len(segments) == 2, "two deltas merged into one beside the untouched base"
     assert record.rows_indexed == ROWS + 400 and vector_indexes(store)[TABLE]["rows_unindexed"] == 0
+
+
+def test_a_selective_filter_is_searched_exactly_in_memory_and_sees_appends(indexed, monkeypatch):
+    store, clusters, stored = indexed
+    queries = clusters.draw(20, seed=9)
+    where = "image_id < 'img000300'"  # 300 of 3,000 rows: under FLAT_MAX_ROWS
+    found = retrieve.search(store, TABLE, queries, 10, where=where)
+    sims = queries @ stored[:300].T
+    exact = np.argsort(-sims, axis=1)[:, :10]
+    assert [[int(i[3:]) for i in got] for got in found.ids] == exact.tolist()  # every neighbour, in order
+    np.testing.assert_allclose(found.scores, np.take_along_axis(sims, exact, axis=1), atol=1e-5)
+
+    add_rows(store, queries[:1], 0)  # replaces img000000 with the first query itself: a new table version
+    assert retrieve.search(store, TABLE, queries[:1], 1, where=where).ids == [["img000000"]]
+
+    def no_exact_search(*args):
+        raise AssertionError("a filter passing more than FLAT_MAX_ROWS rows went to the in-memory search")
+
+    monkeypatch.setattr(retrieve, "FLAT_MAX_ROWS", 100)
+    monkeypatch.setattr(retrieve, "_exact_hits", no_exact_search)
+    assert len(retrieve.search(store, TABLE, queries, 10, where="image_id < 'img000200'").ids[0]) == 10
+
+
+def test_a_filter_passing_no_rows_finds_nothing(indexed):
+    store, clusters, _ = indexed
+    assert retrieve.search(store, TABLE, clusters.draw(2, seed=3), 5, where="image_id = 'none'").ids == [[], []]
