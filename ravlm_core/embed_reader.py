@@ -1,6 +1,6 @@
-"""Embedding's reader: a content shard's wanted rows → decoded, preprocessed pixel batches, inline or in reader
-processes. Light on purpose (pyarrow, PIL, numpy; no LanceDB, no torch), so a reader process starts in a fraction
-of a second."""
+"""Embedding's reader: a content shard's wanted rows → decoded, preprocessed pixel batches, in a reader thread or
+in reader processes. Light on purpose (pyarrow, PIL, numpy; no LanceDB; torch only once a "bicubic-torch" resize
+runs), so a reader process starts in a fraction of a second."""
 from __future__ import annotations
 
 import multiprocessing
