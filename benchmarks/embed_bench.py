@@ -19,6 +19,11 @@ the cost of a forward pass) and `clip-b32` (a CLIPModel with ViT-B/32's vision t
 text tower is shrunk to 2 layers, which image embedding never runs). On CUDA the end-to-end run also samples GPU
 utilisation (nvidia-smi, else torch.cuda.utilization). Only ratios within one run are comparable.
 
+`--variants` (CPU, built-in encoder) also times the other ways its image side could run — the folded torch network
+eager, torch.compile'd and under bf16 autocast, and the ONNX graph quantised to int8 — each with the lowest cosine
+and largest difference of its vectors against the shipped graph's, the tolerance a faster variant would have to
+meet to keep the model tag.
+
 `--rss`: for each N, one child process ingests N tiny (32 px) JPEGs and a second embeds them with the built-in
 encoder at 32 px (cheap, so 100k images finish in minutes); each reports its own peak RSS (ru_maxrss).
 """
@@ -196,6 +201,58 @@ def jpeg_draft_min_cosine(encoder, work: Path) -> float:
     return round(float((encoder.embed_images(full) * encoder.embed_images(drafted)).sum(1).min()), 4)
 
 
+def model_variants(encoder, rows: list[tuple[str, bytes]], work: Path) -> dict:
+    """The built-in image side's other ways to run on a CPU, each timed like the ceiling (images/s at the encoder's
+    batch size) with how far its vectors are from the shipped graph's over `rows` (lowest cosine, largest
+    difference): the folded torch network eager, under torch.compile, under bf16 autocast, and the ONNX graph
+    quantised to int8 (onnxruntime static QDQ, per-channel weights, calibrated on the first 64 images)."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from ravlm_core.encoders.image_graph import ONNX_FILE, ImageGraphRunner
+    from ravlm_core.encoders.runtime import unit_rows_np
+
+    size = encoder.batch_size
+    pixels = encoder.preprocess.many([decode_image(blob).image for _, blob in rows])
+    shipped = encoder.embed_pixels(pixels)
+    tower, head = encoder._image, encoder._heads.image
+
+    def torch_forward(network, bf16=False):
+        def forward(batch):
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                return head(network(tower.preprocess.normalise(torch.from_numpy(batch)))).float().numpy()
+        return forward
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"pixels": pixels[i : i + 16]} for i in range(0, min(64, len(pixels)), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    int8_path = work / "image_embed.int8.onnx"
+    quantize_static(str(encoder.model_dir / ONNX_FILE), str(int8_path), Calibration(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    variants = {"torch_eager": torch_forward(tower.network), "torch_bf16": torch_forward(tower.network, bf16=True),
+                "onnx_int8": ImageGraphRunner(int8_path, torch.get_num_threads(), spinning=True)}
+    compile_started = time.perf_counter()
+    variants["torch_compile"] = torch_forward(torch.compile(tower.network))
+    report = {}
+    for name, forward in variants.items():
+        vectors = unit_rows_np(np.concatenate([forward(pixels[i : i + size]) for i in range(0, len(pixels), size)]))
+        if name == "torch_compile":
+            report["torch_compile_first_s"] = round(time.perf_counter() - compile_started, 1)
+        batch = pixels[:size]
+        start, batches = time.perf_counter(), 0
+        while time.perf_counter() - start < 5:
+            forward(batch)
+            batches += 1
+        report[name] = {"img_s": round(batches * size / (time.perf_counter() - start), 1),
+                        "min_cosine": round(float((vectors * shipped).sum(1).min()), 6),
+                        "max_abs_diff": float(np.abs(vectors - shipped).max())}
+    return report
+
+
 class _ShardImages:
     """Map-style dataset over the shards' rows for the peer: decode, then torchvision transforms."""
 
@@ -291,6 +348,8 @@ def bench_encoder(kind: str, shards: list[str], work: Path, args) -> dict:
     report["dataloader_peer_img_s"] = round(dataloader_peer(kind, ref, shards, work, args.device), 1)
     if kind == "builtin":
         report["jpeg_draft_min_cosine"] = jpeg_draft_min_cosine(encoder, work)
+        if args.variants and args.device == "cpu":
+            report["variants"] = model_variants(encoder, rows[:256], work)
     report["end_to_end_vs_ceiling"] = round(report["end_to_end_img_s"] / report["ceiling_img_s"], 3)
     report["end_to_end_vs_peer"] = round(report["end_to_end_img_s"] / report["dataloader_peer_img_s"], 2)
     return report
@@ -351,6 +410,8 @@ def main() -> None:
     parser.add_argument("--clip-shards", type=int, default=1, help="shards the CLIP model embeds on a CPU")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, help="reader processes (default: embed_reader.reader_workers(device))")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time the built-in encoder as torch eager / torch.compile / bf16 / ONNX int8 (CPU)")
     parser.add_argument("--rss", help="comma-separated collection sizes: measure peak RSS instead")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
