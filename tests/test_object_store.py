@@ -116,6 +116,10 @@ def test_a_second_machine_works_from_the_bucket(s3_env, harness, tmp_path):
     assert status["images_without_vectors"]["count"] == 0 and not (machine_b / "cache").exists()
     hits = ravlm(data_dir, machine_b, env_b, "search", "a red circle", "-k", "5")
     assert len(hits) == 5 and all(hit["dataset"] == "shapes" for hit in hits)
+    # Analysts' SQL and table listing read the bucket's Lance datasets in place.
+    assert ravlm(data_dir, machine_b, env_b, "sql", "select split, count(*) as n from images group by split "
+                 "order by split") == [{"split": "test", "n": 8}, {"split": "train", "n": 32}]
+    assert ravlm(data_dir, machine_b, env_b, "tables")["images"]["rows"] == 40
     cached = machine_b / "cache" / "s3" / BUCKET / "e2e" / "ravlm" / "models" / pin["model_dir"]
     assert (cached / "heads.safetensors").is_file() and (cached / locations.COMPLETE).is_file()
 
