@@ -210,7 +210,7 @@ def model_variants(encoder, rows: list[tuple[str, bytes]], work: Path) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from ravlm_core.encoders.image_graph import ONNX_FILE, ImageGraphRunner
-    from ravlm_core.encoders.runtime import unit_rows_np
+    from ravlm_core.vectors import unit_rows_np
 
     size = encoder.batch_size
     pixels = encoder.preprocess.many([decode_image(blob).image for _, blob in rows])

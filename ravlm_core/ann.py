@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from ravlm_core.errors import UserError
 from ravlm_core.store import Store, sql_quote
+from ravlm_core.vectors import unit_rows_np, vector_matrix
 
 log = logging.getLogger(__name__)
 
@@ -231,12 +232,12 @@ def exact_neighbours(table, queries: int, seed: int = 0) -> tuple[Sample, np.nda
     rows = dataset.count_rows()
     positions = np.sort(np.random.default_rng(seed).choice(rows, size=min(queries, rows), replace=False))
     taken = dataset.take(positions, columns=[COLUMN, "_rowid"])  # the row ids the scan below reports
-    sample = Sample(taken.column("_rowid").to_numpy(), _unit(_matrix(taken.column(COLUMN))))
+    sample = Sample(taken.column("_rowid").to_numpy(), unit_rows_np(vector_matrix(taken.column(COLUMN))))
     best_sims = np.full((len(positions), K), -np.inf, np.float32)
     best_ids = np.zeros((len(positions), K), np.uint64)
     for batch in dataset.to_batches(columns=[COLUMN], with_row_id=True, batch_size=65_536):
         ids = batch.column("_rowid").to_numpy()
-        sims = sample.vectors @ _unit(_matrix(batch.column(COLUMN))).T
+        sims = sample.vectors @ unit_rows_np(vector_matrix(batch.column(COLUMN))).T
         sims[sample.row_ids[:, None] == ids[None, :]] = -np.inf  # a query's own row is not its neighbour
         sims = np.concatenate([best_sims, sims], axis=1)
         ids = np.concatenate([best_ids, np.broadcast_to(ids, (len(positions), len(ids)))], axis=1)
@@ -286,15 +287,6 @@ def _index_stats(table) -> dict:
 def segment_uuids(table) -> str:
     """The uuids of the vector index's segments, comma-separated: the base first (kept while deltas are added)."""
     return ",".join(segment["uuid"] for segment in _index_stats(table)["indices"])
-
-
-def _matrix(column) -> np.ndarray:
-    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float32)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 # retrieve.search reads the settings once per table version (a new version may carry a new index or record).

@@ -17,6 +17,7 @@ from ravlm_core.filters import listing_where
 from ravlm_core.results import Hits
 from ravlm_core.retrieve import QUERY_BATCH, search
 from ravlm_core.store import IMAGES, Store, chunks, image_vectors_table, in_list
+from ravlm_core.vectors import vector_matrix
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,6 @@ def near_duplicates(store: Store, model_tag: str, threshold: float, dataset: str
                 title=f"near-duplicates at cosine similarity >= {threshold}")
 
 
-def _vectors(batch) -> np.ndarray:
-    return batch.column("vector").flatten().to_numpy().reshape(batch.num_rows, -1).astype(np.float32)
-
-
 def _pairs_exact(batches, threshold: float, neighbours: int) -> tuple[list[str], list[Pair]]:
     """The pairs at or above the threshold among each image's `neighbours` nearest, from blocks of exact
     similarities (vectors are L2-normalised). Capping the neighbours keeps a low threshold from listing every
@@ -76,7 +73,7 @@ def _pairs_exact(batches, threshold: float, neighbours: int) -> tuple[list[str],
     ids = [image_id for batch in batches for image_id in batch.column("image_id").to_pylist()]
     if len(ids) < 2:
         return ids, []
-    vectors = np.concatenate([_vectors(batch) for batch in batches])  # [n, d]
+    vectors = np.concatenate([vector_matrix(batch.column("vector")) for batch in batches])  # [n, d]
     nearest = min(neighbours, len(ids) - 1)
     pairs: list[Pair] = []
     step = max(1, BLOCK_CELLS // len(ids))
@@ -105,7 +102,7 @@ def _pairs_indexed(store: Store, table: str, batches, where: str | None, thresho
         own = batch.column("image_id").to_pylist()
         ids += own
         # The neighbour list would include the image itself; the search keeps it out of its own k.
-        hits = search(store, table, _vectors(batch), neighbours, where=where, exclude=own)
+        hits = search(store, table, vector_matrix(batch.column("vector")), neighbours, where=where, exclude=own)
         pairs += [(a, b, s) for a, found, sims in zip(own, hits.ids, hits.scores)
                   for b, s in zip(found, sims) if s >= threshold]
     return ids, pairs

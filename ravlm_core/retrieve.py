@@ -11,6 +11,7 @@ from ravlm_core import ann
 from ravlm_core.contents import stored_values
 from ravlm_core.imaging import signature_distance
 from ravlm_core.store import ACTIVE, Store, membership_label, sql_quote
+from ravlm_core.vectors import unit_rows_np, vector_matrix
 
 # Queries per LanceDB call: one call answers many queries (rows carry `query_index`).
 QUERY_BATCH = 512
@@ -20,8 +21,8 @@ GUARD_OVERFETCH = 8
 UNGATED_REFINE = 10
 # A filter that passes at most this many rows is searched exactly, in memory: its rows' vectors are read once per
 # table version and filter (the last FLAT_CACHE_ENTRIES kept, ~30 MB each at 384-d) and each batch of queries is a
-# matrix product. At 1M rows and a 1% filter, LanceDB's prefiltered index search took ~56 ms a query at recall 0.99
-# (benchmarks/ann_bench.py); the product over those 10k vectors takes about a millisecond and is exact.
+# matrix product. At 1M rows and a 1% filter (benchmarks/ann_bench.py), LanceDB's prefiltered index search took
+# 42 ms a query at recall 0.993; the product over those 10k vectors took 1.7 ms and is exact.
 FLAT_MAX_ROWS = 20_000
 FLAT_CACHE_ENTRIES = 4
 
@@ -156,11 +157,7 @@ def _filtered_rows(store: Store, handle, table: str, key: str, where: str, bound
     rows = None
     if (bound if bound is not None else handle.count_rows(where)) <= FLAT_MAX_ROWS:
         found = handle.search().where(where).select([key, "vector"]).limit(None).to_arrow()
-        column = found.column("vector").combine_chunks()
-        vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
-        vectors = vectors.astype(np.float32, copy=False)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        rows = _Rows(found.column(key).to_pylist(), vectors / np.where(norms > 0, norms, 1))
+        rows = _Rows(found.column(key).to_pylist(), unit_rows_np(vector_matrix(found.column("vector"))))
     with _FLAT_LOCK:
         _FLAT[cache_key] = rows
         while len(_FLAT) > FLAT_CACHE_ENTRIES:
@@ -172,9 +169,7 @@ def _exact_hits(rows: _Rows, batch: np.ndarray, limit: int):
     """(query index, key, cosine) of each query's `limit` best rows, by a matrix product over all of them."""
     if not rows.keys:
         return np.zeros(0, int), [], np.zeros(0, np.float32)
-    queries = batch.astype(np.float32)
-    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    sims = queries @ rows.vectors.T  # [n_queries, n_rows]
+    sims = unit_rows_np(batch) @ rows.vectors.T  # [n_queries, n_rows]
     limit = min(limit, sims.shape[1])
     best = np.argpartition(-sims, limit - 1, axis=1)[:, :limit]
     qidx = np.repeat(np.arange(len(batch)), limit)
@@ -208,9 +203,7 @@ def vectors_by_id(store: Store, table: str, ids: list[str], key: str) -> np.ndar
         chunk = wanted[start : start + 2000]
         where = f"{key} IN ({', '.join(sql_quote(i) for i in chunk)})"
         rows = store.read(table, columns=[key, "vector"], where=where)
-        vecs = rows.column("vector").combine_chunks()
-        flat = vecs.values.to_numpy(zero_copy_only=False).reshape(len(vecs), -1)
-        found.update(zip(rows.column(key).to_pylist(), flat))
+        found.update(zip(rows.column(key).to_pylist(), vector_matrix(rows.column("vector"))))
     missing = [i for i in wanted if i not in found]
     if missing:
         raise KeyError(f"{len(missing)} ids have no vector in {table} (first: {missing[0]}); run `ravlm embed` first")

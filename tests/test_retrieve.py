@@ -99,3 +99,16 @@ def test_vectors_by_id_keeps_order_and_names_missing(store, vectors):
     assert np.allclose(got, vectors[[7, 3, 7]])
     with pytest.raises(KeyError, match="nope"):
         vectors_by_id(store, "vec", ["i1", "nope"], "image_id")
+
+
+def test_vector_matrix_reads_slices_chunks_and_empty_columns():
+    from ravlm_core.vectors import unit_rows_np, vector_matrix
+
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), 3)
+    np.testing.assert_array_equal(vector_matrix(column.slice(1, 2)), rows[1:3])  # not the buffer's first rows
+    chunked = pa.chunked_array([column.slice(2, 2), column.slice(0, 1)])
+    np.testing.assert_array_equal(vector_matrix(chunked), rows[[2, 3, 0]])
+    assert vector_matrix(column.slice(0, 0)).shape == (0, 3)
+    np.testing.assert_allclose(np.linalg.norm(unit_rows_np(rows[1:]), axis=1), 1.0, rtol=1e-6)
+    assert not unit_rows_np(np.zeros((1, 3))).any()

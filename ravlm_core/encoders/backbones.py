@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -19,8 +18,8 @@ TRAINING_RESAMPLE = "bicubic-torch"
 class ImagePreprocessing:
     """RGB → square bicubic resize → [0, 1] → per-channel (x - mean) / std. Kept with the model, never guessed.
 
-    Split in two so the pixel work can run in a reader process: `pixels` (one PIL image → uint8 [S, S, 3], the
-    only part that needs PIL) and `normalise` (a uint8 batch → the model's float input, on any device)."""
+    Split in two so the pixel work can run in a reader process: `square` (PIL images → uint8 [S, S, 3], picklable)
+    and `normalise` (a uint8 batch → the model's float input, on any device)."""
 
     image_size: int
     mean: tuple[float, float, float] = LITE_MEAN
@@ -30,10 +29,6 @@ class ImagePreprocessing:
     @property
     def square(self) -> SquarePixels:
         return SquarePixels(self.image_size, self.resample)
-
-    def pixels(self, image: Image.Image) -> np.ndarray:
-        """One image → uint8 [image_size, image_size, 3]."""
-        return self.square(image)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [n, S, S, 3] → float32 [n, 3, S, S] in channels_last memory (what the convolutions run fastest on)."""

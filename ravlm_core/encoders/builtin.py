@@ -186,7 +186,8 @@ class BuiltinEncoder:
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [n, S, S, 3] from `preprocess` → float32 [n, dim] unit rows."""
-        from ravlm_core.encoders.runtime import empty_rows, inference, to_device, unit_rows, unit_rows_np
+        from ravlm_core.encoders.runtime import empty_rows, inference, to_device, unit_rows
+        from ravlm_core.vectors import unit_rows_np
 
         if not len(pixels):
             return empty_rows(self.dim)

@@ -39,12 +39,6 @@ def unit_rows(embeddings: torch.Tensor) -> np.ndarray:
     return embeddings.cpu().numpy().astype(np.float32, copy=False)
 
 
-def unit_rows_np(embeddings: np.ndarray) -> np.ndarray:
-    """[n, dim] numpy rows → float32 rows of L2 norm 1 (what `unit_rows` does for torch tensors)."""
-    embeddings = embeddings.astype(np.float32, copy=False)
-    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-
-
 def to_device(batch: np.ndarray, device: str, staging: dict) -> torch.Tensor:
     """A host batch as a tensor on `device`; on CUDA through a reused pinned buffer and a non-blocking copy.
 

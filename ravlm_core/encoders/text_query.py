@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ravlm_core.encoders.packages import text_max_length, text_model_dir
+from ravlm_core.vectors import unit_rows_np
 
 log = logging.getLogger(__name__)
 
@@ -87,5 +88,4 @@ class TextQueryEncoder:
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
-        vectors = self.session.run(["vectors"], feeds)[0].astype(np.float32)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return unit_rows_np(self.session.run(["vectors"], feeds)[0])
