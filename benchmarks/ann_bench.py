@@ -31,8 +31,10 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from ravlm_core import ann, retrieve
-from ravlm_core.indexing import build_indexes
+from ravlm_core.index import ann
+
+from ravlm_core.retrieval import search as retrieve
+from ravlm_core.index.indexes import build_indexes
 from ravlm_core.store import MEMBERSHIPS, Store, image_vectors_table, membership_label, vector_schema
 
 TAG = "bench"

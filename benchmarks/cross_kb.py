@@ -40,13 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.shapes_easy_vqa_style import COLORS, SHAPES  # noqa: E402
-from ravlm_core.answerers import FusionAnswerer  # noqa: E402
+from ravlm_core.jobs.answerers import FusionAnswerer  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
-from ravlm_core.embed import text_id  # noqa: E402
-from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base  # noqa: E402
-from ravlm_core.retrieve import search, vectors_by_id  # noqa: E402
+from ravlm_core.embed.shards import text_id  # noqa: E402
+from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base  # noqa: E402
+from ravlm_core.retrieval.search import search, vectors_by_id  # noqa: E402
 from ravlm_core.store import EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS, Store, sql_quote  # noqa: E402
-from ravlm_core.vqa import answer, read_items, retrieve_for_items, stored_guard, train_answerer  # noqa: E402
+from ravlm_core.jobs.vqa import answer, read_items, retrieve_for_items, stored_guard, train_answerer  # noqa: E402
 
 log = logging.getLogger("cross_kb")
 

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ravlm_core.dedup import near_duplicates
-from ravlm_core.indexing import build_indexes
+from ravlm_core.query.dedup import near_duplicates
+from ravlm_core.index.indexes import build_indexes
 from ravlm_core.store import MEMBERSHIPS, Store, image_vectors_table, vector_schema
 
 TAG = "bench-1"

@@ -48,7 +48,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ravlm_core import embed, embed_reader, ingest  # noqa: E402
+from ravlm_core.embed import shards as embed  # noqa: E402
+
+from ravlm_core.embed import reader as embed_reader
+
+from ravlm_core.ingest import scan as ingest
 from ravlm_core.encoders import load_encoder  # noqa: E402
 from ravlm_core.imaging import decode_image  # noqa: E402
 from ravlm_core.store import MEMBERSHIPS, Store, image_vectors_table, vector_schema  # noqa: E402

@@ -85,9 +85,9 @@ def smallcap_folder(root: Path, device: str) -> Path:
 
 def builtin_rows(n: int, device: str) -> list[dict]:
     """Voting, the fusion answerer and consensus transfer, all items at once against one at a time."""
-    from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
-    from ravlm_core.captioning import consensus_captions
-    from ravlm_core.retrieve import Neighbours
+    from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
+    from ravlm_core.jobs.captioning import consensus_captions
+    from ravlm_core.retrieval.search import Neighbours
 
     rng = np.random.default_rng(0)
     answers = [f"a{i}" for i in range(13)]

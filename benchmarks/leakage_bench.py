@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.make_leakage_dataset import KINDS, NEAR_DUPLICATE_MAD, make_leakage_dataset  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
-from ravlm_core.retrieve import kb_filter, signatures_of  # noqa: E402
+from ravlm_core.retrieval.search import kb_filter, signatures_of  # noqa: E402
 from ravlm_core.store import (CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES, VQA_PREDICTIONS, Store,  # noqa: E402
                               image_vectors_table, sql_quote)
 
@@ -138,7 +138,7 @@ def source_train_signatures() -> np.ndarray:
     decoded files as ingest does (no ingest, no embedding). Files with the same bytes share an image id, so the
     guard treats them as the query's own bytes: they count once."""
     from ravlm_core.imaging import open_rgb, signature
-    from ravlm_core.sources import EASY_VQA, open_source
+    from ravlm_core.ingest.sources import EASY_VQA, open_source
 
     by_content: dict[str, np.ndarray] = {}
     for record in (r for r in open_source(EASY_VQA)[0] if r.split == "train"):
@@ -266,7 +266,7 @@ def job_config(store: Store, run_id: str) -> dict:
 def split_metrics(store: Store, jobs: dict[str, str], items: dict[str, tuple[str, str | None]]) -> dict:
     """Per job role and test image group: accuracy or BLEU-4, items with a near-duplicate among the hits, and for
     retrieval jobs the neighbours kept and how often a copy's source is one of them."""
-    from ravlm_core.metrics import caption_metrics, vqa_metrics
+    from ravlm_core.evaluate.metrics import caption_metrics, vqa_metrics
 
     out: dict = {}
     for role, job in jobs.items():

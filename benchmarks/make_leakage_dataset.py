@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ravlm_core.errors import UserError
-from ravlm_core.sources import EASY_VQA, SourceRecord, open_source
+from ravlm_core.ingest.sources import EASY_VQA, SourceRecord, open_source
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ loads each one logged.
 Through the CLI as an operator would run the scheduled job by hand (`ravlm nightly --source DIR=shapes`), on a
 `make_shapes_dataset.py` folder. Between the second and third night 10 new images (and their manifest rows) are
 added to the folder. Each night's stderr is kept; every model load is one "loaded ..." line
-(`ravlm_core.models.timed_load`), and the embed lines ("embedded ...: N images") say what was encoded.
+(`ravlm_core.embed.pinning.timed_load`), and the embed lines ("embedded ...: N images") say what was encoded.
 """
 from __future__ import annotations
 

@@ -226,7 +226,7 @@ def search(ctx: typer.Context, text: Optional[str] = typer.Argument(None, help="
     """Text→image, image→image or image→text search over the embedded store, optionally hybrid with full text.
     Runs here: no flow, no server, no training."""
     from flows.common import settings_from
-    from ravlm_core.query import Session
+    from ravlm_core.query.session import Session
 
     if (text is None) == (image is None):
         raise typer.BadParameter("give a text query or --image PATH (exactly one)")
@@ -237,7 +237,7 @@ def search(ctx: typer.Context, text: Optional[str] = typer.Argument(None, help="
     query_thumbnail = None
     if image is not None and output_format == "html":
         from ravlm_core.imaging import thumbnail_jpeg
-        from ravlm_core.query import open_image
+        from ravlm_core.query.session import open_image
 
         query_thumbnail = thumbnail_jpeg(open_image(image))
     _write_results(hits, output_format, output, as_json, session.store, query_thumbnail)
@@ -254,7 +254,7 @@ def dedup(ctx: typer.Context,
     vectors: one row per member with its group, its best similarity within the group and a listing. Byte-identical
     files are one image already. Runs here: no flow, no server."""
     from flows.common import settings_from
-    from ravlm_core.query import Session
+    from ravlm_core.query.session import Session
 
     _check_output(output_format, output)
     session = Session(settings_from(ctx.obj))
@@ -293,7 +293,7 @@ def ask(ctx: typer.Context, image: Path, question: str, kb: Optional[list[str]] 
         as_json: bool = JSON) -> None:
     """Answer a question about an image with the answerer `ravlm vqa` trained for the knowledge base."""
     from flows.common import settings_from
-    from ravlm_core.query import Session
+    from ravlm_core.query.session import Session
 
     result = Session(settings_from(ctx.obj)).ask(image, question, kb or None)
     _emit(result, as_json, lambda r: (typer.echo(f"{r.get('answer', r['voting'])}"), _print_hits(r["neighbours"])))
@@ -304,7 +304,7 @@ def sql(ctx: typer.Context, query: str, as_json: bool = JSON) -> None:
     """DuckDB SQL over every table of the store, read in place, e.g. ravlm sql "select answer, count(*) from qa
     group by 1" or "show tables". Vector tables have `__` in their names: quote them."""
     from flows.common import settings_from
-    from ravlm_core.analytics import json_records, run_sql
+    from ravlm_core.query.analytics import json_records, run_sql
 
     frame = run_sql(settings_from(ctx.obj).store_uri, query)
     _emit(json_records(frame), as_json, lambda _: typer.echo(frame.to_string(max_rows=50, max_colwidth=60)))
@@ -315,7 +315,7 @@ def tables(ctx: typer.Context, name: Optional[str] = typer.Argument(None, help="
            as_json: bool = JSON) -> None:
     """The store's tables: rows, version and indexes of each, or one table's schema."""
     from flows.common import settings_from
-    from ravlm_core.analytics import describe_tables
+    from ravlm_core.query.analytics import describe_tables
     from ravlm_core.store import Store
 
     found = describe_tables(Store(settings_from(ctx.obj).store_uri), name)
@@ -335,7 +335,7 @@ def status(ctx: typer.Context, as_json: bool = JSON) -> None:
     """The store at a glance: tables (rows, versions, indexes), the pinned encoder, images without vectors, stale
     predictions and the last runs of each flow. Reads the store only: no Prefect server, no model."""
     from flows.common import settings_from
-    from ravlm_core.status import store_status
+    from ravlm_core.query.status import store_status
     from ravlm_core.store import Store
 
     settings = settings_from(ctx.obj)

@@ -100,7 +100,7 @@ def record_run(flow, flow_run, state) -> None:
     Never raises: a store that cannot be written must not turn a finished run into a failed one."""
     import logging
 
-    from ravlm_core.status import record_run as write
+    from ravlm_core.query.status import record_run as write
     from ravlm_core.store import Store
 
     try:

@@ -9,10 +9,10 @@ from prefect import flow, get_run_logger
 
 from flows.common import RUN_HOOKS, on_device, run_name, settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
-from ravlm_core.evaluate import latest_eval_run, split_contents
+from ravlm_core.evaluate.scoring import latest_eval_run, split_contents
 from ravlm_core.generators import GeneratorSpec
-from ravlm_core.jobs import check_query_set
-from ravlm_core.knowledge import kb_label, parse_kb
+from ravlm_core.jobs.parts import check_query_set
+from ravlm_core.retrieval.knowledge import kb_label, parse_kb
 from ravlm_core.store import Store
 from tasks.embed import resolve_encoder
 from tasks.evaluate import evaluate_run

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # Vector tables past this many rows get an ANN index (below it an exact scan is fast and exact).
     min_rows_for_ann: int = 10_000
     # The ANN index's quality gate: after each build or append, recall@10 against exact search on stored vectors
-    # must reach this with some (nprobes, refine) setting, else the embed flow fails (ravlm_core/ann.py).
+    # must reach this with some (nprobes, refine) setting, else the embed flow fails (ravlm_core/index/ann.py).
     ann_target_recall: float = 0.95
     # Table versions older than this are dropped by the nightly's compaction (time travel works within it).
     keep_versions_days: float = 7.0

@@ -9,10 +9,11 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import RETRY
 
-from ravlm_core import embed, embed_reader, indexing, models
+from ravlm_core.embed import pinning, reader, shards
+from ravlm_core.index import indexes
 from ravlm_core.errors import naming
 from ravlm_core.locations import local_model, shared_ref
-from ravlm_core.models import timed_load
+from ravlm_core.embed.pinning import timed_load
 from ravlm_core.store import Store
 
 
@@ -54,7 +55,7 @@ def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, ret
     from ravlm_core.encoders.questions import question_encoder_tag
 
     with naming(f"encoder {spec}"):
-        model_ref = models.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
+        model_ref = pinning.resolve_encoder(spec, Store(store_uri), models_dir, device, retrain=retrain)
         tag, dim = describe_encoder(model_ref)
     return {"model_ref": shared_ref(models_dir, model_ref) if model_ref != spec else spec, "model_tag": tag, "dim": dim, "question_tag": question_encoder_tag()}
 
@@ -63,29 +64,29 @@ def resolve_encoder(spec: str, store_uri: str, models_dir: str, device: str, ret
 def embed_shard(store_uri: str, model_ref: str, shard_path: str, device: str, batch_size: int = 0) -> dict:
     # Batches are sized by the encoder for the device (measured once per machine on a CPU) unless given.
     with naming(f"embedding shard {shard_path}"):
-        return asdict(embed.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path,
-                                        batch_size or None, workers=embed_reader.reader_workers(device)))
+        return asdict(shards.embed_shard(Store(store_uri), lazy_encoder(model_ref, device), shard_path,
+                                        batch_size or None, workers=reader.reader_workers(device)))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, datasets: list[str] | None = None,
                 extra_questions: list[str] | None = None) -> dict:
     with naming(f"embedding the texts of {', '.join(datasets) if datasets else 'every dataset'}"):
-        return asdict(embed.embed_texts(Store(store_uri), lazy_encoder(model_ref, device), datasets, batch_size * 4,
+        return asdict(shards.embed_texts(Store(store_uri), lazy_encoder(model_ref, device), datasets, batch_size * 4,
                                         lazy_question_encoder(device), extra_questions or []))
 
 
 @task(cache_policy=NO_CACHE)
-def build_indexes(store_uri: str, model_tag: str, question_tag: str, min_rows_for_ann: int = indexing.MIN_ROWS_FOR_ANN,
-                  target_recall: float = indexing.DEFAULT_TARGET_RECALL) -> dict:
+def build_indexes(store_uri: str, model_tag: str, question_tag: str, min_rows_for_ann: int = indexes.MIN_ROWS_FOR_ANN,
+                  target_recall: float = indexes.DEFAULT_TARGET_RECALL) -> dict:
     with naming(f"indexing the tables of {model_tag}"):
-        return indexing.build_indexes(Store(store_uri), model_tag, question_tag, min_rows_for_ann, target_recall)
+        return indexes.build_indexes(Store(store_uri), model_tag, question_tag, min_rows_for_ann, target_recall)
 
 
 @task(cache_policy=NO_CACHE)
 def compact_store(store_uri: str, keep_versions_days: float) -> dict:
     """Compact every table and drop its versions older than the retention window; returns versions removed."""
     with naming("compacting the store"):
-        stats = indexing.compact(Store(store_uri), keep_versions_days)
+        stats = indexes.compact(Store(store_uri), keep_versions_days)
     return {"tables": len(stats), "versions_removed": sum(v["versions_before"] - v["versions_after"]
                                                           for v in stats.values())}

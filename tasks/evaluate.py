@@ -7,7 +7,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ravlm_core import evaluate, report
+from ravlm_core.evaluate import report, scoring
 from ravlm_core.store import CAPTION_PREDICTIONS, VQA_PREDICTIONS, Store
 
 
@@ -19,19 +19,19 @@ def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs:
     store = Store(store_uri)
     results: dict = {}
     if "vqa" in jobs:
-        results["vqa"] = evaluate.vqa_job_metrics(store, jobs["vqa"])
+        results["vqa"] = scoring.vqa_job_metrics(store, jobs["vqa"])
         for role, key in (("vqa_without_retrieval", "without_retrieval"), ("vqa_voting", "voting")):
             if role in jobs:
-                results["vqa"][key] = evaluate.vqa_job_metrics(store, jobs[role])
-    text_to_image = evaluate.text_to_image_metrics(store, model_tag, dataset, split)
+                results["vqa"][key] = scoring.vqa_job_metrics(store, jobs[role])
+    text_to_image = scoring.text_to_image_metrics(store, model_tag, dataset, split)
     if text_to_image:
         results["retrieval"] = {"text_to_image": text_to_image}
     if "caption" in jobs:
-        results["caption"] = evaluate.caption_job_metrics(store, jobs["caption"])
+        results["caption"] = scoring.caption_job_metrics(store, jobs["caption"])
         if "caption_without_retrieval" in jobs:
-            results["caption"]["without_retrieval"] = evaluate.caption_job_metrics(store, jobs["caption_without_retrieval"])
+            results["caption"]["without_retrieval"] = scoring.caption_job_metrics(store, jobs["caption_without_retrieval"])
     # Further generators, each with and without retrieval, beside the chosen one.
-    for kind, score in (("vqa", evaluate.vqa_job_metrics), ("caption", evaluate.caption_job_metrics)):
+    for kind, score in (("vqa", scoring.vqa_job_metrics), ("caption", scoring.caption_job_metrics)):
         others = jobs.get("generators", {}).get(kind, {})
         if others and kind in results:
             results[kind]["generators"] = {name: {**score(store, ids["with"]),
@@ -39,13 +39,13 @@ def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs:
                                            for name, ids in others.items()}
     chosen = {task: names[0] for task, names in config.get("generators", {}).items()}
     examples = [example for task, table in (("vqa", VQA_PREDICTIONS), ("caption", CAPTION_PREDICTIONS)) if task in jobs
-                for example in evaluate.job_examples(store, table, _labelled_jobs(task, jobs, chosen.get(task, task)))]
+                for example in scoring.job_examples(store, table, _labelled_jobs(task, jobs, chosen.get(task, task)))]
     title = f"ravlm eval: {dataset}/{split}"
     index = report.write_report(Path(reports_dir).resolve() / dataset / run_id, title, results, examples, config,
                                 chosen)
     create_markdown_artifact(report.report_markdown(title, results, chosen), key=f"ravlm-eval-{_slug(dataset)}",
                              description=f"{title} ({run_id}); full report: {index}")
-    evaluate.record_eval_run(store, run_id, dataset, split, results, config, str(index))
+    scoring.record_eval_run(store, run_id, dataset, split, results, config, str(index))
     return {"run_id": run_id, "report": str(index), **results}
 
 

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import RETRY
 
-from ravlm_core import ingest, membership
+from ravlm_core.ingest import membership, scan
 from ravlm_core.errors import naming
 from ravlm_core.store import Store
 
@@ -20,7 +20,7 @@ def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, sha
                 annotations: str | None = None, questions: str | None = None) -> dict:
     """Hash every image of the source and plan what changed since the store last saw it."""
     with naming(f"scanning {source}"):
-        result = ingest.scan_source(source, dataset, staging_dir, Store(store_uri), shard_size,
+        result = scan.scan_source(source, dataset, staging_dir, Store(store_uri), shard_size,
                                     Path(manifest) if manifest else None, dry_run, source_format,
                                     Path(annotations) if annotations else None, Path(questions) if questions else None)
     return asdict(result)
@@ -29,13 +29,13 @@ def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, sha
 @task(cache_policy=NO_CACHE, **RETRY)
 def write_shard(content_path: str, shard: str, parquet_dir: str, max_pixels: int) -> dict:
     with naming(f"writing shard {shard}"):
-        return asdict(ingest.write_shard(content_path, shard, parquet_dir, max_pixels))
+        return asdict(scan.write_shard(content_path, shard, parquet_dir, max_pixels))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def load_shard(store_uri: str, shard_path: str) -> int:
     with naming(f"registering shard {shard_path}"):
-        return ingest.load_shard(Store(store_uri), shard_path)
+        return scan.load_shard(Store(store_uri), shard_path)
 
 
 @task(cache_policy=NO_CACHE, **RETRY)

@@ -9,20 +9,19 @@ from dataclasses import asdict
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-
 from prefect.runtime import flow_run
 
-from ravlm_core import generate, jobs, vqa
+from ravlm_core.jobs import generate, parts, vqa
 from ravlm_core.errors import naming
 from ravlm_core.generators import GenerationJob
-from ravlm_core.knowledge import RetrievalConfig, kb_label
+from ravlm_core.retrieval.knowledge import RetrievalConfig, kb_label
 from ravlm_core.locations import publish, pulled, shared_ref
 from ravlm_core.store import Store
 from tasks.retry import RETRY
 
 
 def _kb(store_uri: str, encoder: dict, kb: list, retrieval: dict):
-    return jobs.cached_knowledge_base(store_uri, encoder["model_tag"], encoder["question_tag"],
+    return parts.cached_knowledge_base(store_uri, encoder["model_tag"], encoder["question_tag"],
                                       [tuple(s) for s in kb], RetrievalConfig(**retrieval))
 
 
@@ -34,7 +33,7 @@ def knowledge_fingerprint(store_uri: str, encoder: dict, kb: list, retrieval: di
 
 @task(cache_policy=NO_CACHE)
 def query_parts(store_uri: str, dataset: str, split: str, part_size: int) -> list[str]:
-    return jobs.query_parts(Store(store_uri), dataset, split, part_size)
+    return parts.query_parts(Store(store_uri), dataset, split, part_size)
 
 
 @task(cache_policy=NO_CACHE)
@@ -66,7 +65,7 @@ def vqa_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: 
              k: int, device: str, questions: list[str] | None = None) -> dict:
     with naming(f"vqa job {job['job_id']}, part {part} of {dataset}/{split}"):
         knowledge = _kb(store_uri, encoder, kb, retrieval)
-        return asdict(jobs.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, GenerationJob.from_dict(job),
+        return asdict(parts.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, GenerationJob.from_dict(job),
                                         k, device, _run_id(), questions))
 
 
@@ -75,7 +74,7 @@ def caption_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, datas
                  job: dict, k: int, device: str) -> dict:
     with naming(f"caption job {job['job_id']}, part {part} of {dataset}/{split}"):
         knowledge = _kb(store_uri, encoder, kb, retrieval)
-        return asdict(jobs.run_caption_part(Store(store_uri), knowledge, dataset, split, part,
+        return asdict(parts.run_caption_part(Store(store_uri), knowledge, dataset, split, part,
                                             GenerationJob.from_dict(job), k, device, _run_id()))
 
 

@@ -578,7 +578,7 @@ def _audit(event: str, args: tuple) -> None:
 def ingest_corpus(corpus: Corpus, store, data_dir: Path, shard_size: int = 8) -> Run:
     """`ingest_all` on every dataset folder of the corpus into `store`, watching which files get opened."""
     global _opened
-    from ravlm_core.ingest import ingest_all
+    from ravlm_core.ingest.scan import ingest_all
     from ravlm_core.store import CONTENTS, IMAGES, QA
 
     if not getattr(sys, "_ravlm_bad_inputs_hook", False):  # audit hooks cannot be removed: add it once
@@ -677,7 +677,7 @@ def _check_row(case: Case, row: dict, run: Run) -> list[str]:
 
 
 def _judge_manifest_error(case: Case, source: Source, result: object, run: Run) -> Verdict:
-    from ravlm_core.sources import ManifestError
+    from ravlm_core.ingest.sources import ManifestError
 
     if not isinstance(result, BaseException):
         return Verdict(case, "wrong", f"no error: {result.added} added, {len(result.bad_rows)} bad rows", False)

@@ -5,11 +5,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ravlm_core.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
-from ravlm_core.knowledge import KnowledgeBase, RetrievalConfig, question_form
-from ravlm_core.retrieve import Neighbours
+from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
+from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, question_form
+from ravlm_core.retrieval.search import Neighbours
 from ravlm_core.store import MEMBERSHIPS, vector_schema
-from ravlm_core.vqa import retrieve_for_vectors
+from ravlm_core.jobs.vqa import retrieve_for_vectors
 from tests.conftest import unit_rows
 
 

@@ -1,8 +1,8 @@
 """Consensus caption transfer beats nearest-neighbour transfer when the nearest neighbour is an outlier."""
 import numpy as np
 
-from ravlm_core.captioning import consensus_captions, direct_captions
-from ravlm_core.retrieve import Neighbours
+from ravlm_core.jobs.captioning import consensus_captions, direct_captions
+from ravlm_core.retrieval.search import Neighbours
 
 
 def test_consensus_prefers_the_caption_most_neighbours_agree_with():

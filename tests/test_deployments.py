@@ -143,7 +143,7 @@ def test_an_operators_deployment_run_completes_with_tables_report_and_library_lo
     assert artifacts and "VQA accuracy" in artifacts[0]["data"]
     # Lines of ravlm_core's own loggers, in the run logs of the subflows that did the work.
     logs = api.all_logs()
-    assert any(e["name"] == "ravlm_core.embed" and "embedded" in e["message"] for e in logs)
+    assert any(e["name"] == "ravlm_core.embed.shards" and "embedded" in e["message"] for e in logs)
     names = [r["name"] for r in api.post("/flow_runs/filter", {})]
     assert any(name.startswith("ingest-shapes-") for name in names)  # readable run names
 
@@ -193,5 +193,5 @@ def test_prefect_deploy_all_from_the_repo_then_a_process_worker_runs_a_stage_wit
     assert run["state_type"] == "COMPLETED", (tmp / "worker.log").read_text()[-3000:]
     assert Store(str(tmp / "worker-data" / "lancedb")).count(IMAGES) == 32
     logs = api.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [queued["id"]]}}, "limit": 200})
-    assert any(e["name"] == "ravlm_core.ingest" and "new images" in e["message"] for e in logs), [
+    assert any(e["name"] == "ravlm_core.ingest.scan" and "new images" in e["message"] for e in logs), [
         (e["name"], e["message"][:80]) for e in logs]

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
-from ravlm_core import embed, ingest
+from ravlm_core.embed import shards as embed
+from ravlm_core.ingest import scan as ingest
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import SquarePixels, decode_image
 from ravlm_core.store import Store, image_vectors_table, in_list, question_vectors_table, text_vectors_table

@@ -43,7 +43,7 @@ def test_a_failed_flow_says_which_shard_and_why_in_one_line_in_its_state_and_the
                                                                                           monkeypatch):
     from benchmarks.make_shapes_dataset import make_shapes_dataset
     from flows.ingest import ingest_flow
-    from ravlm_core import ingest
+    from ravlm_core.ingest import scan as ingest
     from ravlm_core.store import Store
 
     folder = tmp_path / "shapes"

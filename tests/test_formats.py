@@ -1,4 +1,4 @@
-"""Tests for ravlm_core.formats (COCO captions, VQAv2) and the format dispatch in ravlm_core.sources."""
+"""Tests for ravlm_core.ingest.formats (COCO captions, VQAv2) and the format dispatch in ravlm_core.ingest.sources."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from ravlm_core.errors import UserError
-from ravlm_core.formats import open_coco, open_vqav2
-from ravlm_core.sources import MAX_TEXT_CHARS, ManifestError, open_source
+from ravlm_core.ingest.formats import open_coco, open_vqav2
+from ravlm_core.ingest.sources import MAX_TEXT_CHARS, ManifestError, open_source
 
 
 def _image(path: Path, color: str = "red") -> Path:
@@ -351,10 +351,12 @@ def test_vqav2_files_passed_explicitly_through_the_dispatch(tmp_path):
 def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scores_against_them(tmp_path):
     import pyarrow as pa
 
-    from ravlm_core import evaluate, ingest
-    from ravlm_core.captioning import CAPTION_SCHEMA
+    from ravlm_core.evaluate import scoring as evaluate
+
+    from ravlm_core.ingest import scan as ingest
+    from ravlm_core.jobs.captioning import CAPTION_SCHEMA
     from ravlm_core.store import CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store
-    from ravlm_core.vqa import PREDICTIONS_SCHEMA
+    from ravlm_core.jobs.vqa import PREDICTIONS_SCHEMA
 
     folder = tmp_path / "coco"
     for image_id, color in ((1, "red"), (2, "blue")):

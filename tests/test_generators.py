@@ -5,7 +5,7 @@ import pytest
 
 from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob, GeneratorSpec, generator_tag
-from ravlm_core.prompts import context_block, load_template, render
+from ravlm_core.generators.prompts import context_block, load_template, render
 
 
 def test_spec_strings_parse_to_fields_and_aliases_name_the_baselines():

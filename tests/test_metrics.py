@@ -1,4 +1,4 @@
-"""Tests for ravlm_core.metrics: small hand-computed cases, and agreement with coco-caption's Java pipeline."""
+"""Tests for ravlm_core.evaluate.metrics: small hand-computed cases, and agreement with coco-caption's Java pipeline."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from ravlm_core.metrics import (caption_metrics, coco_tokenize, normalize_answer, normalize_vqa_answer,
+from ravlm_core.evaluate.metrics import (caption_metrics, coco_tokenize, normalize_answer, normalize_vqa_answer,
                                 retrieval_metrics, vqa_metrics, vqa_soft_accuracy)
 
 

@@ -98,7 +98,7 @@ def test_status_reads_the_store_and_the_runs_flows_recorded(run):
 
 
 class LoadLog(logging.Handler):
-    """Counts the "loaded ..." lines every model load logs (ravlm_core.models.timed_load)."""
+    """Counts the "loaded ..." lines every model load logs (ravlm_core.embed.pinning.timed_load)."""
 
     def __init__(self):
         super().__init__()
@@ -288,9 +288,9 @@ def test_the_same_commands_run_on_a_dask_cluster(harness, tmp_path, run):
 
 
 def test_the_python_api_the_readme_documents(run):
-    from ravlm_core.analytics import run_sql
+    from ravlm_core.query.analytics import run_sql
     from ravlm_core.config import Settings
-    from ravlm_core.query import Session
+    from ravlm_core.query.session import Session
 
     session = Session(Settings(data_dir=Path(run["store"].uri).parent))
     hits = session.search("a drawing of a purple star", k=5, split="test")

@@ -17,14 +17,15 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
-from ravlm_core import embed, ingest
+from ravlm_core.embed import shards as embed
+from ravlm_core.ingest import scan as ingest
 from ravlm_core.config import Settings
-from ravlm_core.dedup import near_duplicates
+from ravlm_core.query.dedup import near_duplicates
 from ravlm_core.errors import UserError
-from ravlm_core.filters import FILTER_COLUMNS, parse_filter, parse_filters
-from ravlm_core.indexing import build_indexes
-from ravlm_core.query import Session, load_reranker
-from ravlm_core.results import SCHEMAS
+from ravlm_core.retrieval.filters import FILTER_COLUMNS, parse_filter, parse_filters
+from ravlm_core.index.indexes import build_indexes
+from ravlm_core.query.session import Session, load_reranker
+from ravlm_core.query.results import SCHEMAS
 from ravlm_core.store import IMAGES, Store, image_vectors_table
 from tests.cli import Ravlm
 
@@ -35,7 +36,7 @@ HOSTILE = ['<img src=x onerror="alert(1)">', "</figcaption><script>alert('x')</s
 def shapes(tmp_path_factory):
     """The shapes dataset (48 train, 16 test) and a two-image dataset with markup for captions, embedded."""
     from ravlm_core.encoders import load_encoder
-    from ravlm_core.models import resolve_encoder
+    from ravlm_core.embed.pinning import resolve_encoder
 
     tmp = tmp_path_factory.mktemp("query")
     make_shapes_dataset(tmp / "shapes", n_train=48, n_test=16, seed=1, fmt="jsonl")
@@ -328,7 +329,7 @@ def test_dedup_rejects_a_threshold_outside_0_1_and_a_store_without_vectors(photo
 
 
 def test_hybrid_without_a_full_text_index_says_what_to_run(photos):
-    from ravlm_core.query import Scope, search_images
+    from ravlm_core.query.session import Scope, search_images
 
     with pytest.raises(UserError, match="has no full-text index for --hybrid: run `ravlm embed`"):
         search_images(photos, PixelEncoder.tag, np.ones((1, 256), np.float32) / 16, 3, Scope(), fts_query="x",

@@ -1,4 +1,4 @@
-"""Tests for ravlm_core.report: the HTML page, its PNG plots and the markdown summary."""
+"""Tests for ravlm_core.evaluate.report: the HTML page, its PNG plots and the markdown summary."""
 from __future__ import annotations
 
 import base64
@@ -8,8 +8,8 @@ import re
 import pytest
 from PIL import Image
 
-from ravlm_core.metrics import caption_metrics, retrieval_metrics, vqa_metrics
-from ravlm_core.report import Example, headline_rows, report_markdown, write_report
+from ravlm_core.evaluate.metrics import caption_metrics, retrieval_metrics, vqa_metrics
+from ravlm_core.evaluate.report import Example, headline_rows, report_markdown, write_report
 
 PLOTS = ("confusion.png", "per_type_accuracy.png", "recall_at_k.png")
 

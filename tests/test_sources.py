@@ -1,4 +1,4 @@
-"""Tests for ravlm_core.sources (easy-VQA, manifests, plain folders) and the shapes dataset generator."""
+"""Tests for ravlm_core.ingest.sources (easy-VQA, manifests, plain folders) and the shapes dataset generator."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
-from ravlm_core import sources
+from ravlm_core.ingest import sources
 from ravlm_core.errors import UserError
-from ravlm_core.sources import ManifestError, open_source, read_questions_file
+from ravlm_core.ingest.sources import ManifestError, open_source, read_questions_file
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from ravlm_core.errors import UserError
 from ravlm_core.generators import (Generation, GeneratorSpec, Request, blip_task, generator_tag, model_folder,
                                    torch_dtype)
-from ravlm_core.prompts import context_block, load_template, render
+from ravlm_core.generators.prompts import context_block, load_template, render
 
 # BLIP's text side is BERT: 512 positions; the image takes none of them.
 MAX_PROMPT_TOKENS = 512

@@ -11,7 +11,7 @@ import torch
 
 from ravlm_core.errors import UserError
 from ravlm_core.generators import Generation, GeneratorSpec, Request, generator_tag, model_folder, torch_dtype
-from ravlm_core.prompts import context_block, load_template, render
+from ravlm_core.generators.prompts import context_block, load_template, render
 
 
 class ChatVLMGenerator:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ravlm_core import ann
-from ravlm_core.analytics import describe_tables
+from ravlm_core.index import ann
+from ravlm_core.query.analytics import describe_tables
 from ravlm_core.locations import is_remote, join, read_text
 from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, image_vectors_table
 

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ravlm_core.embed_reader import pixel_batches, row_groups, wanted_rows
-from ravlm_core.membership import memberships_of
+from ravlm_core.embed.reader import pixel_batches, row_groups, wanted_rows
+from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.errors import UserError, first_line
 from ravlm_core.store import (ACTIVE, IMAGES, MEMBERSHIPS, QA, Store, image_vectors_table, in_list, question_vectors_table,
                               text_vectors_table, vector_schema)

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from ravlm_core.errors import UserError, first_line
 from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, signature, thumbnail_jpeg
-from ravlm_core.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
+from ravlm_core.ingest.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
                                    member_id_of)
-from ravlm_core.sources import BadRow, SourceRecord, open_source
+from ravlm_core.ingest.sources import BadRow, SourceRecord, open_source
 from ravlm_core.contents import shards_of
 from ravlm_core.locations import exists, join, list_files, remove, write_parquet_atomically
 from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, sql_quote

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from ravlm_core import ann
+from ravlm_core.index import ann
 from ravlm_core.store import CONTENTS, IMAGES, QA, Store, image_vectors_table, question_vectors_table, text_vectors_table
 
 log = logging.getLogger(__name__)

@@ -12,18 +12,18 @@ from typing import Mapping, Sequence
 import pyarrow as pa
 from PIL import Image
 
-from ravlm_core.answerers import FusionAnswerer, vote_answers
+from ravlm_core.jobs.answerers import FusionAnswerer, vote_answers
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
-from ravlm_core.filters import Filter, listing_where, parse_filters
+from ravlm_core.retrieval.filters import Filter, listing_where, parse_filters
 from ravlm_core.imaging import ImageRejected, open_rgb, signature
-from ravlm_core.knowledge import KnowledgeBase, parse_kb, retrieval_config
-from ravlm_core.models import BUILTIN, pinned_encoder, timed_load
-from ravlm_core.results import Hits
-from ravlm_core.retrieve import Guard, kb_filter, search, vector_sets_filter
+from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_config
+from ravlm_core.embed.pinning import BUILTIN, pinned_encoder, timed_load
+from ravlm_core.query.results import Hits
+from ravlm_core.retrieval.search import Guard, kb_filter, search, vector_sets_filter
 from ravlm_core.store import (ACTIVE, IMAGES, QA, Store, chunks, image_vectors_table, in_list, sql_quote,
                               text_vectors_table)
-from ravlm_core.vqa import retrieve_for_vectors
+from ravlm_core.jobs.vqa import retrieve_for_vectors
 
 TARGETS = ("images", "texts")
 # Hits each leg of a hybrid search hands the reranker, so the fused top k can draw on both.
@@ -103,7 +103,7 @@ class Session:
     def dedup(self, threshold: float, dataset: str | None = None, split: str | None = None) -> Hits:
         """Groups of near-duplicate images (cosine >= `threshold`) among the store encoder's image vectors; see
         `dedup.near_duplicates`. Loads no model: the encoder's tag is read from its files."""
-        from ravlm_core.dedup import near_duplicates
+        from ravlm_core.query.dedup import near_duplicates
         from ravlm_core.encoders import describe_encoder
 
         model_tag = describe_encoder(pinned_encoder(self.settings.encoder, self.settings.models_dir))[0]
@@ -112,8 +112,8 @@ class Session:
     def ask(self, image: str | Path, question: str, kb: list[str] | None = None) -> dict:
         """Answer a question about an image with the fusion answerer the pipeline trained for the KB."""
         from ravlm_core.encoders.questions import QuestionEncoder, question_encoder_tag
-        from ravlm_core.jobs import cached_knowledge_base
-        from ravlm_core.vqa import trained_answerer
+        from ravlm_core.jobs.parts import cached_knowledge_base
+        from ravlm_core.jobs.vqa import trained_answerer
 
         settings = self.settings
         sets = parse_kb(kb, "easy-vqa", settings.kb_split)
@@ -156,7 +156,7 @@ class Scope:
         """The ids of the captions and questions of the passing listings; None when everything passes."""
         if not (self.filters or self.dataset or self.split):
             return None
-        from ravlm_core.embed import text_id  # only here: embed's imports cost the plain searches time
+        from ravlm_core.embed.shards import text_id  # only here: embed's imports cost the plain searches time
 
         listed = store.read(IMAGES, columns=["member_id", "caption"], where=self.listings())
         if not listed.num_rows:

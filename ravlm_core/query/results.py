@@ -51,7 +51,7 @@ class Hits(list):
 
     def write_html(self, path: str | Path, store: Store, query_thumbnail: bytes | None = None) -> Path:
         """One self-contained page: each hit's stored thumbnail inlined, with its text escaped."""
-        from ravlm_core.report import _img
+        from ravlm_core.evaluate.report import _img
 
         thumbs = stored_values(store, [row["image_id"] for row in self if row.get("image_id")], "thumbnail")
         if self.kind == "duplicates":

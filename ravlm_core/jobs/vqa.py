@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ravlm_core.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
-from ravlm_core.embed import text_id
+from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
+from ravlm_core.embed.shards import text_id
 from ravlm_core.generators import GenerationJob
-from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.retrieve import Guard, Neighbours, search, sets_filter, signatures_of, vectors_by_id
+from ravlm_core.retrieval.knowledge import KnowledgeBase
+from ravlm_core.retrieval.search import Guard, Neighbours, search, sets_filter, signatures_of, vectors_by_id
 from ravlm_core.store import QA, QA_SCHEMA, Store, in_list, predictions_schema
 
 VARIANTS = ("fusion", "fusion-no-retrieval", "voting")

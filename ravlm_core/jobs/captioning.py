@@ -8,8 +8,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ravlm_core.generators import GenerationJob
-from ravlm_core.knowledge import IMAGE_TAU, KnowledgeBase
-from ravlm_core.retrieve import Neighbours
+from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
+from ravlm_core.retrieval.search import Neighbours
 from ravlm_core.store import predictions_schema
 
 CAPTION_SCHEMA = predictions_schema([("prediction", pa.string()), ("reference", pa.string())])
@@ -48,7 +48,7 @@ def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_
 def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours,
                  predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
     """The `caption_predictions` rows of one job over `members` (listed images), keyed by (job, listing)."""
-    from ravlm_core.vqa import pred_ids
+    from ravlm_core.jobs.vqa import pred_ids
 
     n = len(members)
     now = datetime.now(timezone.utc)

@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 
 from ravlm_core.contents import read_images, read_thumbnails
-from ravlm_core.captioning import caption_rows
+from ravlm_core.jobs.captioning import caption_rows
 from ravlm_core.errors import UserError
 from ravlm_core.locations import local_model
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
-from ravlm_core.knowledge import KnowledgeBase
-from ravlm_core.models import timed_load
-from ravlm_core.retrieve import Neighbours, search, sets_filter, vectors_by_id
+from ravlm_core.retrieval.knowledge import KnowledgeBase
+from ravlm_core.embed.pinning import timed_load
+from ravlm_core.retrieval.search import Neighbours, search, sets_filter, vectors_by_id
 from ravlm_core.store import CAPTION_PREDICTIONS, IMAGES, IMAGES_SCHEMA, VQA_PREDICTIONS, Store
-from ravlm_core.vqa import Retrieved, prediction_rows, retrieve_for_items, stored_guard
+from ravlm_core.jobs.vqa import Retrieved, prediction_rows, retrieve_for_items, stored_guard
 
 log = logging.getLogger(__name__)
 

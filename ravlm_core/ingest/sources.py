@@ -75,7 +75,7 @@ def open_source(source: str, manifest: Path | None = None, *, fmt: str = "auto",
         manifest: an explicit manifest file for a folder source ("auto" and "manifest" formats).
         fmt: how to read the folder: "auto" (a manifest.jsonl/.csv/.parquet if there is one, else every image),
             "manifest" (one is required), "folder" (every image, manifests ignored), "coco" (COCO captions JSON)
-            or "vqav2" (VQAv2 questions and annotations JSON); see `ravlm_core.formats`.
+            or "vqav2" (VQAv2 questions and annotations JSON); see `ravlm_core.ingest.formats`.
         annotations: "coco": the captions_*.json file; "vqav2": the v2_mscoco_*_annotations.json file.
         questions: "vqav2": the v2_OpenEnded_mscoco_*_questions.json file.
     Returns:
@@ -96,7 +96,7 @@ def open_source(source: str, manifest: Path | None = None, *, fmt: str = "auto",
     if not folder.is_dir():
         raise UserError(f"source {source!r} is neither {EASY_VQA!r} nor an existing folder")
     if fmt in ("coco", "vqav2"):
-        from ravlm_core import formats  # it imports this module
+        from ravlm_core.ingest import formats  # it imports this module
 
         if fmt == "coco":
             return formats.open_coco(folder, annotations)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ravlm_core.ptb_tokenize import coco_tokenize
+from ravlm_core.evaluate.ptb_tokenize import coco_tokenize
 
 # nDCG is reported at this cutoff whatever `ks` asks for recall at.
 NDCG_K = 10

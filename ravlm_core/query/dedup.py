@@ -13,9 +13,9 @@ import logging
 import numpy as np
 
 from ravlm_core.errors import UserError
-from ravlm_core.filters import listing_where
-from ravlm_core.results import Hits
-from ravlm_core.retrieve import QUERY_BATCH, search
+from ravlm_core.retrieval.filters import listing_where
+from ravlm_core.query.results import Hits
+from ravlm_core.retrieval.search import QUERY_BATCH, search
 from ravlm_core.store import IMAGES, Store, chunks, image_vectors_table, in_list
 from ravlm_core.vectors import vector_matrix
 
@@ -47,7 +47,7 @@ def near_duplicates(store: Store, model_tag: str, threshold: float, dataset: str
     """
     if not 0 < threshold <= 1:
         raise UserError(f"--threshold must be a cosine similarity in (0, 1], got {threshold}")
-    from ravlm_core.query import listed_in
+    from ravlm_core.query.session import listed_in
 
     table = image_vectors_table(model_tag)
     if not store.has(table):

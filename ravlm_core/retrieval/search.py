@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ravlm_core import ann
+from ravlm_core.index import ann
 from ravlm_core.contents import stored_values
 from ravlm_core.imaging import signature_distance
 from ravlm_core.store import ACTIVE, Store, membership_label, sql_quote

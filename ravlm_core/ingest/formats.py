@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ravlm_core.errors import UserError
-from ravlm_core.sources import (DEFAULT_SPLIT, MAX_TEXT_CHARS, SPLIT_NAME, BadRow, ManifestError, QAPair,
+from ravlm_core.ingest.sources import (DEFAULT_SPLIT, MAX_TEXT_CHARS, SPLIT_NAME, BadRow, ManifestError, QAPair,
                                 SourceRecord, not_a_file, unsafe_path)
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from ravlm_core.embed import text_id
-from ravlm_core.metrics import caption_metrics, retrieval_metrics, vqa_metrics, vqa_soft_accuracy
-from ravlm_core.report import Example
-from ravlm_core.retrieve import kb_filter, search, sets_filter, vector_sets_filter, vectors_by_id
+from ravlm_core.embed.shards import text_id
+from ravlm_core.evaluate.metrics import caption_metrics, retrieval_metrics, vqa_metrics, vqa_soft_accuracy
+from ravlm_core.evaluate.report import Example
+from ravlm_core.retrieval.search import kb_filter, search, sets_filter, vector_sets_filter, vectors_by_id
 from ravlm_core.store import (ACTIVE, CAPTION_PREDICTIONS, CONTENTS, EVAL_RUNS, IMAGES, IMAGES_SCHEMA, QA, QA_SCHEMA,
                               VQA_PREDICTIONS, Store, image_vectors_table, in_list, read_lists, sql_quote,
                               text_vectors_table)
@@ -91,8 +91,8 @@ def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str
 def job_examples(store: Store, table: str, jobs: dict[str, str], n: int = 8) -> list[Example]:
     """Grid rows for the first job in `jobs` (label -> job id): its mistakes first (they teach most), then correct
     items; each with every job's output for the same item, the prompt a model received, and the neighbours."""
-    from ravlm_core.captioning import CAPTION_SCHEMA
-    from ravlm_core.vqa import PREDICTIONS_SCHEMA
+    from ravlm_core.jobs.captioning import CAPTION_SCHEMA
+    from ravlm_core.jobs.vqa import PREDICTIONS_SCHEMA
 
     vqa = table == VQA_PREDICTIONS
     key, truth = ("qa_id", "answer") if vqa else ("member_id", "reference")

@@ -1,0 +1,1 @@
+"""Jobs: bulk retrieval-augmented VQA and captioning over parts of a query set, and the answerers they train."""

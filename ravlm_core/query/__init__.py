@@ -1,0 +1,1 @@
+"""Query: interactive search, ask, near-duplicates, SQL and status over a store (no Prefect, no training)."""
