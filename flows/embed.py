@@ -6,7 +6,8 @@ from prefect import flow, get_run_logger, unmapped
 from flows.common import RUN_HOOKS, on_device, run_name, settings_from
 from ravlm_core.ingest.scan import stored_shards
 from ravlm_core.store import Store
-from tasks.embed import build_indexes, embed_shard, embed_texts, resolve_encoder
+from tasks.embed import embed_shard, embed_texts, resolve_encoder
+from tasks.index import build_indexes
 
 
 @flow(name="embed", flow_run_name=run_name("embed"), **RUN_HOOKS)

@@ -7,7 +7,7 @@ from flows.common import RUN_HOOKS, run_name, settings_from, task_runner
 from flows.embed import embed_flow
 from flows.evaluate import eval_flow
 from flows.ingest import ingest_flow
-from tasks.embed import compact_store
+from tasks.index import compact_store
 
 EMBEDDED_DATASET = "easy-vqa"
 

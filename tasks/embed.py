@@ -1,4 +1,4 @@
-"""Embedding tasks: make sure the encoder exists (training the built-in heads once), embed one shard, index."""
+"""Embedding tasks: make sure the encoder exists (training the built-in heads once), embed one shard, embed texts."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -10,7 +10,6 @@ from prefect.cache_policies import NO_CACHE
 from tasks.retry import RETRY
 
 from ravlm_core.embed import pinning, reader, shards
-from ravlm_core.index import indexes
 from ravlm_core.errors import naming
 from ravlm_core.locations import local_model, shared_ref
 from ravlm_core.embed.pinning import timed_load
@@ -74,19 +73,3 @@ def embed_texts(store_uri: str, model_ref: str, device: str, batch_size: int, da
     with naming(f"embedding the texts of {', '.join(datasets) if datasets else 'every dataset'}"):
         return asdict(shards.embed_texts(Store(store_uri), lazy_encoder(model_ref, device), datasets, batch_size * 4,
                                         lazy_question_encoder(device), extra_questions or []))
-
-
-@task(cache_policy=NO_CACHE)
-def build_indexes(store_uri: str, model_tag: str, question_tag: str, min_rows_for_ann: int = indexes.MIN_ROWS_FOR_ANN,
-                  target_recall: float = indexes.DEFAULT_TARGET_RECALL) -> dict:
-    with naming(f"indexing the tables of {model_tag}"):
-        return indexes.build_indexes(Store(store_uri), model_tag, question_tag, min_rows_for_ann, target_recall)
-
-
-@task(cache_policy=NO_CACHE)
-def compact_store(store_uri: str, keep_versions_days: float) -> dict:
-    """Compact every table and drop its versions older than the retention window; returns versions removed."""
-    with naming("compacting the store"):
-        stats = indexes.compact(Store(store_uri), keep_versions_days)
-    return {"tables": len(stats), "versions_removed": sum(v["versions_before"] - v["versions_after"]
-                                                          for v in stats.values())}
