@@ -35,7 +35,8 @@ from ravlm_core.index import ann
 
 from ravlm_core.retrieval import search as retrieve
 from ravlm_core.index.indexes import build_indexes
-from ravlm_core.store import MEMBERSHIPS, Store, image_vectors_table, membership_label, vector_schema
+from ravlm_core.store import Store
+from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, membership_label, vector_schema
 
 TAG = "bench"
 CHUNK = 100_000

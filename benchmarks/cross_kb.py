@@ -42,10 +42,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.shapes_easy_vqa_style import COLORS, SHAPES  # noqa: E402
 from ravlm_core.jobs.answerers import FusionAnswerer  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
-from ravlm_core.embed.shards import text_id  # noqa: E402
+from ravlm_core.ids import text_id  # noqa: E402
 from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base  # noqa: E402
 from ravlm_core.retrieval.search import search, vectors_by_id  # noqa: E402
-from ravlm_core.store import EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS, Store, sql_quote  # noqa: E402
+from ravlm_core.store import Store, sql_quote  # noqa: E402
+from ravlm_core.schemas import EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS
 from ravlm_core.jobs.vqa import answer, read_items, retrieve_for_items, stored_guard, train_answerer  # noqa: E402
 
 log = logging.getLogger("cross_kb")

@@ -55,7 +55,8 @@ from ravlm_core.embed import reader as embed_reader
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.encoders import load_encoder  # noqa: E402
 from ravlm_core.imaging import decode_image  # noqa: E402
-from ravlm_core.store import MEMBERSHIPS, Store, image_vectors_table, vector_schema  # noqa: E402
+from ravlm_core.store import Store  # noqa: E402
+from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, vector_schema
 
 PEER_BATCH, PEER_WORKERS = 64, 2
 

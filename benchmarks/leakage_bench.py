@@ -45,8 +45,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.make_leakage_dataset import KINDS, NEAR_DUPLICATE_MAD, make_leakage_dataset  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
 from ravlm_core.retrieval.search import kb_filter, signatures_of  # noqa: E402
-from ravlm_core.store import (CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES, VQA_PREDICTIONS, Store,  # noqa: E402
-                              image_vectors_table, sql_quote)
+from ravlm_core.schemas import CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES, VQA_PREDICTIONS, image_vectors_table  # noqa: E402
+from ravlm_core.store import Store, sql_quote  # noqa: E402
 
 log = logging.getLogger("leakage_bench")
 

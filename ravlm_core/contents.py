@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ravlm_core.imaging import decode_image
-from ravlm_core.store import CONTENTS, Store, chunks, in_list
+from ravlm_core.store import Store, chunks, in_list
+from ravlm_core.schemas import CONTENTS
 
 
 def stored_values(store: Store, image_ids, column: str) -> dict:

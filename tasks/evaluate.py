@@ -8,7 +8,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ravlm_core.evaluate import report, scoring
-from ravlm_core.store import CAPTION_PREDICTIONS, VQA_PREDICTIONS, Store
+from ravlm_core.store import Store
+from ravlm_core.schemas import CAPTION_PREDICTIONS, VQA_PREDICTIONS
 
 
 @task(cache_policy=NO_CACHE)

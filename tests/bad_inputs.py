@@ -579,7 +579,7 @@ def ingest_corpus(corpus: Corpus, store, data_dir: Path, shard_size: int = 8) ->
     """`ingest_all` on every dataset folder of the corpus into `store`, watching which files get opened."""
     global _opened
     from ravlm_core.ingest.scan import ingest_all
-    from ravlm_core.store import CONTENTS, IMAGES, QA
+    from ravlm_core.schemas import CONTENTS, IMAGES, QA
 
     if not getattr(sys, "_ravlm_bad_inputs_hook", False):  # audit hooks cannot be removed: add it once
         sys.addaudithook(_audit)

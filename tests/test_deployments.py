@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
-from ravlm_core.store import IMAGES, Store
+from ravlm_core.store import Store
+from ravlm_core.schemas import IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,7 +12,8 @@ from ravlm_core.embed import shards as embed
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import SquarePixels, decode_image
-from ravlm_core.store import Store, image_vectors_table, in_list, question_vectors_table, text_vectors_table
+from ravlm_core.store import Store, in_list
+from ravlm_core.schemas import image_vectors_table, question_vectors_table, text_vectors_table
 
 
 class CountingEncoder:

@@ -354,9 +354,10 @@ def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scor
     from ravlm_core.evaluate import scoring as evaluate
 
     from ravlm_core.ingest import scan as ingest
-    from ravlm_core.jobs.captioning import CAPTION_SCHEMA
-    from ravlm_core.store import CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store
-    from ravlm_core.jobs.vqa import PREDICTIONS_SCHEMA
+    from ravlm_core.schemas import CAPTION_PREDICTIONS_SCHEMA
+    from ravlm_core.store import Store
+    from ravlm_core.schemas import CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS
+    from ravlm_core.schemas import VQA_PREDICTIONS_SCHEMA
 
     folder = tmp_path / "coco"
     for image_id, color in ((1, "red"), (2, "blue")):
@@ -376,7 +377,7 @@ def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scor
              "member_id": r["member_id"], "image_id": r["image_id"], "prediction": r["captions"][-1],
              "reference": r["caption"], "neighbour_ids": [], "neighbour_scores": [], "near_duplicates": 0}
             for r in images]
-    store.upsert(CAPTION_PREDICTIONS, pa.Table.from_pylist(rows, CAPTION_SCHEMA), "pred_id")
+    store.upsert(CAPTION_PREDICTIONS, pa.Table.from_pylist(rows, CAPTION_PREDICTIONS_SCHEMA), "pred_id")
     assert evaluate.caption_job_metrics(store, "j")["bleu4"] == pytest.approx(1.0)
     assert ingest.ingest_all(str(folder), "coco", store, tmp_path / "data", source_format="coco").added == 0
 
@@ -393,7 +394,7 @@ def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scor
              "answer": r["answer"], "prediction": guesses[r["question"]], "pred_id": r["qa_id"], "job_id": "v",
              "dataset": "vqa", "split": r["split"], "member_id": r["member_id"], "image_id": r["image_id"],
              "neighbour_ids": [], "neighbour_scores": [], "near_duplicates": 0} for r in qa]
-    store.upsert(VQA_PREDICTIONS, pa.Table.from_pylist(rows, PREDICTIONS_SCHEMA), "pred_id")
+    store.upsert(VQA_PREDICTIONS, pa.Table.from_pylist(rows, VQA_PREDICTIONS_SCHEMA), "pred_id")
     metrics = evaluate.vqa_job_metrics(store, "v")
     # Official VQA accuracy normalises "two" to "2": 7 of 10 agree with "2" (1.0); 2 of 10 with "navy" (0.6).
     assert metrics["soft_items"] == 2 and metrics["soft_accuracy"] == pytest.approx((1.0 + 0.6) / 2)

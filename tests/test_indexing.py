@@ -14,7 +14,7 @@ from ravlm_core.retrieval import search as retrieve
 from ravlm_core.errors import UserError
 from ravlm_core.index.indexes import build_indexes, compact
 from ravlm_core.query.status import vector_indexes
-from ravlm_core.store import MEMBERSHIPS, image_vectors_table, vector_schema
+from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, vector_schema
 
 TAG = "m"
 TABLE = image_vectors_table(TAG)

@@ -15,7 +15,8 @@ from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.embed import shards as embed
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.errors import UserError
-from ravlm_core.store import CONTENTS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table, predictions_schema
+from ravlm_core.store import Store
+from ravlm_core.schemas import CONTENTS, IMAGES, QA, VQA_PREDICTIONS, image_vectors_table, predictions_schema
 from tests.test_embed import CountingEncoder
 
 N_TRAIN, N_TEST = 6, 4

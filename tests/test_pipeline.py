@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
-from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
+from ravlm_core.store import Store
+from ravlm_core.schemas import EVAL_RUNS, IMAGES, QA
 from tests.cli import Ravlm
 
 N_TRAIN, N_TEST = 48, 16

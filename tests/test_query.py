@@ -26,7 +26,8 @@ from ravlm_core.retrieval.filters import FILTER_COLUMNS, parse_filter, parse_fil
 from ravlm_core.index.indexes import build_indexes
 from ravlm_core.query.session import Session, load_reranker
 from ravlm_core.query.results import SCHEMAS
-from ravlm_core.store import IMAGES, Store, image_vectors_table
+from ravlm_core.store import Store
+from ravlm_core.schemas import IMAGES, image_vectors_table
 from tests.cli import Ravlm
 
 HOSTILE = ['<img src=x onerror="alert(1)">', "</figcaption><script>alert('x')</script> & more"]

@@ -17,7 +17,8 @@ from PIL import Image
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import decode_image
 from ravlm_core.locations import is_remote, join, local_models, publish, pulled, read_text, write_text
-from ravlm_core.store import ACTIVE, CONTENTS, IMAGES, Store, chunks, in_list, sql_quote
+from ravlm_core.store import Store, chunks, in_list, sql_quote
+from ravlm_core.schemas import ACTIVE, CONTENTS, IMAGES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,7 +1,6 @@
 """Embedding: each content shard's images that listings use and vectors lack (read → encode → upsert), then texts."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,22 +15,19 @@ from tqdm.auto import tqdm
 from ravlm_core.embed.reader import pixel_batches, row_groups, wanted_rows
 from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.errors import UserError, first_line
-from ravlm_core.store import (ACTIVE, IMAGES, MEMBERSHIPS, QA, Store, image_vectors_table, in_list, question_vectors_table,
-                              text_vectors_table, vector_schema)
+from ravlm_core.ids import text_id
+from ravlm_core.store import Store, in_list
+from ravlm_core.schemas import (ACTIVE, IMAGES, MEMBERSHIPS, QA, image_vectors_table, question_vectors_table,
+    text_vectors_table, vector_schema)
+from ravlm_core.schemas import TEXT_VECTOR_COLUMNS
 
 log = logging.getLogger(__name__)
 
-TEXT_COLUMNS = [("text", pa.string())]
 # A LanceDB commit every WRITE_ROWS rows or WRITE_SECONDS of work, whichever comes first: each commit is a table
 # version and a fragment (committing every small encode batch would leave thousands of tiny fragments, and each
 # merge costs ~15 ms), and a crash loses at most that much work, however slow the model.
 WRITE_ROWS = 2048
 WRITE_SECONDS = 10.0
-
-
-def text_id(text: str) -> str:
-    """Texts are keyed by content, so a question asked of 300 images is embedded once."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 @dataclass
@@ -158,7 +154,7 @@ def embed_texts(store: Store, encoder, datasets: list[str] | None = None, batch_
 
 def _embed_new_texts(store: Store, encoder, table: str, texts: list[str], batch_size: int, timings: dict) -> int:
     """Embed the texts `table` lacks (keyed by content hash) and upsert them; returns how many were new."""
-    schema = vector_schema(encoder.dim, "text_id", TEXT_COLUMNS)
+    schema = vector_schema(encoder.dim, "text_id", TEXT_VECTOR_COLUMNS)
     known = store.existing_ids(table, "text_id", [text_id(t) for t in texts])
     todo = [t for t in texts if text_id(t) not in known]
     new = 0

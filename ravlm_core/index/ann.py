@@ -20,10 +20,10 @@ import pyarrow as pa
 from ravlm_core.errors import UserError
 from ravlm_core.store import Store, sql_quote
 from ravlm_core.vectors import unit_rows_np, vector_matrix
+from ravlm_core.schemas import INDEX_QUALITY, QUALITY_SCHEMA
 
 log = logging.getLogger(__name__)
 
-INDEX_QUALITY = "index_quality"
 COLUMN = "vector"
 K = 10
 # Stored vectors used as gate queries (each looks for its 10 nearest *other* rows): enough to tell 0.95 from 0.97.
@@ -42,26 +42,6 @@ NPROBES_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REFINE_LADDER = (0, 2, 5, 10, 20)
 # A doubling of nprobes that gains less recall than this ends the search at that refine level.
 PLATEAU = 0.002
-
-QUALITY_SCHEMA = pa.schema(
-    [
-        ("table_name", pa.string()),
-        ("index_type", pa.string()),
-        ("num_partitions", pa.int64()),
-        ("nprobes", pa.int64()),
-        ("refine_factor", pa.int64()),  # 0: none
-        ("recall_at_10", pa.float64()),  # of the chosen setting, on `queries` stored vectors
-        ("target_recall", pa.float64()),
-        ("p50_ms", pa.float64()),  # one query at a time, chosen setting
-        ("queries", pa.int64()),
-        ("rows_indexed", pa.int64()),
-        ("trained_rows", pa.int64()),  # rows when the partitions were last trained
-        ("index_uuid", pa.string()),  # the index segments measured, comma-separated: the base first, then deltas
-        ("action", pa.string()),  # built, appended, measured
-        ("build_s", pa.float64()),  # time of that action
-        ("measured_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
 @dataclass

@@ -17,22 +17,14 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ravlm_core.store import (ACTIVE, CONTENTS, IMAGES, IMAGES_SCHEMA, PREDICTION_TABLES, QA, QA_SCHEMA, Store,
-                              chunks, in_list, membership_label)
+from ravlm_core.ids import qa_id_of
+from ravlm_core.store import Store, chunks, in_list
+from ravlm_core.schemas import (ACTIVE, CONTENTS, IMAGES, IMAGES_SCHEMA, PREDICTION_TABLES, QA, QA_SCHEMA,
+    membership_label)
 
 log = logging.getLogger(__name__)
 
 ADDED, CHANGED, REANNOTATED, REMOVED = "added", "changed", "reannotated", "removed"
-
-
-def member_id_of(dataset: str, relpath: str) -> str:
-    return hashlib.blake2b(f"{dataset}\x1f{relpath}".encode(), digest_size=16).hexdigest()
-
-
-def qa_id_of(member_id: str, image_id: str, question: str, answer: str | None, question_type: str | None) -> str:
-    """Key of one QA pair of one listing: new bytes or a new annotation make a new pair (and new predictions)."""
-    key = "\x1f".join((member_id, image_id, question, answer or "", question_type or ""))
-    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def annotation_of(split: str, caption: str | None, extra: dict, qa: list[dict],

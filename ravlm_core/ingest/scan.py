@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 
 from ravlm_core.errors import UserError, first_line
 from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, signature, thumbnail_jpeg
-from ravlm_core.ingest.membership import (ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan,
-                                   member_id_of)
+from ravlm_core.ingest.membership import ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan
+from ravlm_core.ids import content_id, image_id_of, member_id_of, shard_name
 from ravlm_core.ingest.sources import BadRow, SourceRecord, open_source
 from ravlm_core.contents import shards_of
 from ravlm_core.locations import exists, join, list_files, remove, write_parquet_atomically
-from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, Store, sql_quote
+from ravlm_core.store import Store, sql_quote
+from ravlm_core.schemas import CONTENTS, CONTENTS_SCHEMA, IMAGES, SHARD_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ MEMBER_PLAN_SCHEMA = pa.schema(
      ("dataset", pa.string()), ("split", pa.string()), ("path", pa.string()), ("uri", pa.string()),
      ("caption", pa.string()), ("captions", pa.list_(pa.string())), ("extra", pa.string()),
      ("annotation", pa.string()), ("qa", QA_TYPE)]
-)
-SHARD_SCHEMA = pa.schema(
-    [("image_id", pa.string()), ("image", pa.binary()),
-     *(f for f in CONTENTS_SCHEMA if f.name not in ("image_id", "shard"))]
 )
 THUMBNAIL_SIDE = 128
 # Rows per Parquet row group while writing a shard: bounds memory to this many images' bytes.
@@ -88,12 +85,6 @@ class IngestSummary:
     new_content: int
     bad_rows: list[BadRow]
     dry_run: bool = False
-
-
-def image_id_of(path: Path) -> str:
-    """Content hash of a file: identical bytes under any name give the same id."""
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 def check_dataset_name(dataset: str) -> None:
@@ -148,7 +139,7 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
                         - counts[REANNOTATED], len(new_content), bad_rows + unreadable)
     if not dry_run and (plan or new_content):
         folder = join(staging_dir, dataset)
-        digest = _digest([f"{r['member_id']}:{r['image_id']}:{r.get('annotation')}" for r in plan] + sorted(lost))
+        digest = _plan_digest([f"{r['member_id']}:{r['image_id']}:{r.get('annotation')}" for r in plan] + sorted(lost))
         if plan:
             result.plan_path = str(join(folder, f"plan-{digest}.parquet"))
             write_parquet_atomically(result.plan_path, MEMBER_PLAN_SCHEMA,
@@ -246,7 +237,7 @@ def _new_content(listed, plan, known: set[str], lost: set[str] = frozenset()) ->
     return new
 
 
-def _digest(parts: list[str]) -> str:
+def _plan_digest(parts: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(parts)).encode()).hexdigest()[:12]
 
 
@@ -256,7 +247,7 @@ def _assign_shards(records: dict[str, SourceRecord], shard_size: int) -> dict[st
     shard_of = {}
     for start in range(0, len(ids), shard_size):
         chunk = ids[start : start + shard_size]
-        shard_of.update(dict.fromkeys(chunk, f"images-{_digest(chunk)}"))
+        shard_of.update(dict.fromkeys(chunk, shard_name(chunk)))
     return shard_of
 
 
@@ -304,7 +295,7 @@ def _shard_row(row: dict, max_pixels: int) -> dict | BadRow:
         data = path.read_bytes()
     except OSError as err:
         return BadRow(ref, f"cannot read {path} ({err.strerror or err}): {FIX_FILE}")
-    if hashlib.blake2b(data, digest_size=16).hexdigest() != row["image_id"]:
+    if content_id(data) != row["image_id"]:
         return BadRow(ref, f"{path} changed after it was scanned: rerun the ingest")
     try:
         decoded = decode_image(data, max_pixels)

@@ -8,11 +8,10 @@ import pandas as pd
 import pyarrow as pa
 
 from ravlm_core.generators import GenerationJob
+from ravlm_core.ids import pred_ids
 from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
 from ravlm_core.retrieval.search import Neighbours
-from ravlm_core.store import predictions_schema
-
-CAPTION_SCHEMA = predictions_schema([("prediction", pa.string()), ("reference", pa.string())])
+from ravlm_core.schemas import CAPTION_PREDICTIONS_SCHEMA
 
 
 def consensus_captions(neighbours: Neighbours, captions: dict[str, str],
@@ -48,7 +47,6 @@ def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_
 def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours,
                  predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
     """The `caption_predictions` rows of one job over `members` (listed images), keyed by (job, listing)."""
-    from ravlm_core.jobs.vqa import pred_ids
 
     n = len(members)
     now = datetime.now(timezone.utc)
@@ -64,5 +62,5 @@ def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, n
             "kb_version": [kb.fingerprint] * n,
             "run_id": [run_id] * n, "created_at": [now] * n,
         },
-        schema=CAPTION_SCHEMA,
+        schema=CAPTION_PREDICTIONS_SCHEMA,
     )

@@ -24,7 +24,8 @@ from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_ge
 from ravlm_core.retrieval.knowledge import KnowledgeBase
 from ravlm_core.embed.pinning import timed_load
 from ravlm_core.retrieval.search import Neighbours, search, sets_filter, vectors_by_id
-from ravlm_core.store import CAPTION_PREDICTIONS, IMAGES, IMAGES_SCHEMA, VQA_PREDICTIONS, Store
+from ravlm_core.store import Store
+from ravlm_core.schemas import CAPTION_PREDICTIONS, IMAGES, IMAGES_SCHEMA, VQA_PREDICTIONS
 from ravlm_core.jobs.vqa import Retrieved, prediction_rows, retrieve_for_items, stored_guard
 
 log = logging.getLogger(__name__)

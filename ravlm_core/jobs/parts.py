@@ -13,17 +13,18 @@ import pandas as pd
 
 from ravlm_core.jobs.answerers import FusionAnswerer
 from ravlm_core.jobs.captioning import caption_rows, consensus_captions, direct_captions
-from ravlm_core.embed.shards import text_id
+from ravlm_core.ids import text_id
 from ravlm_core.errors import UserError
 from ravlm_core.jobs.generate import generate_captions, generate_vqa
 from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
 from ravlm_core.locations import local_model
-from ravlm_core.ingest.membership import qa_id_of
+from ravlm_core.ids import qa_id_of
 from ravlm_core.embed.pinning import timed_load
 from ravlm_core.retrieval.search import Neighbours, kb_filter, search, vectors_by_id
-from ravlm_core.store import (ACTIVE, CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table,
-                              question_vectors_table, sql_quote, text_vectors_table)
+from ravlm_core.store import Store, sql_quote
+from ravlm_core.schemas import (ACTIVE, CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, image_vectors_table,
+    question_vectors_table, text_vectors_table)
 from ravlm_core.jobs.vqa import ITEM_COLUMNS, answer, prediction_rows, read_items, retrieve_for_items, stored_guard
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
 """The retrieval-augmented VQA job: items → KB neighbours + their QA → answers → prediction rows."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,19 +10,15 @@ import pandas as pd
 import pyarrow as pa
 
 from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
-from ravlm_core.embed.shards import text_id
+from ravlm_core.ids import pred_ids, text_id
 from ravlm_core.generators import GenerationJob
 from ravlm_core.retrieval.knowledge import KnowledgeBase
 from ravlm_core.retrieval.search import Guard, Neighbours, search, sets_filter, signatures_of, vectors_by_id
-from ravlm_core.store import QA, QA_SCHEMA, Store, in_list, predictions_schema
+from ravlm_core.store import Store, in_list
+from ravlm_core.schemas import QA, QA_SCHEMA, VQA_PREDICTIONS_SCHEMA
 
 VARIANTS = ("fusion", "fusion-no-retrieval", "voting")
 ITEM_COLUMNS = ["qa_id", "member_id", "image_id", "dataset", "split", "question", "answer", "question_type"]
-
-PREDICTIONS_SCHEMA = predictions_schema(
-    [("qa_id", pa.string()), ("question", pa.string()), ("question_type", pa.string()),
-     ("answer", pa.string()), ("prediction", pa.string())]
-)
 
 
 @dataclass
@@ -151,17 +146,6 @@ def _with_retrieval(config: FusionConfig | None, use_retrieval: bool) -> FusionC
     return FusionConfig(**{**(config or FusionConfig()).__dict__, "use_retrieval": use_retrieval})
 
 
-def job_id(kind: str, dataset: str, split: str, variant: str, *parts: str) -> str:
-    """A job's id is derived from what it computes, so rerunning the same job upserts the same rows."""
-    digest = hashlib.blake2b("\x1f".join((kind, dataset, split, variant, *parts)).encode(), digest_size=8)
-    return f"{kind}-{digest.hexdigest()}"
-
-
-def pred_ids(job: str, keys: list[str]) -> list[str]:
-    """Prediction row ids: one per (job, item), so a rerun of the job upserts the same rows."""
-    return [hashlib.blake2b(f"{job}\x1f{key}".encode(), digest_size=16).hexdigest() for key in keys]
-
-
 def prediction_rows(job: GenerationJob, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
                     predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
     """The `vqa_predictions` rows of one job over `items`: what its generator answered, and the prompts its model
@@ -190,5 +174,5 @@ def prediction_rows(job: GenerationJob, kb: KnowledgeBase, items: pd.DataFrame, 
             "run_id": [run_id] * n,
             "created_at": [now] * n,
         },
-        schema=PREDICTIONS_SCHEMA,
+        schema=VQA_PREDICTIONS_SCHEMA,
     )

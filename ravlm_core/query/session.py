@@ -21,8 +21,8 @@ from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_co
 from ravlm_core.embed.pinning import BUILTIN, pinned_encoder, timed_load
 from ravlm_core.query.results import Hits
 from ravlm_core.retrieval.search import Guard, kb_filter, search, vector_sets_filter
-from ravlm_core.store import (ACTIVE, IMAGES, QA, Store, chunks, image_vectors_table, in_list, sql_quote,
-                              text_vectors_table)
+from ravlm_core.store import Store, chunks, in_list, sql_quote
+from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
 from ravlm_core.jobs.vqa import retrieve_for_vectors
 
 TARGETS = ("images", "texts")
@@ -156,7 +156,7 @@ class Scope:
         """The ids of the captions and questions of the passing listings; None when everything passes."""
         if not (self.filters or self.dataset or self.split):
             return None
-        from ravlm_core.embed.shards import text_id  # only here: embed's imports cost the plain searches time
+        from ravlm_core.ids import text_id
 
         listed = store.read(IMAGES, columns=["member_id", "caption"], where=self.listings())
         if not listed.num_rows:

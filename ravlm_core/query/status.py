@@ -11,21 +11,8 @@ import pyarrow as pa
 from ravlm_core.index import ann
 from ravlm_core.query.analytics import describe_tables
 from ravlm_core.locations import is_remote, join, read_text
-from ravlm_core.store import ACTIVE, IMAGES, PREDICTION_TABLES, Store, image_vectors_table
-
-RUNS = "runs"
-RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),  # the orchestrator's flow run id
-        ("flow", pa.string()),
-        ("name", pa.string()),  # the flow run's readable name
-        ("state", pa.string()),  # COMPLETED, FAILED, CRASHED, CANCELLED
-        ("message", pa.string()),  # one line: what failed, or what the run did
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("seconds", pa.float64()),
-    ]
-)
+from ravlm_core.store import Store
+from ravlm_core.schemas import ACTIVE, IMAGES, PREDICTION_TABLES, RUNS, RUNS_SCHEMA, image_vectors_table
 
 
 def record_run(store: Store, run_id: str, flow: str, name: str, state: str, message: str,

@@ -10,7 +10,8 @@ from typing import Mapping, Sequence
 import pyarrow as pa
 
 from ravlm_core.errors import UserError
-from ravlm_core.store import ACTIVE, IMAGES_SCHEMA, sql_quote
+from ravlm_core.store import sql_quote
+from ravlm_core.schemas import ACTIVE, IMAGES_SCHEMA
 
 # The listing columns a filter may name (`removed_at` is not one: removed rows are never searched).
 FILTER_COLUMNS = ("dataset", "split", "path", "uri", "caption", "format", "width", "height", "extra", "image_id",
