@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ravlm_core.ingest.sources import EASY_VQA_RGB
+from ravlm_core.ingest.easy_vqa import EASY_VQA_RGB
 
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = tuple(EASY_VQA_RGB)  # easy-VQA's eight colour words, which are also its answers

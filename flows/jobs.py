@@ -11,7 +11,7 @@ from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 from ravlm_core.generators import MODEL_KINDS, TASKS, GenerationJob, GeneratorSpec, generator_tag
 from ravlm_core.retrieval.knowledge import kb_label, parse_kb, retrieval_config
-from ravlm_core.ingest.sources import read_questions_file
+from ravlm_core.ingest.manifests import read_questions_file
 from ravlm_core.ids import job_id
 from tasks.embed import embed_texts, resolve_encoder
 from tasks.jobs import caption_part, knowledge_fingerprint, query_parts, train_answerer, train_smallcap, vqa_part

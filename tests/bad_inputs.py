@@ -677,7 +677,7 @@ def _check_row(case: Case, row: dict, run: Run) -> list[str]:
 
 
 def _judge_manifest_error(case: Case, source: Source, result: object, run: Run) -> Verdict:
-    from ravlm_core.ingest.sources import ManifestError
+    from ravlm_core.ingest.records import ManifestError
 
     if not isinstance(result, BaseException):
         return Verdict(case, "wrong", f"no error: {result.added} added, {len(result.bad_rows)} bad rows", False)

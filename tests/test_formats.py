@@ -1,4 +1,4 @@
-"""Tests for ravlm_core.ingest.formats (COCO captions, VQAv2) and the format dispatch in ravlm_core.ingest.sources."""
+"""Tests for ravlm_core.ingest.coco and .vqav2 (COCO captions, VQAv2) and the format dispatch in ravlm_core.ingest.sources."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from ravlm_core.errors import UserError
-from ravlm_core.ingest.formats import open_coco, open_vqav2
-from ravlm_core.ingest.sources import MAX_TEXT_CHARS, ManifestError, open_source
+from ravlm_core.ingest.vqav2 import open_vqav2
+from ravlm_core.ingest.coco import open_coco
+from ravlm_core.ingest.sources import open_source
+from ravlm_core.ingest.records import MAX_TEXT_CHARS, ManifestError
 
 
 def _image(path: Path, color: str = "red") -> Path:

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from benchmarks.make_shapes_dataset import make_shapes_dataset
-from ravlm_core.ingest import sources
+from ravlm_core.ingest import easy_vqa
 from ravlm_core.errors import UserError
-from ravlm_core.ingest.sources import ManifestError, open_source, read_questions_file
+from ravlm_core.ingest.sources import open_source
+from ravlm_core.ingest.manifests import read_questions_file
+from ravlm_core.ingest.records import ManifestError
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +72,12 @@ def test_easy_vqa_pixel_fallback_matches_answers_where_answers_decide(easy_vqa_r
     # The fallback is only used where answers are silent; check it against images whose answers fix both.
     colors = frozenset(p.answer for r in easy_vqa_records for p in r.qa if p.question_type == "color")
     shapes = frozenset(p.answer for r in easy_vqa_records for p in r.qa if p.question_type == "shape")
-    vocab = sources._Vocabulary(colors, shapes)
+    vocab = easy_vqa._Vocabulary(colors, shapes)
     checked = 0
     for record in easy_vqa_records[:400]:
-        from_answers = sources._color_shape_candidates(record.qa, vocab)
+        from_answers = easy_vqa._color_shape_candidates(record.qa, vocab)
         if all(len(c) == 1 for c in from_answers):
-            assert sources._narrow_by_pixels(record.path, set(colors), set(shapes)) == from_answers, record.ref
+            assert easy_vqa._narrow_by_pixels(record.path, set(colors), set(shapes)) == from_answers, record.ref
             checked += 1
     assert checked > 300
 

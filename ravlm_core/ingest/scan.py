@@ -22,7 +22,8 @@ from ravlm_core.errors import UserError, first_line
 from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, signature, thumbnail_jpeg
 from ravlm_core.ingest.membership import ADDED, CHANGED, REANNOTATED, REMOVED, ApplyResult, annotation_of, apply_plan
 from ravlm_core.ids import content_id, image_id_of, member_id_of, shard_name
-from ravlm_core.ingest.sources import BadRow, SourceRecord, open_source
+from ravlm_core.ingest.sources import open_source
+from ravlm_core.ingest.records import BadRow, SourceRecord
 from ravlm_core.contents import shards_of
 from ravlm_core.locations import exists, join, list_files, remove, write_parquet_atomically
 from ravlm_core.store import Store, sql_quote
@@ -110,7 +111,7 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
     Returns:
         Counts of each kind of change, the plan files and the new content shards to write.
     Raises:
-        UserError: bad dataset name or shard size, unusable source or manifest (`sources.ManifestError`).
+        UserError: bad dataset name or shard size, unusable source or manifest (`records.ManifestError`).
     """
     check_dataset_name(dataset)
     if shard_size < 1:
