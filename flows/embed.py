@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, unmapped
 
 from flows.common import RUN_HOOKS, on_device, run_name, settings_from
-from ravlm_core.ingest.scan import stored_shards
+from ravlm_core.ingest.shards import stored_shards
 from ravlm_core.store import Store
 from tasks.embed import embed_shard, embed_texts, resolve_encoder
 from tasks.index import build_indexes

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.retry import RETRY
 
-from ravlm_core.ingest import membership, scan
+from ravlm_core.ingest import membership, scan, shards
 from ravlm_core.errors import naming
 from ravlm_core.store import Store
 
@@ -29,13 +29,13 @@ def scan_source(source: str, dataset: str, staging_dir: str, store_uri: str, sha
 @task(cache_policy=NO_CACHE, **RETRY)
 def write_shard(content_path: str, shard: str, parquet_dir: str, max_pixels: int) -> dict:
     with naming(f"writing shard {shard}"):
-        return asdict(scan.write_shard(content_path, shard, parquet_dir, max_pixels))
+        return asdict(shards.write_shard(content_path, shard, parquet_dir, max_pixels))
 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def load_shard(store_uri: str, shard_path: str) -> int:
     with naming(f"registering shard {shard_path}"):
-        return scan.load_shard(Store(store_uri), shard_path)
+        return shards.load_shard(Store(store_uri), shard_path)
 
 
 @task(cache_policy=NO_CACHE, **RETRY)

@@ -15,6 +15,9 @@ SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Longer text is a broken or hostile row, not an annotation (COCO captions are ~60 characters).
 MAX_TEXT_CHARS = 10_000
 
+# The end of a bad row's reason when the file itself is the problem.
+FIX_FILE = "fix or remove the file and rerun"
+
 
 class ManifestError(UserError, ValueError):
     """A manifest that cannot be used at all (as opposed to single bad rows, which become `BadRow`s)."""
