@@ -223,7 +223,7 @@ def _html_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(jpeg: bytes, alt: str) -> str:
+def img_tag(jpeg: bytes, alt: str) -> str:
     """An <img> embedding JPEG bytes as a base64 data URI."""
     data = base64.b64encode(jpeg).decode("ascii")
     return f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(alt)}">'
@@ -233,11 +233,11 @@ def _example_html(example: Example) -> str:
     """One grid row: query thumbnail, title and outcome lines, then the neighbours with their labels."""
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in example.lines)
     neighbours = "".join(
-        f"<figure>{_img(thumb, label)}<figcaption>{html.escape(label)}</figcaption></figure>"
+        f"<figure>{img_tag(thumb, label)}<figcaption>{html.escape(label)}</figcaption></figure>"
         for thumb, label in example.neighbours
     )
     return (
-        f'<div class="example"><figure class="query">{_img(example.query_thumbnail, example.title)}</figure>'
+        f'<div class="example"><figure class="query">{img_tag(example.query_thumbnail, example.title)}</figure>'
         f"<div><h3>{html.escape(example.title)}</h3><ul>{lines}</ul>"
         f'<div class="neighbours">{neighbours}</div></div></div>'
     )

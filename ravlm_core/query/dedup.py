@@ -13,7 +13,7 @@ import logging
 import numpy as np
 
 from ravlm_core.errors import UserError
-from ravlm_core.retrieval.filters import listing_where
+from ravlm_core.retrieval.filters import listed_in, listing_where
 from ravlm_core.query.results import Hits
 from ravlm_core.retrieval.search import QUERY_BATCH, search
 from ravlm_core.store import Store, chunks, in_list
@@ -48,8 +48,6 @@ def near_duplicates(store: Store, model_tag: str, threshold: float, dataset: str
     """
     if not 0 < threshold <= 1:
         raise UserError(f"--threshold must be a cosine similarity in (0, 1], got {threshold}")
-    from ravlm_core.query.session import listed_in
-
     table = image_vectors_table(model_tag)
     if not store.has(table):
         raise UserError(f"no image vectors for encoder {model_tag} in {store.uri}: run `ravlm embed` first")

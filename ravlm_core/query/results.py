@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ravlm_core.contents import stored_values
+from ravlm_core.evaluate.report import img_tag
 from ravlm_core.store import Store
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ class Hits(list):
 
     def write_html(self, path: str | Path, store: Store, query_thumbnail: bytes | None = None) -> Path:
         """One self-contained page: each hit's stored thumbnail inlined, with its text escaped."""
-        from ravlm_core.evaluate.report import _img
 
         thumbs = stored_values(store, [row["image_id"] for row in self if row.get("image_id")], "thumbnail")
         if self.kind == "duplicates":
@@ -59,12 +59,12 @@ class Hits(list):
             for row in self:
                 groups.setdefault(row["group"], []).append(row)
             body = "".join(f"<h2>group {n}: {len(rows)} images, similarity up to {rows[0]['similarity']:.4f}</h2>"
-                           f'<div class="grid">{"".join(_figure(row, thumbs, _img) for row in rows)}</div>'
+                           f'<div class="grid">{"".join(_figure(row, thumbs, img_tag) for row in rows)}</div>'
                            for n, rows in groups.items())
         else:
-            query = f'<figure class="query">{_img(query_thumbnail, "query")}<figcaption>query</figcaption></figure>' \
+            query = f'<figure class="query">{img_tag(query_thumbnail, "query")}<figcaption>query</figcaption></figure>' \
                 if query_thumbnail else ""
-            body = f'<div class="grid">{query}{"".join(_figure(row, thumbs, _img) for row in self)}</div>'
+            body = f'<div class="grid">{query}{"".join(_figure(row, thumbs, img_tag) for row in self)}</div>'
         title = html.escape(self.title)
         page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
                 f"<style>{_STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>\n")

@@ -15,13 +15,13 @@ from PIL import Image
 from ravlm_core.jobs.answerers import FusionAnswerer, vote_answers
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
-from ravlm_core.retrieval.filters import Filter, listing_where, parse_filters
+from ravlm_core.retrieval.filters import Filter, listed_in, listing_where, parse_filters
 from ravlm_core.imaging import ImageRejected, open_rgb, signature
 from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_config
 from ravlm_core.embed.pinning import BUILTIN, pinned_encoder, timed_load
 from ravlm_core.query.results import Hits
-from ravlm_core.retrieval.search import Guard, kb_filter, search, vector_sets_filter
-from ravlm_core.store import Store, chunks, in_list, sql_quote
+from ravlm_core.retrieval.search import Guard, search
+from ravlm_core.store import Store, chunks, in_list
 from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
 from ravlm_core.jobs.vqa import retrieve_for_vectors
 
@@ -168,17 +168,6 @@ class Scope:
             texts |= {q for m, q in zip(*(asked.column(c).to_pylist() for c in ("member_id", "question")))
                       if m in members}
         return sorted(text_id(t) for t in texts)
-
-
-def listed_in(store: Store, dataset: str | None, split: str | None) -> str | None:
-    """The vector-table filter for images listed in `dataset` (all its splits, or `split`), or in `split` of
-    any dataset; None for no filter, "false" when nothing is listed there."""
-    if not dataset and not split:
-        return None
-    where = kb_filter(dataset, split) if dataset else f"split = {sql_quote(split)} AND {ACTIVE}"
-    rows = store.read(IMAGES, columns=["dataset", "split"], where=where)
-    sets = sorted(set(zip(rows.column("dataset").to_pylist(), rows.column("split").to_pylist()))) if rows.num_rows else []
-    return vector_sets_filter(sets) if sets else "false"
 
 
 def open_image(path: str | Path) -> Image.Image:

@@ -10,8 +10,9 @@ from typing import Mapping, Sequence
 import pyarrow as pa
 
 from ravlm_core.errors import UserError
-from ravlm_core.store import sql_quote
-from ravlm_core.schemas import ACTIVE, IMAGES_SCHEMA
+from ravlm_core.retrieval.search import kb_filter, vector_sets_filter
+from ravlm_core.store import Store, sql_quote
+from ravlm_core.schemas import ACTIVE, IMAGES, IMAGES_SCHEMA
 
 # The listing columns a filter may name (`removed_at` is not one: removed rows are never searched).
 FILTER_COLUMNS = ("dataset", "split", "path", "uri", "caption", "format", "width", "height", "extra", "image_id",
@@ -113,3 +114,14 @@ def _literal(column: str, value) -> str:
     if isinstance(value, datetime):  # stored in UTC; a timestamp literal without a zone compares as UTC
         return f"TIMESTAMP '{value.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
     return sql_quote(value)
+
+
+def listed_in(store: Store, dataset: str | None, split: str | None) -> str | None:
+    """The vector-table filter for images listed in `dataset` (all its splits, or `split`), or in `split` of
+    any dataset; None for no filter, "false" when nothing is listed there."""
+    if not dataset and not split:
+        return None
+    where = kb_filter(dataset, split) if dataset else f"split = {sql_quote(split)} AND {ACTIVE}"
+    rows = store.read(IMAGES, columns=["dataset", "split"], where=where)
+    sets = sorted(set(zip(rows.column("dataset").to_pylist(), rows.column("split").to_pylist()))) if rows.num_rows else []
+    return vector_sets_filter(sets) if sets else "false"
