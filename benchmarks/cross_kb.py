@@ -47,7 +47,9 @@ from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_
 from ravlm_core.retrieval.search import search, vectors_by_id  # noqa: E402
 from ravlm_core.store import Store, sql_quote  # noqa: E402
 from ravlm_core.schemas import EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS
-from ravlm_core.jobs.vqa import answer, read_items, retrieve_for_items, stored_guard, train_answerer  # noqa: E402
+from ravlm_core.jobs.vqa import answer, read_items, train_answerer  # noqa: E402
+from ravlm_core.retrieval.search import stored_guard
+from ravlm_core.retrieval.questions import retrieve_for_items
 
 log = logging.getLogger("cross_kb")
 

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from ravlm_core.jobs import generate, parts, vqa
+from ravlm_core.jobs import captioning, parts, vqa
 from ravlm_core.errors import naming
 from ravlm_core.generators import GenerationJob
 from ravlm_core.retrieval.knowledge import RetrievalConfig, kb_label
@@ -55,7 +55,7 @@ def train_smallcap(store_uri: str, encoder: dict, kb: list, retrieval: dict, k: 
     """Folder of the KB's SmallCap caption decoder (trained on first use, reused while the KB is unchanged)."""
     with naming(f"training SmallCap on {_label(kb)}"):
         knowledge = _kb(store_uri, encoder, kb, retrieval)
-        folder = generate.train_smallcap_for(Store(store_uri), knowledge, k, pulled(models_dir, "smallcap"), device)
+        folder = captioning.train_smallcap_for(Store(store_uri), knowledge, k, pulled(models_dir, "smallcap"), device)
         publish(models_dir, folder)
         return shared_ref(models_dir, folder)
 
@@ -65,7 +65,7 @@ def vqa_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, dataset: 
              k: int, device: str, questions: list[str] | None = None) -> dict:
     with naming(f"vqa job {job['job_id']}, part {part} of {dataset}/{split}"):
         knowledge = _kb(store_uri, encoder, kb, retrieval)
-        return asdict(parts.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, GenerationJob.from_dict(job),
+        return asdict(vqa.run_vqa_part(Store(store_uri), knowledge, dataset, split, part, GenerationJob.from_dict(job),
                                         k, device, _run_id(), questions))
 
 
@@ -74,7 +74,7 @@ def caption_part(store_uri: str, encoder: dict, kb: list, retrieval: dict, datas
                  job: dict, k: int, device: str) -> dict:
     with naming(f"caption job {job['job_id']}, part {part} of {dataset}/{split}"):
         knowledge = _kb(store_uri, encoder, kb, retrieval)
-        return asdict(parts.run_caption_part(Store(store_uri), knowledge, dataset, split, part,
+        return asdict(captioning.run_caption_part(Store(store_uri), knowledge, dataset, split, part,
                                             GenerationJob.from_dict(job), k, device, _run_id()))
 
 

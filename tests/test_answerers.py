@@ -9,7 +9,7 @@ from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, train_fusion
 from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, question_form
 from ravlm_core.retrieval.search import Neighbours
 from ravlm_core.schemas import MEMBERSHIPS, vector_schema
-from ravlm_core.jobs.vqa import retrieve_for_vectors
+from ravlm_core.retrieval.questions import retrieve_for_vectors
 from tests.conftest import unit_rows
 
 

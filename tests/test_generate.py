@@ -10,11 +10,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw
 
-from ravlm_core.jobs import generate
+from ravlm_core.jobs import captioning, parts, vqa
 
 from ravlm_core.ingest import scan as ingest
 
-from ravlm_core.jobs import parts as jobs
 from ravlm_core.ids import text_id
 from ravlm_core.generators import GenerationJob, GeneratorSpec, generator_tag
 from ravlm_core.retrieval.knowledge import load_knowledge_base
@@ -102,7 +101,7 @@ class Spy:
 
 
 def _spy(monkeypatch, job: GenerationJob, fail_after: int | None = None):
-    generator = generate.cached_generator(job.spec, job.model_dir, "cpu")
+    generator = parts.cached_generator(job.spec, job.model_dir, "cpu")
     spy = Spy(generator.model, fail_after)
     monkeypatch.setattr(generator.model, "generate", spy)
     return generator, spy
@@ -116,7 +115,7 @@ def test_blip_captions_are_prompted_with_the_neighbours_captions_and_not_without
     store, kb, models = kb_store
     with_rag = _job("blip-cap", f"blip:{models['blip-caption']},max_new_tokens=4")
     generator, spy = _spy(monkeypatch, with_rag)
-    result = jobs.run_caption_part(store, kb, "shapes", "test", ALL, with_rag, k=2)
+    result = captioning.run_caption_part(store, kb, "shapes", "test", ALL, with_rag, k=2)
     rows = _rows(store, CAPTION_PREDICTIONS, with_rag)
     assert result.n_items == result.n_new == len(rows) == 3
     for row in rows:
@@ -132,7 +131,7 @@ def test_blip_captions_are_prompted_with_the_neighbours_captions_and_not_without
         assert len(row["neighbour_ids"]) == 2 and row["variant"] == "blip"
     without = _job("blip-cap", f"blip:{models['blip-caption']},max_new_tokens=4", use_retrieval=False)
     spy.calls.clear()
-    jobs.run_caption_part(store, kb, "shapes", "test", ALL, without, k=2)
+    captioning.run_caption_part(store, kb, "shapes", "test", ALL, without, k=2)
     for row in _rows(store, CAPTION_PREDICTIONS, without):
         assert row["prompt"] == "this image shows" and row["neighbour_ids"] == [] and row["variant"] == "blip-no-retrieval"
     received = " ".join(generator.processor.tokenizer.decode(ids, skip_special_tokens=True)
@@ -144,7 +143,7 @@ def test_chat_vlm_answers_with_the_neighbours_answers_and_thumbnails_in_its_prom
     store, kb, models = kb_store
     job = _job("vlm-vqa", f"vlm:{models['vlm']},max_new_tokens=3,context_images=1,batch_size=2")
     generator, spy = _spy(monkeypatch, job)
-    jobs.run_vqa_part(store, kb, "shapes", "test", ALL, job, k=2)
+    vqa.run_vqa_part(store, kb, "shapes", "test", ALL, job, k=2)
     rows = _rows(store, VQA_PREDICTIONS, job)
     assert len(rows) == 3 and len(spy.calls) == 2  # two batches: 2 + 1 items, left-padded together
     image_token = generator.processor.tokenizer.convert_tokens_to_ids("<image>")
@@ -161,12 +160,12 @@ def test_chat_vlm_answers_with_the_neighbours_answers_and_thumbnails_in_its_prom
 def test_blip_vqa_and_a_head_mismatch_is_one_clear_error(kb_store):
     store, kb, models = kb_store
     job = _job("blip-vqa", f"blip:{models['blip-vqa']},max_new_tokens=3")
-    assert jobs.run_vqa_part(store, kb, "shapes", "test", ALL, job, k=2).n_new == 3
+    assert vqa.run_vqa_part(store, kb, "shapes", "test", ALL, job, k=2).n_new == 3
     assert GeneratorSpec.parse(f"blip:{models['blip-vqa']}").serves("vqa")
     assert not GeneratorSpec.parse(f"blip:{models['blip-vqa']}").serves("caption")
     wrong = _job("blip-wrong", f"blip:{models['blip-vqa']}")
     with pytest.raises(Exception, match="BLIP vqa model"):
-        jobs.run_caption_part(store, kb, "shapes", "test", ALL, wrong, k=2)
+        captioning.run_caption_part(store, kb, "shapes", "test", ALL, wrong, k=2)
 
 
 def test_a_job_killed_mid_way_resumes_without_losing_or_duplicating_rows(kb_store, monkeypatch):
@@ -174,13 +173,13 @@ def test_a_job_killed_mid_way_resumes_without_losing_or_duplicating_rows(kb_stor
     job = _job("vlm-resume", f"vlm:{models['vlm']},max_new_tokens=2,batch_size=1")
     _, spy = _spy(monkeypatch, job, fail_after=2)
     with pytest.raises(RuntimeError, match="killed"):
-        jobs.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2)
+        captioning.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2)
     assert len(_rows(store, CAPTION_PREDICTIONS, job)) == 2  # every finished batch is committed
     spy.fail_after = None
-    result = jobs.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2)
+    result = captioning.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2)
     rows = _rows(store, CAPTION_PREDICTIONS, job)
     assert result.n_items == 1 and len(rows) == 3 and len({r["member_id"] for r in rows}) == 3
-    assert jobs.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2).n_items == 0
+    assert captioning.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2).n_items == 0
 
 
 def test_batched_output_equals_one_at_a_time(kb_store):
@@ -190,7 +189,7 @@ def test_batched_output_equals_one_at_a_time(kb_store):
         for name in ("blip-caption", "vlm"):
             kind = "blip" if name.startswith("blip") else "vlm"
             job = _job(f"{name}-b{batch_size}", f"{kind}:{models[name]},max_new_tokens=4,batch_size={batch_size}")
-            jobs.run_caption_part(store, kb, "shapes", "test", ALL, job, k=3)
+            captioning.run_caption_part(store, kb, "shapes", "test", ALL, job, k=3)
             outputs[(name, batch_size)] = {r["member_id"]: r["prediction"] for r in _rows(store, CAPTION_PREDICTIONS, job)}
     for name in ("blip-caption", "vlm"):
         assert outputs[(name, 1)] == outputs[(name, 3)]
@@ -201,12 +200,12 @@ def test_smallcap_trains_on_the_kb_and_captions_with_and_without_retrieval(kb_st
 
     store, kb, _ = kb_store
     config = SmallCapConfig(n_embd=32, n_layer=1, n_head=2, epochs=40, batch_size=4, lr=3e-3, context_dropout=0.3)
-    folder = generate.train_smallcap_for(store, kb, 2, tmp_path, "cpu", config)
-    assert generate.train_smallcap_for(store, kb, 2, tmp_path, "cpu", config) == folder  # cached
+    folder = captioning.train_smallcap_for(store, kb, 2, tmp_path, "cpu", config)
+    assert captioning.train_smallcap_for(store, kb, 2, tmp_path, "cpu", config) == folder  # cached
     assert not list(folder.glob("*.bin")) and (folder / "model.safetensors").is_file()
     for use_retrieval in (True, False):
         job = _job("smallcap", "smallcap,max_new_tokens=6", use_retrieval, str(folder))
-        jobs.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2)
+        captioning.run_caption_part(store, kb, "shapes", "test", ALL, job, k=2)
         rows = _rows(store, CAPTION_PREDICTIONS, job)
         assert len(rows) == 3
         assert all(r["prediction"].startswith("a ") for r in rows)  # it learnt the captions' form

@@ -16,6 +16,7 @@ from ravlm_core.embed.reader import pixel_batches, row_groups, wanted_rows
 from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.errors import UserError, first_line
 from ravlm_core.ids import text_id
+from ravlm_core.writer import BatchedWriter
 from ravlm_core.store import Store, in_list
 from ravlm_core.schemas import (ACTIVE, IMAGES, MEMBERSHIPS, QA, image_vectors_table, question_vectors_table,
     text_vectors_table, vector_schema)
@@ -92,36 +93,23 @@ def embed_shard(store: Store, encoder, shard_path: str, batch_size: int | None =
     labels = memberships_of(store, shard_ids)  # images no dataset lists any more are not embedded
     missing_images = set(labels) - store.existing_ids(image_table, "image_id", shard_ids)
     plan = wanted_rows(group_rows, shard_ids, missing_images)
-    new_images = 0
-    pending: list[pa.Table] = []
-    last_flush = time.perf_counter()
-
-    def flush() -> int:
-        nonlocal last_flush
-        tick = last_flush = time.perf_counter()
-        written = store.upsert(image_table, pa.concat_tables(pending), "image_id") if pending else 0
-        pending.clear()
-        timings["write"] += time.perf_counter() - tick
-        return written
-
+    writer = BatchedWriter(store, image_table, "image_id", rows=WRITE_ROWS, seconds=WRITE_SECONDS)
     if plan:
         batches = pixel_batches(shard_path, plan, encoder.preprocess, batch_size or encoder.batch_size, workers)
         bar = tqdm(total=len(missing_images), desc=f"embed {Path(shard_path).name}", unit="img", mininterval=5)
         tick = time.perf_counter()
-        for ids, pixels in batches:
-            timings["read"] += time.perf_counter() - tick
-            tick = time.perf_counter()
-            vectors = encoder.embed_pixels(pixels)
-            timings["encode"] += time.perf_counter() - tick
-            keys = {"image_id": ids, "memberships": [labels[i] for i in ids]}
-            pending.append(_vector_rows(keys, vectors, encoder.tag, image_schema))
-            if (sum(t.num_rows for t in pending) >= WRITE_ROWS
-                    or time.perf_counter() - last_flush >= WRITE_SECONDS):
-                new_images += flush()
-            bar.update(len(ids))
-            tick = time.perf_counter()
-        new_images += flush()
+        with writer:
+            for ids, pixels in batches:
+                timings["read"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                vectors = encoder.embed_pixels(pixels)
+                timings["encode"] += time.perf_counter() - tick
+                keys = {"image_id": ids, "memberships": [labels[i] for i in ids]}
+                writer.add(_vector_rows(keys, vectors, encoder.tag, image_schema))
+                bar.update(len(ids))
+                tick = time.perf_counter()
         bar.close()
+    new_images, timings["write"] = writer.new_rows, writer.write_s
 
     log.info("embedded %s: %d images; read %.1fs encode %.1fs write %.1fs", shard_path, new_images,
              timings["read"], timings["encode"], timings["write"])

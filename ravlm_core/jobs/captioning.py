@@ -1,17 +1,63 @@
-"""Retrieval-augmented captioning: nearest-neighbour caption transfer with consensus re-ranking."""
+"""The retrieval-augmented captioning job over one part of a query set: consensus caption transfer from the nearest
+KB images, or a model generator (BLIP, a chat VLM, SmallCap) prompted with their captions."""
 from __future__ import annotations
 
+import hashlib
+import logging
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ravlm_core.generators import GenerationJob
-from ravlm_core.ids import pred_ids
+from ravlm_core.errors import UserError
+from ravlm_core.generators import MODEL_KINDS, GenerationJob
+from ravlm_core.ids import pred_ids, text_id
 from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
-from ravlm_core.retrieval.search import Neighbours
-from ravlm_core.schemas import CAPTION_PREDICTIONS_SCHEMA
+from ravlm_core.retrieval.search import Neighbours, search, sets_filter, stored_guard, vectors_by_id
+from ravlm_core.schemas import (CAPTION_PREDICTIONS, CAPTION_PREDICTIONS_SCHEMA, IMAGES, IMAGES_SCHEMA)
+from ravlm_core.writer import BatchedWriter
+from ravlm_core.store import Store, sql_quote
+from ravlm_core.retrieval.questions import no_neighbours
+from ravlm_core.jobs.parts import JobResult, batches, cached_generator, log_batch, model_requests, part_members
+
+log = logging.getLogger(__name__)
+
+
+def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob,
+                     k: int, device: str = "cpu", run_id: str = "") -> JobResult:
+    """Caption the images of one part that `job` has not captioned yet."""
+    members = part_members(store, dataset, split, part)
+    done = store.existing_ids(CAPTION_PREDICTIONS, "member_id", where=f"job_id = {sql_quote(job.job_id)}")
+    members = members[~members["member_id"].isin(done)].reset_index(drop=True)
+    if members.empty:
+        return JobResult(job.job_id, part, 0, 0, 0)
+    if job.spec.kind in MODEL_KINDS:
+        n_new, near = _generate_captions(store, kb, members, job, k, device, run_id)
+    else:
+        neighbours, predictions = _transfer_captions(store, kb, members["image_id"].tolist(), k, job.use_retrieval)
+        rows = caption_rows(job, kb, members, neighbours, predictions, run_id)
+        n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
+        near = sum(x > 0 for x in neighbours.near_duplicates)
+    log.info("caption[%s] %s/%s part %s: %d images", job.variant, dataset, split, part, len(members))
+    return JobResult(job.job_id, part, len(members), n_new, near)
+
+
+def _transfer_captions(store: Store, kb: KnowledgeBase, image_ids: list[str], k: int,
+                       use_retrieval: bool) -> tuple[Neighbours, list[str]]:
+    """Consensus caption transfer from the neighbours; without retrieval, the KB caption closest to the image."""
+    image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
+    kb_captions = sorted(set(kb.captions.values()))
+    caption_vectors = vectors_by_id(store, kb.text_table, [text_id(c) for c in kb_captions], "text_id")
+    if not use_retrieval:
+        n = len(image_ids)
+        return (Neighbours([[] for _ in range(n)], [[] for _ in range(n)], [0] * n),
+                direct_captions(image_vectors, kb_captions, caption_vectors))
+    neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
+                        guard=stored_guard(store, kb, image_ids))
+    return neighbours, consensus_captions(neighbours, kb.captions, dict(zip(kb_captions, caption_vectors)))
 
 
 def consensus_captions(neighbours: Neighbours, captions: dict[str, str],
@@ -44,6 +90,37 @@ def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_
     return [candidates[i] for i in (image_vectors @ candidate_vectors.T).argmax(1)]
 
 
+def _generate_captions(store: Store, kb: KnowledgeBase, members: pd.DataFrame, job: GenerationJob, k: int,
+                       device: str, run_id: str = "") -> tuple[int, int]:
+    """Caption `members` (listed images) batch by batch; returns (new rows, items with a near-duplicate)."""
+    generator = cached_generator(job.spec, job.model_dir, device)
+    near = 0
+    with BatchedWriter(store, CAPTION_PREDICTIONS, "pred_id") as writer:  # a commit per batch
+        for batch in batches(members, job.spec.batch_size):
+            started = time.perf_counter()
+            image_ids = batch["image_id"].tolist()
+            if job.use_retrieval:
+                vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
+                neighbours = search(store, kb.image_table, vectors, k, where=kb.where,
+                                    guard=stored_guard(store, kb, image_ids))
+                contexts = [[{"image_id": i, "caption": kb.captions.get(i), "score": s}
+                             for i, s in zip(ids, scores) if kb.captions.get(i)][: job.spec.context_items]
+                            for ids, scores in zip(neighbours.ids, neighbours.scores)]
+            else:
+                neighbours = no_neighbours(len(batch)).neighbours
+                contexts = [[] for _ in range(len(batch))]
+            requests = model_requests(store, kb, generator, image_ids, [None] * len(batch), contexts,
+                                 job.spec.context_images)
+            read = time.perf_counter()
+            generations = generator.generate(requests, "caption")
+            rows = caption_rows(job, kb, batch, neighbours, [g.text for g in generations], run_id,
+                                [g.prompt for g in generations])
+            writer.add(rows)
+            near += sum(n > 0 for n in neighbours.near_duplicates)
+            log_batch("caption", job, len(batch), started, read)
+    return writer.new_rows, near
+
+
 def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours,
                  predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
     """The `caption_predictions` rows of one job over `members` (listed images), keyed by (job, listing)."""
@@ -64,3 +141,42 @@ def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, n
         },
         schema=CAPTION_PREDICTIONS_SCHEMA,
     )
+
+
+def train_smallcap_for(store: Store, kb: KnowledgeBase, k: int, out_root: Path, device: str = "cpu",
+                       config=None) -> Path:
+    """Train (or reuse) the KB's SmallCap decoder on its captioned images, each prompted with the captions of
+    its own neighbours, retrieved as inference will: never its own bytes or a near-duplicate of it."""
+    from ravlm_core.generators.smallcap import META_FILE, SmallCapConfig, smallcap_dir, train_smallcap
+
+    config = config or SmallCapConfig()
+    image_ids = sorted(kb.captions)
+    if not image_ids:
+        raise UserError(f"knowledge base {kb.label} has no captions to train smallcap on: caption it, or name "
+                        f"another with --kb")
+    # One example per (image, reference caption): COCO's five captions teach five ways to say it.
+    references = _kb_references(store, kb)
+    examples = [(row, caption) for row, image_id in enumerate(image_ids)
+                for caption in dict.fromkeys([kb.captions[image_id], *references.get(image_id, [])])]
+    captions = [c for _, c in examples]
+    data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
+    fingerprint = f"{kb.fingerprint}:k={k}:{data}"
+    if (smallcap_dir(out_root, fingerprint, config) / META_FILE).exists():  # before retrieval: idle nights
+        return smallcap_dir(out_root, fingerprint, config)
+    vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
+    guard = stored_guard(store, kb, image_ids)
+    neighbours = search(store, kb.image_table, vectors, k, where=kb.where, guard=guard,
+                        exclude=None if guard.drop else image_ids)
+    shown = [list(dict.fromkeys(kb.captions[i] for i in ids if i in kb.captions)) for ids in neighbours.ids]
+    rows = [row for row, _ in examples]
+    return train_smallcap(vectors[rows], [shown[r] for r in rows], captions, out_root, fingerprint, config, device)
+
+
+def _kb_references(store: Store, kb: KnowledgeBase) -> dict[str, list[str]]:
+    """image id -> every reference caption its listings in the KB's sets carry."""
+    store.ensure_columns(IMAGES, IMAGES_SCHEMA)
+    rows = store.read(IMAGES, columns=["image_id", "captions"], where=sets_filter(kb.sets))
+    references: dict[str, list[str]] = {}
+    for image_id, captions in zip(rows.column("image_id").to_pylist(), rows.column("captions").to_pylist()):
+        references.setdefault(image_id, []).extend(captions or [])
+    return references

@@ -1,4 +1,5 @@
-"""Bulk retrieval-augmented jobs over one part of a query set: read items → retrieve + answer/caption → upsert rows.
+"""Parts of a query set and what every job part shares (the KB and the model generator, loaded once per process;
+the requests a model generator gets).
 
 A query set is a (dataset, split) of listed images, labelled or not; it is cut into parts by ranges of member id
 (hashes, so parts are even), which is all a task is given: no item lists travel between tasks.
@@ -6,31 +7,29 @@ A query set is a (dataset, split) of listed images, labelled or not; it is cut i
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 import pandas as pd
 
-from ravlm_core.jobs.answerers import FusionAnswerer
-from ravlm_core.jobs.captioning import caption_rows, consensus_captions, direct_captions
-from ravlm_core.ids import text_id
-from ravlm_core.errors import UserError
-from ravlm_core.jobs.generate import generate_captions, generate_vqa
-from ravlm_core.generators import MODEL_KINDS, GenerationJob
-from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
-from ravlm_core.locations import local_model
-from ravlm_core.ids import qa_id_of
+from ravlm_core.contents import read_images, read_thumbnails
 from ravlm_core.embed.pinning import timed_load
-from ravlm_core.retrieval.search import Neighbours, kb_filter, search, vectors_by_id
-from ravlm_core.store import Store, sql_quote
-from ravlm_core.schemas import (ACTIVE, CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS, image_vectors_table,
-    question_vectors_table, text_vectors_table)
-from ravlm_core.jobs.vqa import ITEM_COLUMNS, answer, prediction_rows, read_items, retrieve_for_items, stored_guard
+from ravlm_core.errors import UserError
+from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
+from ravlm_core.locations import local_model
+from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
+from ravlm_core.retrieval.search import kb_filter, vectors_by_id
+from ravlm_core.schemas import (ACTIVE, IMAGES, QA, image_vectors_table, question_vectors_table,
+                                text_vectors_table)
+from ravlm_core.store import Store
 
 log = logging.getLogger(__name__)
 
 # Member ids are hex hashes: parts are ranges of their first four hex digits.
 ID_SPACE = 16**4
+_LOADING = threading.Lock()
 
 
 @dataclass
@@ -61,9 +60,18 @@ def query_parts(store: Store, dataset: str, split: str, part_size: int) -> list[
     return [f"{lo}:{hi}" for lo, hi in zip(bounds, bounds[1:])]
 
 
-def _range(part: str) -> tuple[str, str]:
+def part_range(part: str) -> tuple[str, str]:
     lo, hi = part.split(":")
     return lo, hi
+
+
+def part_members(store: Store, dataset: str, split: str, part: str) -> pd.DataFrame:
+    lo, hi = part_range(part)
+    where = f"{kb_filter(dataset, split)} AND member_id >= '{lo}' AND member_id < '{hi}'"
+    rows = store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "caption"], where=where)
+    frame = rows.to_pandas() if rows.num_rows else pd.DataFrame(columns=["member_id", "image_id", "dataset", "split",
+                                                                         "caption"])
+    return frame.astype(object).where(frame.notna(), None).sort_values("member_id").reset_index(drop=True)
 
 
 def cached_knowledge_base(store_uri: str, model_tag: str, question_tag: str, sets: list[tuple[str, str]],
@@ -82,79 +90,42 @@ def _knowledge_base(store_uri: str, model_tag: str, question_tag: str, sets: tup
     return load_knowledge_base(Store(store_uri), model_tag, question_tag, list(sets), config)
 
 
-def _members(store: Store, dataset: str, split: str, part: str) -> pd.DataFrame:
-    lo, hi = _range(part)
-    where = f"{kb_filter(dataset, split)} AND member_id >= '{lo}' AND member_id < '{hi}'"
-    rows = store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "caption"], where=where)
-    frame = rows.to_pandas() if rows.num_rows else pd.DataFrame(columns=["member_id", "image_id", "dataset", "split",
-                                                                         "caption"])
-    return frame.astype(object).where(frame.notna(), None).sort_values("member_id").reset_index(drop=True)
+def cached_generator(spec: GeneratorSpec, model_dir: str | None, device: str):
+    """One loaded model per process, reused by every part the process runs (threads wait for the first load)."""
+    with _LOADING:
+        return _load(spec, model_dir, device)
 
 
-def vqa_items(store: Store, dataset: str, split: str, part: str, questions: list[str] | None = None) -> pd.DataFrame:
-    """The part's items: its QA pairs, or with `questions` (an unlabeled set) every question for every image."""
-    if questions is None:
-        return read_items(store, [(dataset, split)], _range(part))
-    members = _members(store, dataset, split, part)
-    rows = [{"qa_id": qa_id_of(m.member_id, m.image_id, q, None, None), "member_id": m.member_id,
-             "image_id": m.image_id, "dataset": m.dataset, "split": m.split, "question": q, "answer": None,
-             "question_type": None} for m in members.itertuples() for q in questions]
-    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
+@lru_cache(maxsize=2)
+def _load(spec: GeneratorSpec, model_dir: str | None, device: str):
+    if model_dir:
+        spec = GeneratorSpec.from_fields({**spec.fields(), "model": local_model(model_dir)})
+    return timed_load(f"generator {spec.kind} {spec.model}", lambda: load_generator(spec, device=device))
 
 
-def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob, k: int,
-                 device: str = "cpu", run_id: str = "", questions: list[str] | None = None) -> JobResult:
-    """Answer the questions about one part's images that `job` has not answered yet."""
-    items = vqa_items(store, dataset, split, part, questions)
-    done = store.existing_ids(VQA_PREDICTIONS, "qa_id", where=f"job_id = {sql_quote(job.job_id)}")
-    items = items[~items["qa_id"].isin(done)].reset_index(drop=True)
-    if items.empty:
-        return JobResult(job.job_id, part, 0, 0, 0)
-    if job.spec.kind in MODEL_KINDS:
-        n_new, near = generate_vqa(store, kb, items, job, k, device, run_id)
+def model_requests(store: Store, kb: KnowledgeBase, generator, image_ids: list[str], questions: list[str | None],
+              contexts: list[list[dict]], context_images: int) -> list[Request]:
+    """The batch's requests: pixels (or, for a generator that reads vectors, the KB encoder's image vectors)."""
+    if getattr(generator, "needs_pixels", True):
+        images = read_images(store, image_ids)
+        pixels, vectors = [images[i] for i in image_ids], [None] * len(image_ids)
     else:
-        retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
-        answerer = None
-        if job.spec.kind == "builtin-fusion":
-            answerer = timed_load(f"fusion answerer {job.model_dir}", lambda: FusionAnswerer(local_model(job.model_dir), device))
-        predictions = answer(kb, retrieved, job.variant, answerer)
-        rows = prediction_rows(job, kb, items, retrieved, predictions, run_id)
-        n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
-        near = sum(n > 0 for n in retrieved.neighbours.near_duplicates)
-    log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", job.variant, dataset, split,
-             part, len(items), near)
-    return JobResult(job.job_id, part, len(items), n_new, near)
+        pixels, vectors = [None] * len(image_ids), list(vectors_by_id(store, kb.image_table, image_ids, "image_id"))
+    if context_images:
+        shown = [n["image_id"] for context in contexts for n in context[:context_images]]
+        thumbnails = read_thumbnails(store, shown)
+        for context in contexts:
+            for n in context[:context_images]:
+                n["image"] = thumbnails.get(n["image_id"])
+    return [Request(p, q, c, v) for p, q, c, v in zip(pixels, questions, contexts, vectors)]
 
 
-def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob,
-                     k: int, device: str = "cpu", run_id: str = "") -> JobResult:
-    """Caption the images of one part that `job` has not captioned yet."""
-    members = _members(store, dataset, split, part)
-    done = store.existing_ids(CAPTION_PREDICTIONS, "member_id", where=f"job_id = {sql_quote(job.job_id)}")
-    members = members[~members["member_id"].isin(done)].reset_index(drop=True)
-    if members.empty:
-        return JobResult(job.job_id, part, 0, 0, 0)
-    if job.spec.kind in MODEL_KINDS:
-        n_new, near = generate_captions(store, kb, members, job, k, device, run_id)
-    else:
-        neighbours, predictions = _transfer_captions(store, kb, members["image_id"].tolist(), k, job.use_retrieval)
-        rows = caption_rows(job, kb, members, neighbours, predictions, run_id)
-        n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
-        near = sum(x > 0 for x in neighbours.near_duplicates)
-    log.info("caption[%s] %s/%s part %s: %d images", job.variant, dataset, split, part, len(members))
-    return JobResult(job.job_id, part, len(members), n_new, near)
+def batches(frame: pd.DataFrame, size: int):
+    for start in range(0, len(frame), size):
+        yield frame.iloc[start : start + size].reset_index(drop=True)
 
 
-def _transfer_captions(store: Store, kb: KnowledgeBase, image_ids: list[str], k: int,
-                       use_retrieval: bool) -> tuple[Neighbours, list[str]]:
-    """Consensus caption transfer from the neighbours; without retrieval, the KB caption closest to the image."""
-    image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
-    kb_captions = sorted(set(kb.captions.values()))
-    caption_vectors = vectors_by_id(store, kb.text_table, [text_id(c) for c in kb_captions], "text_id")
-    if not use_retrieval:
-        n = len(image_ids)
-        return (Neighbours([[] for _ in range(n)], [[] for _ in range(n)], [0] * n),
-                direct_captions(image_vectors, kb_captions, caption_vectors))
-    neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
-                        guard=stored_guard(store, kb, image_ids))
-    return neighbours, consensus_captions(neighbours, kb.captions, dict(zip(kb_captions, caption_vectors)))
+def log_batch(task: str, job: GenerationJob, n: int, started: float, read: float) -> None:
+    done = time.perf_counter()
+    log.info("%s[%s] %d items: read+retrieve %.1fs, generate %.1fs (%.2f items/s)", task, job.tag, n,
+             read - started, done - read, n / max(done - read, 1e-9))

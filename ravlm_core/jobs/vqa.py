@@ -1,7 +1,9 @@
-"""The retrieval-augmented VQA job: items → KB neighbours + their QA → answers → prediction rows."""
+"""The retrieval-augmented VQA job over one part of a query set: items → KB neighbours asked the same question →
+answers (neighbour voting, the fusion answerer, or a model generator) → prediction rows."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -9,30 +11,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
-from ravlm_core.ids import pred_ids, text_id
-from ravlm_core.generators import GenerationJob
+from ravlm_core.embed.pinning import timed_load
+from ravlm_core.generators import MODEL_KINDS, GenerationJob
+from ravlm_core.ids import pred_ids, qa_id_of
+from ravlm_core.locations import local_model
 from ravlm_core.retrieval.knowledge import KnowledgeBase
-from ravlm_core.retrieval.search import Guard, Neighbours, search, sets_filter, signatures_of, vectors_by_id
-from ravlm_core.store import Store, in_list
-from ravlm_core.schemas import QA, QA_SCHEMA, VQA_PREDICTIONS_SCHEMA
+from ravlm_core.retrieval.search import sets_filter
+from ravlm_core.schemas import (QA, QA_SCHEMA,
+                                VQA_PREDICTIONS, VQA_PREDICTIONS_SCHEMA)
+from ravlm_core.writer import BatchedWriter
+from ravlm_core.store import Store, sql_quote
+from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
+from ravlm_core.jobs.parts import JobResult, batches, cached_generator, log_batch, model_requests, part_members, part_range
+from ravlm_core.retrieval.questions import Retrieved, no_neighbours, retrieve_for_items
 
-VARIANTS = ("fusion", "fusion-no-retrieval", "voting")
+log = logging.getLogger(__name__)
+
 ITEM_COLUMNS = ["qa_id", "member_id", "image_id", "dataset", "split", "question", "answer", "question_type"]
-
-
-@dataclass
-class Retrieved:
-    """What retrieval gives a batch of items (questions about images)."""
-
-    image_vectors: np.ndarray  # float32 [n_items, d]
-    question_vectors: np.ndarray  # float32 [n_items, dq], question encoder space
-    question_index: np.ndarray  # int [n_items], matched KB question
-    question_sim: np.ndarray  # float32 [n_items]
-    neighbours: Neighbours  # per item: nearest KB images asked the matched question (or plain image neighbours)
-
-    def context(self, kb: KnowledgeBase) -> np.ndarray:
-        return kb.votes(self.neighbours, self.question_index, self.question_sim, self.question_vectors)
 
 
 def read_items(store: Store, sets: list[tuple[str, str]], member_range: tuple[str, str] | None = None,
@@ -51,71 +46,90 @@ def read_items(store: Store, sets: list[tuple[str, str]], member_range: tuple[st
     return items.sort_values("qa_id", kind="stable").reset_index(drop=True)
 
 
-def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], questions: list[str], k: int,
-                       training: bool = False) -> Retrieved:
-    """Look up the stored vectors of the items' images and questions, then retrieve (`retrieve_for_vectors`).
-
-    With the leakage guard on, each item's own image (its bytes, under any name or dataset) and its near-duplicates
-    are never retrieved; `training` items (the KB's own) always leave their own image out.
-    """
-    image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")  # reads each distinct id once
-    question_vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in questions], "text_id")
-    guard = stored_guard(store, kb, image_ids)
-    return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k, questions,
-                                exclude=image_ids if training and not guard.drop else None, guard=guard)
+def vqa_items(store: Store, dataset: str, split: str, part: str, questions: list[str] | None = None) -> pd.DataFrame:
+    """The part's items: its QA pairs, or with `questions` (an unlabeled set) every question for every image."""
+    if questions is None:
+        return read_items(store, [(dataset, split)], part_range(part))
+    members = part_members(store, dataset, split, part)
+    rows = [{"qa_id": qa_id_of(m.member_id, m.image_id, q, None, None), "member_id": m.member_id,
+             "image_id": m.image_id, "dataset": m.dataset, "split": m.split, "question": q, "answer": None,
+             "question_type": None} for m in members.itertuples() for q in questions]
+    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
 
 
-def stored_guard(store: Store, kb: KnowledgeBase, image_ids: list[str]) -> Guard:
-    """The leakage guard for stored images: their own ids and pixel signatures."""
-    signatures = signatures_of(store, image_ids)
-    return Guard(image_ids, [signatures.get(i) for i in image_ids], kb.config.near_duplicate_distance,
-                 drop=kb.config.leakage_guard)
-
-
-def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndarray, question_vectors: np.ndarray,
-                         k: int, questions: list[str] | None = None, exclude: list[str] | None = None,
-                         guard: Guard | None = None) -> Retrieved:
-    """Per item: match its question to a KB question (by vector, and by form when `questions` gives the texts),
-    then search the k nearest KB images asked that question.
-
-    One batched search per distinct matched question, filtered to the images that were asked it. Items whose
-    question matches no KB question closely (`kb.config.question_match_min`) get their plain nearest KB images.
-    """
-    n = len(image_vectors)
-    question_index, question_sim = kb.match_questions(question_vectors, questions)
-    fallback = question_sim < kb.config.question_match_min
-    ids: list[list[str]] = [[] for _ in range(n)]
-    scores: list[list[float]] = [[] for _ in range(n)]
-    dropped = [0] * n
-    groups = [(np.flatnonzero(fallback), None)] + [
-        (np.flatnonzero((question_index == q) & ~fallback), int(q)) for q in np.unique(question_index[~fallback])]
-    for items, q in groups:
-        candidates = kb.images_asked(q) if q is not None and q >= 0 else None
-        if not len(items) or candidates == []:
-            continue
-        where = kb.where if candidates is None else f"{kb.where} AND {in_list('image_id', candidates)}"
-        found = search(store, kb.image_table, image_vectors[items], k, where=where,
-                       exclude=[exclude[i] for i in items] if exclude is not None else None,
-                       guard=_subset(guard, items), where_rows=None if candidates is None else len(candidates))
-        for item, item_ids, item_scores, item_dropped in zip(items, found.ids, found.scores, found.near_duplicates):
-            ids[item], scores[item], dropped[item] = item_ids, item_scores, item_dropped
-    return Retrieved(image_vectors, question_vectors, question_index, question_sim, Neighbours(ids, scores, dropped))
-
-
-def _subset(guard: Guard | None, items: np.ndarray) -> Guard | None:
-    if guard is None:
-        return None
-    return Guard([guard.own_ids[i] for i in items], [guard.signatures[i] for i in items], guard.max_distance, guard.drop)
+def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob, k: int,
+                 device: str = "cpu", run_id: str = "", questions: list[str] | None = None) -> JobResult:
+    """Answer the questions about one part's images that `job` has not answered yet."""
+    items = vqa_items(store, dataset, split, part, questions)
+    done = store.existing_ids(VQA_PREDICTIONS, "qa_id", where=f"job_id = {sql_quote(job.job_id)}")
+    items = items[~items["qa_id"].isin(done)].reset_index(drop=True)
+    if items.empty:
+        return JobResult(job.job_id, part, 0, 0, 0)
+    if job.spec.kind in MODEL_KINDS:
+        n_new, near = _generate_answers(store, kb, items, job, k, device, run_id)
+    else:
+        retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
+        answerer = None
+        if job.spec.kind == "builtin-fusion":
+            answerer = timed_load(f"fusion answerer {job.model_dir}", lambda: FusionAnswerer(local_model(job.model_dir), device))
+        predictions = answer(kb, retrieved, job.variant, answerer)
+        rows = prediction_rows(job, kb, items, retrieved, predictions, run_id)
+        n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
+        near = sum(n > 0 for n in retrieved.neighbours.near_duplicates)
+    log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", job.variant, dataset, split,
+             part, len(items), near)
+    return JobResult(job.job_id, part, len(items), n_new, near)
 
 
 def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
-    """Answers for each item by `variant` (one of VARIANTS)."""
+    """Answers for each item by `variant` ("voting", or "fusion" / "fusion-no-retrieval" with a trained answerer)."""
     context = retrieved.context(kb)
     if variant == "voting":
         return vote_answers(context, kb.answers)
     if answerer is None:
         raise ValueError(f"variant {variant!r} needs a trained fusion answerer")
     return answerer.predict(retrieved.image_vectors, retrieved.question_vectors, context)
+
+
+def _generate_answers(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job: GenerationJob, k: int, device: str,
+                      run_id: str = "") -> tuple[int, int]:
+    """Answer `items` (rows of `vqa_items`) batch by batch; returns (new rows, items with a near-duplicate)."""
+    generator = cached_generator(job.spec, job.model_dir, device)
+    near = 0
+    with BatchedWriter(store, VQA_PREDICTIONS, "pred_id") as writer:  # a commit per batch
+        for batch in batches(items, job.spec.batch_size):
+            started = time.perf_counter()
+            image_ids, questions = batch["image_id"].tolist(), batch["question"].tolist()
+            if job.use_retrieval:
+                retrieved = retrieve_for_items(store, kb, image_ids, questions, k)
+                contexts = [vqa_context(kb, retrieved, i, job.spec.context_items) for i in range(len(batch))]
+            else:
+                retrieved = no_neighbours(len(batch))
+                contexts = [[] for _ in range(len(batch))]
+            requests = model_requests(store, kb, generator, image_ids, questions, contexts, job.spec.context_images)
+            read = time.perf_counter()
+            generations = generator.generate(requests, "vqa")
+            rows = prediction_rows(job, kb, batch, retrieved, [g.text for g in generations], run_id,
+                                   [g.prompt for g in generations])
+            writer.add(rows)
+            near += sum(n > 0 for n in retrieved.neighbours.near_duplicates)
+            log_batch("vqa", job, len(batch), started, read)
+    return writer.new_rows, near
+
+
+def vqa_context(kb: KnowledgeBase, retrieved: Retrieved, item: int, limit: int) -> list[dict]:
+    """An item's neighbours for the prompt: caption, and the answers they got to the KB question matched to the
+    item's (all their QA pairs when the question matched none closely)."""
+    matched = int(retrieved.question_index[item])
+    fallback = retrieved.question_sim[item] < kb.config.question_match_min
+    context = []
+    for image_id, score in zip(retrieved.neighbours.ids[item], retrieved.neighbours.scores[item]):
+        questions, answers = kb.qa_by_image.get(image_id, (np.empty(0, int), np.empty(0, int)))
+        qa = [(kb.questions[q], kb.answers[a]) for q, a in zip(questions, answers) if fallback or q == matched]
+        context.append({"image_id": image_id, "caption": kb.captions.get(image_id), "qa": qa, "score": score})
+        if len(context) == limit:
+            break
+    return context
 
 
 def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,

@@ -23,7 +23,7 @@ from ravlm_core.query.results import Hits
 from ravlm_core.retrieval.search import Guard, search
 from ravlm_core.store import Store, chunks, in_list
 from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
-from ravlm_core.jobs.vqa import retrieve_for_vectors
+from ravlm_core.retrieval.questions import retrieve_for_vectors
 
 TARGETS = ("images", "texts")
 # Hits each leg of a hybrid search hands the reranker, so the fused top k can draw on both.
