@@ -251,7 +251,7 @@ def _sweep_row(store: Store, kb: KnowledgeBase, items: pd.DataFrame, captions: d
            **{name: round(float(f["correct"].mean()), 4) for name, f in frames.items()},
            "by_category": {name: accuracy_by(frames[name], "category") for name in ("fusion", "voting")},
            "empty_voting_predictions": int((frames["voting"]["prediction"] == "").sum()),
-           "near_duplicate_items": int(sum(n > 0 for n in found.neighbours.near_duplicates))}
+           "near_duplicate_items": int(sum(n > 0 for n in found.neighbours.guarded))}
     return row, frames
 
 
@@ -344,7 +344,7 @@ def image_side(store: Store, kb: KnowledgeBase, captions: dict[str, str], k: int
             "top1_color_accuracy": round(float(frame["color_ok"].mean()), 4),
             "top1_shape_accuracy": round(float(frame["shape_ok"].mean()), 4),
             f"majority_of_{k}_class_accuracy": round(float(np.mean([p == t for p, t in zip(majority, truth)])), 4),
-            "images_with_neighbours_dropped": int(sum(n > 0 for n in found.near_duplicates)),
+            "images_with_neighbours_dropped": int(sum(n > 0 for n in found.guarded)),
             "images_left_without_neighbours": int(sum(not n for n in found.ids)),
             "top1_cosine_median": round(float(np.median([s[0] for s in found.scores if s])), 4),
         }

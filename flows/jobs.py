@@ -21,7 +21,7 @@ def _summary(job: GenerationJob, kb: list, results: list[dict]) -> dict:
     return {"job_id": job.job_id, "variant": job.variant, "generator": job.tag,
             "kb": kb_label([tuple(s) for s in kb]), "parts": len(results),
             "items": sum(r["n_items"] for r in results), "new_rows": sum(r["n_new"] for r in results),
-            "near_duplicate_items": sum(r["near_duplicates"] for r in results)}
+            "near_duplicate_items": sum(r["guarded"] for r in results)}
 
 
 def retrieval_settings(settings: Settings) -> dict:

@@ -117,7 +117,8 @@ def predictions_schema(item_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
          ("member_id", pa.string()), ("image_id", pa.string()), *item_fields,
          ("variant", pa.string()), ("kb", pa.string()),  # the knowledge base searched: "dataset:split,..."
          ("neighbour_ids", pa.list_(pa.string())), ("neighbour_scores", pa.list_(pa.float32())),
-         # KB images left out because they are the query's own bytes or a near-duplicate (leakage guard)
+         # KB images the leakage guard left out (the query's own bytes or a near-duplicate of them): `guarded` in
+         # the code; the column keeps its first name so that every stored job stays readable.
          ("near_duplicates", pa.int32()),
          ("model_tag", pa.string()),
          # What generated the prediction (`generators.generator_tag`, and its spec as JSON), the exact prompt its

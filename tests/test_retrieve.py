@@ -66,13 +66,13 @@ def test_the_guard_drops_own_bytes_and_pixel_near_duplicates_and_counts_them(sto
     plain = search(store, "vec", query, 4)
     copy, distinct, own = plain.ids[0][:3]
     _contents(store, {copy: signature(edited), distinct: signature(other), own: signature(photo)})
-    assert plain.near_duplicates == [0]
+    assert plain.guarded == [0]
     guard = Guard([own], [signature(photo)], max_distance=3.0)
     guarded = search(store, "vec", query, 4, guard=guard)
     assert guarded.ids[0][0] == distinct and not {copy, own} & set(guarded.ids[0]) and len(guarded.ids[0]) == 4
-    assert guarded.near_duplicates == [2]
+    assert guarded.guarded == [2]
     counted = search(store, "vec", query, 4, guard=Guard([own], [signature(photo)], 3.0, drop=False))
-    assert counted.ids == plain.ids and counted.near_duplicates == [2]
+    assert counted.ids == plain.ids and counted.guarded == [2]
     assert signature_distance(signature(photo), signature(edited)) < 1 < 3 < signature_distance(signature(photo), signature(other))
 
 

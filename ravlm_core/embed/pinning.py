@@ -57,7 +57,7 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
 
     export_text_query(BuiltinEncoder(model_dir, device="cpu"), model_dir)  # so `ravlm search` starts fast
     publish(models_dir, model_dir)  # on object storage: uploaded before the pin names it
-    # A local pin names the folder itself (as ever); one on object storage names it relative to the models
+    # A local pin names the folder itself; one on object storage names it relative to the models
     # location, since each machine keeps its copy in its own cache.
     pinned_name = model_dir.name if is_remote(models_dir) else str(model_dir)
     write_text(join(models_dir, "builtin.json"), json.dumps({"model_dir": pinned_name}))

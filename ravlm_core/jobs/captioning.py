@@ -35,14 +35,14 @@ def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, 
     if members.empty:
         return JobResult(job.job_id, part, 0, 0, 0)
     if job.spec.kind in MODEL_KINDS:
-        n_new, near = _generate_captions(store, kb, members, job, k, device, run_id)
+        n_new, guarded = _generate_captions(store, kb, members, job, k, device, run_id)
     else:
         neighbours, predictions = _transfer_captions(store, kb, members["image_id"].tolist(), k, job.use_retrieval)
         rows = caption_rows(job, kb, members, neighbours, predictions, run_id)
         n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
-        near = sum(x > 0 for x in neighbours.near_duplicates)
+        guarded = sum(x > 0 for x in neighbours.guarded)
     log.info("caption[%s] %s/%s part %s: %d images", job.variant, dataset, split, part, len(members))
-    return JobResult(job.job_id, part, len(members), n_new, near)
+    return JobResult(job.job_id, part, len(members), n_new, guarded)
 
 
 def _transfer_captions(store: Store, kb: KnowledgeBase, image_ids: list[str], k: int,
@@ -92,9 +92,9 @@ def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_
 
 def _generate_captions(store: Store, kb: KnowledgeBase, members: pd.DataFrame, job: GenerationJob, k: int,
                        device: str, run_id: str = "") -> tuple[int, int]:
-    """Caption `members` (listed images) batch by batch; returns (new rows, items with a near-duplicate)."""
+    """Caption `members` (listed images) batch by batch; returns (new rows, items with a KB hit guarded)."""
     generator = cached_generator(job.spec, job.model_dir, device)
-    near = 0
+    guarded = 0
     with BatchedWriter(store, CAPTION_PREDICTIONS, "pred_id") as writer:  # a commit per batch
         for batch in batches(members, job.spec.batch_size):
             started = time.perf_counter()
@@ -116,9 +116,9 @@ def _generate_captions(store: Store, kb: KnowledgeBase, members: pd.DataFrame, j
             rows = caption_rows(job, kb, batch, neighbours, [g.text for g in generations], run_id,
                                 [g.prompt for g in generations])
             writer.add(rows)
-            near += sum(n > 0 for n in neighbours.near_duplicates)
+            guarded += sum(n > 0 for n in neighbours.guarded)
             log_batch("caption", job, len(batch), started, read)
-    return writer.new_rows, near
+    return writer.new_rows, guarded
 
 
 def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours,
@@ -134,7 +134,7 @@ def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, n
             "member_id": members["member_id"].tolist(), "image_id": members["image_id"].tolist(),
             "prediction": predictions, "reference": members["caption"].tolist(), "variant": [job.variant] * n,
             "kb": [kb.label] * n, "neighbour_ids": neighbours.ids, "neighbour_scores": neighbours.scores,
-            "near_duplicates": neighbours.near_duplicates, "model_tag": [kb.model_tag] * n,
+            "near_duplicates": neighbours.guarded, "model_tag": [kb.model_tag] * n,
             "generator": [job.tag] * n, "generator_spec": [job.spec_json()] * n, "prompt": prompts or [""] * n,
             "kb_version": [kb.fingerprint] * n,
             "run_id": [run_id] * n, "created_at": [now] * n,

@@ -38,7 +38,7 @@ class JobResult:
     part: str
     n_items: int
     n_new: int
-    near_duplicates: int  # items with at least one KB image left out by the leakage guard
+    guarded: int  # items with at least one KB image left out by the leakage guard
 
 
 def check_query_set(store: Store, dataset: str, split: str) -> int:

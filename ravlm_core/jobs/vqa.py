@@ -66,7 +66,7 @@ def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part
     if items.empty:
         return JobResult(job.job_id, part, 0, 0, 0)
     if job.spec.kind in MODEL_KINDS:
-        n_new, near = _generate_answers(store, kb, items, job, k, device, run_id)
+        n_new, guarded = _generate_answers(store, kb, items, job, k, device, run_id)
     else:
         retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
         answerer = None
@@ -75,10 +75,10 @@ def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part
         predictions = answer(kb, retrieved, job.variant, answerer)
         rows = prediction_rows(job, kb, items, retrieved, predictions, run_id)
         n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
-        near = sum(n > 0 for n in retrieved.neighbours.near_duplicates)
+        guarded = sum(n > 0 for n in retrieved.neighbours.guarded)
     log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", job.variant, dataset, split,
-             part, len(items), near)
-    return JobResult(job.job_id, part, len(items), n_new, near)
+             part, len(items), guarded)
+    return JobResult(job.job_id, part, len(items), n_new, guarded)
 
 
 def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
@@ -93,9 +93,9 @@ def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: Fusi
 
 def _generate_answers(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job: GenerationJob, k: int, device: str,
                       run_id: str = "") -> tuple[int, int]:
-    """Answer `items` (rows of `vqa_items`) batch by batch; returns (new rows, items with a near-duplicate)."""
+    """Answer `items` (rows of `vqa_items`) batch by batch; returns (new rows, items with a KB hit guarded)."""
     generator = cached_generator(job.spec, job.model_dir, device)
-    near = 0
+    guarded = 0
     with BatchedWriter(store, VQA_PREDICTIONS, "pred_id") as writer:  # a commit per batch
         for batch in batches(items, job.spec.batch_size):
             started = time.perf_counter()
@@ -112,9 +112,9 @@ def _generate_answers(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job:
             rows = prediction_rows(job, kb, batch, retrieved, [g.text for g in generations], run_id,
                                    [g.prompt for g in generations])
             writer.add(rows)
-            near += sum(n > 0 for n in retrieved.neighbours.near_duplicates)
+            guarded += sum(n > 0 for n in retrieved.neighbours.guarded)
             log_batch("vqa", job, len(batch), started, read)
-    return writer.new_rows, near
+    return writer.new_rows, guarded
 
 
 def vqa_context(kb: KnowledgeBase, retrieved: Retrieved, item: int, limit: int) -> list[dict]:
@@ -179,7 +179,7 @@ def prediction_rows(job: GenerationJob, kb: KnowledgeBase, items: pd.DataFrame, 
             "kb": [kb.label] * n,
             "neighbour_ids": retrieved.neighbours.ids if uses_neighbours else empty,
             "neighbour_scores": retrieved.neighbours.scores if uses_neighbours else empty,
-            "near_duplicates": retrieved.neighbours.near_duplicates if uses_neighbours else [0] * n,
+            "near_duplicates": retrieved.neighbours.guarded if uses_neighbours else [0] * n,
             "model_tag": [kb.model_tag] * n,
             "generator": [job.tag] * n,
             "generator_spec": [job.spec_json()] * n,

@@ -102,7 +102,7 @@ class Session:
 
     def dedup(self, threshold: float, dataset: str | None = None, split: str | None = None) -> Hits:
         """Groups of near-duplicate images (cosine >= `threshold`) among the store encoder's image vectors; see
-        `dedup.near_duplicates`. Loads no model: the encoder's tag is read from its files."""
+        `dedup.guarded`. Loads no model: the encoder's tag is read from its files."""
         from ravlm_core.query.dedup import near_duplicates
         from ravlm_core.encoders import describe_encoder
 
@@ -374,7 +374,7 @@ def ask(store: Store, kb: KnowledgeBase, encoder, question_encoder, answerer: Fu
     result = {"question": question, "kb": kb.label,
               "matched_question": kb.questions[matched] if matched >= 0 and close else None,
               "voting": vote_answers(context, kb.answers)[0],
-              "near_duplicates": retrieved.neighbours.near_duplicates[0]}
+              "near_duplicates": retrieved.neighbours.guarded[0]}
     if answerer is not None:
         result["answer"] = answerer.predict(image_vector, question_vector, context)[0]
     neighbours = retrieved.neighbours

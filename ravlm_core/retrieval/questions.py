@@ -66,7 +66,7 @@ def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndar
         found = search(store, kb.image_table, image_vectors[items], k, where=where,
                        exclude=[exclude[i] for i in items] if exclude is not None else None,
                        guard=_subset(guard, items), where_rows=None if candidates is None else len(candidates))
-        for item, item_ids, item_scores, item_dropped in zip(items, found.ids, found.scores, found.near_duplicates):
+        for item, item_ids, item_scores, item_dropped in zip(items, found.ids, found.scores, found.guarded):
             ids[item], scores[item], dropped[item] = item_ids, item_scores, item_dropped
     return Retrieved(image_vectors, question_vectors, question_index, question_sim, Neighbours(ids, scores, dropped))
 

@@ -43,7 +43,7 @@ class Guard:
 class Neighbours:
     ids: list[list[str]]  # [n_queries][<=k], best first
     scores: list[list[float]]  # cosine similarity, same shape as ids
-    near_duplicates: list[int] = field(default_factory=list)  # [n_queries]: hits dropped by the leakage guard
+    guarded: list[int] = field(default_factory=list)  # [n_queries]: KB hits the leakage guard left out
 
 
 def kb_filter(dataset: str, split: str | None = None) -> str:
@@ -79,7 +79,7 @@ def search(
     """The k nearest rows of `table` for each query vector (float32 [n, d], L2-normalised), by cosine.
 
     `exclude[i]` is an id query i must not get back (leave-one-out training). `guard` counts each query's own
-    bytes and near-duplicates among its hits (`near_duplicates`) and drops them unless told only to count.
+    bytes and near-duplicates among its hits (`guarded`) and drops them unless told only to count.
     With an ANN index in place, the (nprobes, refine_factor) its quality gate chose for the table are used
     (`ann.search_settings`); `refine_factor` overrides the refine. A table under `min_rows_for_ann` has no index
     and is searched exactly; an index the gate has not measured (an older store) gets refine 10. A `where` that
