@@ -89,8 +89,8 @@ def test_coco_2014_layout_images_in_set_folder_annotations_in_annotations(tmp_pa
     assert [r.relpath for r in records] == ["val2014/COCO_val2014_000000000042.jpg",
                                             "val2014/COCO_val2014_000000000073.jpg"]
     assert all(r.path.is_file() and r.split == "val2014" and len(r.captions) == 5 for r in records)
-    # Through the dispatch, as `ravlm ingest --format coco` reads it.
-    assert open_source(str(tmp_path), fmt="coco")[0] == records
+    # Through the dispatch, as `ravlm ingest --source-format coco` reads it.
+    assert open_source(str(tmp_path), source_format="coco")[0] == records
 
 
 def test_coco_discovery_needs_exactly_one_file_unless_the_split_picks(tmp_path):
@@ -226,7 +226,7 @@ def test_vqav2_ten_answers_in_order_answer_is_multiple_choice_and_question_type_
     assert first.answers == tuple(ANSWER_WORDS) and len(first.answers) == 10
     assert (second.answer, second.question_type, second.answers) == ("yes", "is it", ("yes",) * 10)
     assert records[0].extra == {"coco_id": 42} and records[0].caption is None
-    assert [r.relpath for r in open_source(str(tmp_path), fmt="vqav2")[0]] == [r.relpath for r in records]
+    assert [r.relpath for r in open_source(str(tmp_path), source_format="vqav2")[0]] == [r.relpath for r in records]
     assert {r.split for r in open_vqav2(tmp_path, split="val")[0]} == {"val"}
 
 
@@ -287,7 +287,7 @@ def test_vqav2_without_annotations_says_where_to_go_instead(tmp_path):
         open_vqav2(tmp_path)
     message = str(err.value)
     assert "v2_mscoco_test-dev2015_annotations.json" in message and "--annotations" in message
-    assert "ravlm vqa --questions" in message and "--format coco" in message and "\n" not in message
+    assert "ravlm vqa --questions" in message and "--source-format coco" in message and "\n" not in message
 
 
 def test_vqav2_malformed_json_and_no_usable_question(tmp_path):
@@ -311,13 +311,13 @@ def test_vqav2_malformed_json_and_no_usable_question(tmp_path):
 def test_open_source_rejects_unknown_formats_and_options_the_format_ignores(tmp_path):
     _image(tmp_path / "a.jpg")
     with pytest.raises(UserError, match="auto, manifest, folder, coco, vqav2"):
-        open_source(str(tmp_path), fmt="yolo")
-    with pytest.raises(UserError, match="--annotations goes with --format coco or vqav2"):
+        open_source(str(tmp_path), source_format="yolo")
+    with pytest.raises(UserError, match="--annotations goes with --source-format coco or vqav2"):
         open_source(str(tmp_path), annotations=tmp_path / "x.json")
     with pytest.raises(UserError, match="--manifest goes with"):
-        open_source(str(tmp_path), tmp_path / "m.csv", fmt="coco")
+        open_source(str(tmp_path), tmp_path / "m.csv", source_format="coco")
     with pytest.raises(UserError, match="built-in dataset"):
-        open_source("easy-vqa", fmt="folder")
+        open_source("easy-vqa", source_format="folder")
 
 
 def test_auto_is_unchanged_and_folder_and_manifest_formats_are_explicit(tmp_path):
@@ -328,12 +328,12 @@ def test_auto_is_unchanged_and_folder_and_manifest_formats_are_explicit(tmp_path
     assert bad == [] and [(r.relpath, r.caption, r.split) for r in records] == [("a.jpg", None, "test"),
                                                                                  ("b.jpg", None, "test")]
     with pytest.raises(ManifestError, match="has no manifest"):
-        open_source(str(tmp_path), fmt="manifest")
+        open_source(str(tmp_path), source_format="manifest")
     (tmp_path / "manifest.csv").write_text("image,caption\nb.jpg,blue\n")
     assert [(r.relpath, r.caption) for r in open_source(str(tmp_path))[0]] == [("b.jpg", "blue")]
-    assert open_source(str(tmp_path), fmt="manifest")[0] == open_source(str(tmp_path))[0]
-    assert [r.relpath for r in open_source(str(tmp_path), fmt="folder")[0]] == ["a.jpg", "b.jpg"]
-    assert [r.relpath for r in open_source(str(tmp_path), fmt="coco")[0]] == ["a.jpg"]
+    assert open_source(str(tmp_path), source_format="manifest")[0] == open_source(str(tmp_path))[0]
+    assert [r.relpath for r in open_source(str(tmp_path), source_format="folder")[0]] == ["a.jpg", "b.jpg"]
+    assert [r.relpath for r in open_source(str(tmp_path), source_format="coco")[0]] == ["a.jpg"]
 
 
 def test_vqav2_files_passed_explicitly_through_the_dispatch(tmp_path):
@@ -342,7 +342,7 @@ def test_vqav2_files_passed_explicitly_through_the_dispatch(tmp_path):
     questions = tmp_path / "elsewhere" / "v2_OpenEnded_mscoco_val2014_questions.json"
     renamed = questions.rename(tmp_path / "elsewhere" / "my_questions.json")  # its data_subtype names the set
     answers = tmp_path / "elsewhere" / "v2_mscoco_val2014_annotations.json"
-    [record], bad = open_source(str(tmp_path / "images"), fmt="vqav2", questions=renamed, annotations=answers)
+    [record], bad = open_source(str(tmp_path / "images"), source_format="vqav2", questions=renamed, annotations=answers)
     assert bad == [] and record.relpath == "000000000001.jpg" and record.split == "val2014"
     assert record.qa[0].answers == tuple(ANSWER_WORDS)
 

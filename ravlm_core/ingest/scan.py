@@ -89,7 +89,7 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
     check_dataset_name(dataset)
     if shard_size < 1:
         raise UserError(f"shard_size must be at least 1, got {shard_size}")
-    records, bad_rows = open_source(source, manifest, fmt=source_format, annotations=annotations,
+    records, bad_rows = open_source(source, manifest, source_format=source_format, annotations=annotations,
                                     questions=questions)
     listed, unreadable = _hash(records)
     stored = _stored_members(store, dataset)

@@ -107,7 +107,7 @@ def _vqa_annotations(folder: Path, questions: Path, given: Path | None, image_se
     raise ManifestError(
         f"no VQAv2 annotations ({name}) for {questions.name} in {folder}, {folder / 'annotations'} or "
         f"{questions.parent}: pass them with --annotations. Questions without annotations (test-dev) are not a "
-        "labeled source: ingest their images with --format coco or as a plain folder and ask with "
+        "labeled source: ingest their images with --source-format coco or as a plain folder and ask with "
         "`ravlm vqa --questions FILE` (one question per line)")
 
 
