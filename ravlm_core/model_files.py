@@ -1,4 +1,5 @@
-"""Model folders on disk: where a model id resolves to, and digests of the files that decide its outputs.
+"""Model folders on disk: where a model id resolves to, digests of the files that decide its outputs, and the one
+logged way every model is loaded.
 
 No torch here: job ids and tags are computed without loading a model.
 """
@@ -6,7 +7,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Everything that decides a model's outputs: architecture, weights, preprocessing, tokenisation, generation
 # defaults and chat template. Patterns a folder lacks change nothing, so encoders and generators share the list.
@@ -54,3 +61,12 @@ def folder_digest(folder: Path) -> str:
         for path in sorted(folder.glob(pattern)):
             digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
     return digest.hexdigest()
+
+
+def timed_load(what: str, load: Callable[[], T]) -> T:
+    """Load a model and say so: every model load of a run is one "loaded ..." log line, which is how an idle
+    nightly shows that it loaded none."""
+    start = time.perf_counter()
+    model = load()
+    log.info("loaded %s in %.1fs", what, time.perf_counter() - start)
+    return model

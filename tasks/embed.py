@@ -12,7 +12,7 @@ from tasks.retry import RETRY
 from ravlm_core.embed import pinning, reader, shards
 from ravlm_core.errors import naming
 from ravlm_core.locations import local_model, shared_ref
-from ravlm_core.embed.pinning import timed_load
+from ravlm_core.model_files import timed_load
 from ravlm_core.store import Store
 
 

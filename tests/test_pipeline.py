@@ -99,7 +99,7 @@ def test_status_reads_the_store_and_the_runs_flows_recorded(run):
 
 
 class LoadLog(logging.Handler):
-    """Counts the "loaded ..." lines every model load logs (ravlm_core.embed.pinning.timed_load)."""
+    """Counts the "loaded ..." lines every model load logs (ravlm_core.model_files.timed_load)."""
 
     def __init__(self):
         super().__init__()

@@ -1,13 +1,11 @@
-"""Which encoder a store uses: a user-given model, or the built-in one, trained once and then pinned; and the one
-logged way every model is loaded."""
+"""Which encoder a store uses: a user-given model, or the built-in one, trained once and then pinned."""
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -109,12 +107,3 @@ def alignment_pairs(store: Store, split: str, limit: int = MAX_ALIGNMENT_PAIRS) 
             if len(images) >= limit:
                 return images, captions
     return images, captions
-
-
-def timed_load(what: str, load: Callable[[], T]) -> T:
-    """Load a model and say so: every model load of a run is one "loaded ..." log line, which is how an idle
-    nightly shows that it loaded none."""
-    start = time.perf_counter()
-    model = load()
-    log.info("loaded %s in %.1fs", what, time.perf_counter() - start)
-    return model

@@ -15,7 +15,7 @@ from functools import lru_cache
 import pandas as pd
 
 from ravlm_core.contents import read_images, read_thumbnails
-from ravlm_core.embed.pinning import timed_load
+from ravlm_core.model_files import timed_load
 from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
 from ravlm_core.locations import local_model

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ravlm_core.embed.pinning import timed_load
+from ravlm_core.model_files import timed_load
 from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.ids import pred_ids, qa_id_of
 from ravlm_core.locations import local_model

@@ -18,7 +18,8 @@ from ravlm_core.errors import UserError
 from ravlm_core.retrieval.filters import Filter, listed_in, listing_where, parse_filters
 from ravlm_core.imaging import ImageRejected, open_rgb, signature
 from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_config
-from ravlm_core.embed.pinning import BUILTIN, pinned_encoder, timed_load
+from ravlm_core.embed.pinning import BUILTIN, pinned_encoder
+from ravlm_core.model_files import timed_load
 from ravlm_core.query.results import Hits
 from ravlm_core.retrieval.search import Guard, search
 from ravlm_core.store import Store, chunks, in_list
