@@ -1,1 +1,2 @@
-"""ravlm's library: sources, ingest, encoders, store, retrieval, answerers, metrics, reports (no Prefect here)."""
+"""ravlm's library, a sub-package per stage of the DAG (ingest → encoders → embed → index → retrieval → generators →
+jobs → evaluate → query) over a small foundation of top-level modules; it never imports Prefect."""
