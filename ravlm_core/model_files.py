@@ -8,9 +8,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,3 +74,26 @@ def timed_load(what: str, load: Callable[[], T]) -> T:
     model = load()
     log.info("loaded %s in %.1fs", what, time.perf_counter() - start)
     return model
+
+
+@contextmanager
+def written_whole(model_dir: Path) -> Iterator[Path]:
+    """A folder to save a trained model into, which appears at `model_dir` whole or not at all.
+
+    It is written under a name of its own beside `model_dir` and renamed into place, so a crash never leaves a
+    half-written model that looks finished. Two runs training the same model at once (a scheduled nightly and an
+    operator's run) each write their own copy; the first rename wins and the other copy is dropped: the folder is
+    named by everything the model was trained from, so either is the same model.
+    """
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
+    try:
+        yield partial
+        try:
+            os.rename(partial, model_dir)
+        except OSError:
+            if not model_dir.is_dir():
+                raise
+            log.info("%s was saved meanwhile by another run: keeping that copy", model_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

@@ -25,6 +25,7 @@ import torch
 from ravlm_core.errors import UserError
 from ravlm_core.generators import Generation, GeneratorSpec, Request, generator_tag, torch_dtype
 from ravlm_core.generators.prompts import context_block, load_template, render
+from ravlm_core.model_files import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +168,13 @@ def train_smallcap(image_vectors: np.ndarray, neighbour_captions: list[list[str]
             total += loss.item() * len(idx)
         log.info("smallcap epoch %d/%d: loss %.4f", epoch + 1, epochs, total / len(captions))
 
-    tmp_dir = model_dir.with_name(model_dir.name + ".tmp")
-    model.decoder.save_pretrained(tmp_dir)  # config.json + model.safetensors
-    tokenizer.save_pretrained(tmp_dir)
-    save_file({k: v.contiguous().cpu() for k, v in model.projection.state_dict().items()}, tmp_dir / PROJECTION_FILE)
     meta = {"config": asdict(config), "image_dim": int(image_vectors.shape[1]), "fingerprint": fingerprint,
             "n_train": len(captions)}
-    (tmp_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-    tmp_dir.replace(model_dir)  # atomic: a crash never leaves a half-written model that looks finished
+    with written_whole(model_dir) as folder:
+        model.decoder.save_pretrained(folder)  # config.json + model.safetensors
+        tokenizer.save_pretrained(folder)
+        save_file({k: v.contiguous().cpu() for k, v in model.projection.state_dict().items()}, folder / PROJECTION_FILE)
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2))
     return model_dir
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ravlm_core.model_files import written_whole
+
 log = logging.getLogger(__name__)
 
 
@@ -145,12 +147,10 @@ def train_fusion(
             total += loss.item() * len(idx)
         log.info("fusion answerer epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / len(target))
 
-    tmp_dir = model_dir.with_name(model_dir.name + ".tmp")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, tmp_dir / "weights.safetensors")
     meta = {"answers": answers, "config": asdict(config), "image_dim": images.shape[1],
             "question_dim": questions.shape[1], "context_dim": context.shape[1], "fingerprint": fingerprint,
             "n_train": int(len(target))}
-    (tmp_dir / "answerer.json").write_text(json.dumps(meta, indent=2))
-    tmp_dir.replace(model_dir)  # atomic: a crash never leaves a half-written model that looks finished
+    with written_whole(model_dir) as folder:
+        save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, folder / "weights.safetensors")
+        (folder / "answerer.json").write_text(json.dumps(meta, indent=2))
     return model_dir
