@@ -19,9 +19,9 @@ from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
 from ravlm_core.retrieval.search import Neighbours, search, sets_filter, stored_guard, vectors_by_id
 from ravlm_core.schemas import (CAPTION_PREDICTIONS, CAPTION_PREDICTIONS_SCHEMA, IMAGES, IMAGES_SCHEMA)
 from ravlm_core.writer import BatchedWriter
-from ravlm_core.store import Store, sql_quote
+from ravlm_core.store import Store
 from ravlm_core.retrieval.questions import no_neighbours
-from ravlm_core.jobs.parts import JobResult, batches, cached_generator, log_batch, model_requests, part_members
+from ravlm_core.jobs.parts import JobResult, left_to_do, batches, cached_generator, log_batch, model_requests, part_members
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,7 @@ log = logging.getLogger(__name__)
 def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob,
                      k: int, device: str = "cpu", run_id: str = "") -> JobResult:
     """Caption the images of one part that `job` has not captioned yet."""
-    members = part_members(store, dataset, split, part)
-    done = store.existing_ids(CAPTION_PREDICTIONS, "member_id", where=f"job_id = {sql_quote(job.job_id)}")
-    members = members[~members["member_id"].isin(done)].reset_index(drop=True)
+    members = left_to_do(store, CAPTION_PREDICTIONS, "member_id", part_members(store, dataset, split, part), job)
     if members.empty:
         return JobResult(job.job_id, part, 0, 0, 0)
     if job.spec.kind in MODEL_KINDS:

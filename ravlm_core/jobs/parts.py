@@ -23,7 +23,7 @@ from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_
 from ravlm_core.retrieval.search import kb_filter, vectors_by_id
 from ravlm_core.schemas import (ACTIVE, IMAGES, QA, image_vectors_table, question_vectors_table,
                                 text_vectors_table)
-from ravlm_core.store import Store
+from ravlm_core.store import Store, sql_quote
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,13 @@ def part_members(store: Store, dataset: str, split: str, part: str) -> pd.DataFr
     frame = rows.to_pandas() if rows.num_rows else pd.DataFrame(columns=["member_id", "image_id", "dataset", "split",
                                                                          "caption"])
     return frame.astype(object).where(frame.notna(), None).sort_values("member_id").reset_index(drop=True)
+
+
+def left_to_do(store: Store, table: str, key: str, items: pd.DataFrame, job: GenerationJob) -> pd.DataFrame:
+    """The items `job` has no prediction row for yet (by `key`): a rerun, or a run resumed after a crash, does
+    only those."""
+    done = store.existing_ids(table, key, where=f"job_id = {sql_quote(job.job_id)}")
+    return items[~items[key].isin(done)].reset_index(drop=True)
 
 
 def cached_knowledge_base(store_uri: str, model_tag: str, question_tag: str, sets: list[tuple[str, str]],

@@ -20,9 +20,9 @@ from ravlm_core.retrieval.search import sets_filter
 from ravlm_core.schemas import (QA, QA_SCHEMA,
                                 VQA_PREDICTIONS, VQA_PREDICTIONS_SCHEMA)
 from ravlm_core.writer import BatchedWriter
-from ravlm_core.store import Store, sql_quote
+from ravlm_core.store import Store
 from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
-from ravlm_core.jobs.parts import JobResult, batches, cached_generator, log_batch, model_requests, part_members, part_range
+from ravlm_core.jobs.parts import JobResult, left_to_do, batches, cached_generator, log_batch, model_requests, part_members, part_range
 from ravlm_core.retrieval.questions import Retrieved, no_neighbours, retrieve_for_items
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ def vqa_items(store: Store, dataset: str, split: str, part: str, questions: list
 def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob, k: int,
                  device: str = "cpu", run_id: str = "", questions: list[str] | None = None) -> JobResult:
     """Answer the questions about one part's images that `job` has not answered yet."""
-    items = vqa_items(store, dataset, split, part, questions)
-    done = store.existing_ids(VQA_PREDICTIONS, "qa_id", where=f"job_id = {sql_quote(job.job_id)}")
-    items = items[~items["qa_id"].isin(done)].reset_index(drop=True)
+    items = left_to_do(store, VQA_PREDICTIONS, "qa_id", vqa_items(store, dataset, split, part, questions), job)
     if items.empty:
         return JobResult(job.job_id, part, 0, 0, 0)
     if job.spec.kind in MODEL_KINDS:
