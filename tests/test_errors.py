@@ -43,7 +43,7 @@ def test_a_failed_flow_says_which_shard_and_why_in_one_line_in_its_state_and_the
                                                                                           monkeypatch):
     from benchmarks.make_shapes_dataset import make_shapes_dataset
     from flows.ingest import ingest_flow
-    from ravlm_core.ingest import scan as ingest
+    from ravlm_core.ingest import shards
     from ravlm_core.store import Store
 
     folder = tmp_path / "shapes"
@@ -52,7 +52,7 @@ def test_a_failed_flow_says_which_shard_and_why_in_one_line_in_its_state_and_the
     def broken_writer(*args, **kwargs):
         raise ValueError("row group 0 has 3 columns, expected 5\n(details the operator does not need first)")
 
-    monkeypatch.setattr(ingest, "write_shard", broken_writer)
+    monkeypatch.setattr(shards, "write_shard", broken_writer)
     state = ingest_flow(str(folder), "shapes", overrides={"data_dir": str(tmp_path / "data")}, return_state=True)
 
     assert state.is_failed()
