@@ -119,6 +119,9 @@ def kb_label(sets: Iterable[tuple[str, str]]) -> str:
 
 @dataclass
 class KnowledgeBase:
+    """A knowledge base loaded for retrieval: what a `KBRef` names, read under one encoder's tables (callers
+    that hold both call this one `knowledge`)."""
+
     sets: list[tuple[str, str]]  # (dataset, split) sets searched together
     model_tag: str
     question_tag: str  # question encoder: question vectors live in its own space (see encoders/questions.py)
