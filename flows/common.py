@@ -1,11 +1,15 @@
-"""What every flow needs: settings from overrides and the task runner."""
+"""What every flow needs: settings from overrides, the task runner, the GPU slot, the encoder and run records."""
 from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
+
+if TYPE_CHECKING:
+    from ravlm_core.encoders import EncoderRef
 
 
 def settings_from(overrides: dict | None) -> Settings:
@@ -92,6 +96,16 @@ def _ensure_tag_limit(tag: str, slots: int) -> None:
             client.read_concurrency_limit_by_tag(tag)
         except ObjectNotFound:
             client.create_concurrency_limit(tag=tag, concurrency_limit=slots)
+
+
+def resolve_run_encoder(settings: Settings, device: str, retrain: bool = False) -> EncoderRef:
+    """The run's encoder (`Settings.encoder`), resolved by a task on `device`: it trains the built-in alignment
+    heads there when they are missing or `retrain` asks."""
+    from tasks.embed import resolve_encoder
+
+    return on_device(device, settings)(resolve_encoder)(encoder_spec=settings.encoder, store_uri=settings.store_uri,
+                                                        models_dir=str(settings.models_dir), device=device,
+                                                        retrain=retrain)
 
 
 def record_run(flow, flow_run, state) -> None:

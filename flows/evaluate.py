@@ -7,14 +7,13 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from flows.common import RUN_HOOKS, on_device, run_name, settings_from, task_runner
+from flows.common import RUN_HOOKS, resolve_run_encoder, run_name, settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
 from ravlm_core.evaluate.scoring import latest_eval_run, split_contents
 from ravlm_core.generators import GeneratorSpec
 from ravlm_core.jobs.parts import check_query_set
-from ravlm_core.retrieval.knowledge import kb_label, parse_kb
+from ravlm_core.retrieval.knowledge import parse_kb
 from ravlm_core.store import Store
-from tasks.embed import resolve_encoder
 from tasks.evaluate import evaluate_run
 
 
@@ -35,31 +34,31 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     evaluation (`"unchanged": true`) instead of writing the same report again."""
     settings = settings_from(overrides)
     runner = task_runner(settings)
-    sets = parse_kb(kb, dataset, settings.kb_split)
+    kb_ref = parse_kb(kb, dataset, settings.kb_split)
     specs = {g: GeneratorSpec.parse(g) for g in generators or []}
     chosen = {task: [g for g, spec in specs.items() if spec.serves(task)] or list(DEFAULT_GENERATORS[task])
               for task in DEFAULT_GENERATORS}
-    device = settings.torch_device()
-    encoder = on_device(device, settings)(resolve_encoder)(settings.encoder, settings.store_uri,
-                                                            str(settings.models_dir), device)
+    encoder = resolve_run_encoder(settings, settings.torch_device())
     store = Store(settings.store_uri)
     check_query_set(store, dataset, split)
-    has = split_contents(store, dataset, split, sets)
+    has = split_contents(store, dataset, split, list(kb_ref.sets))
     has["qa"] = has["qa"] or bool(questions)
     for what, found in has.items():
         if not found:
             get_run_logger().warning("no %s jobs: %s/%s has no %s, or the knowledge base %s has none to retrieve",
-                                     what, dataset, split, "questions" if what == "qa" else "images",
-                                     kb_label(sets))
+                                     what, dataset, split, "questions" if what == "qa" else "images", kb_ref.label)
+    # The subflows take the KB as resolved here, in its JSON spelling, and the same overrides.
+    common = {"dataset": dataset, "split": split, "kb": kb_ref.to_json(), "overrides": overrides}
     vqa = vqa_flow.with_options(task_runner=runner)
     caption = caption_flow.with_options(task_runner=runner)
     jobs: dict = {"generators": {"vqa": {}, "caption": {}}}
 
     new_rows = 0
 
-    def both(task: str, generator: str, run) -> None:
+    def both(task: str, subflow, generator: str, **extra) -> None:
         nonlocal new_rows
-        results = {"with": run(generator, False), "without": run(generator, True)}
+        results = {"with": subflow(**common, **extra, generator=generator, no_retrieval=False),
+                   "without": subflow(**common, **extra, generator=generator, no_retrieval=True)}
         new_rows += sum(r["new_rows"] for r in results.values())
         ids = {key: r["job_id"] for key, r in results.items()}
         if generator == chosen[task][0]:
@@ -69,12 +68,12 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
 
     if has["qa"]:
         for generator in chosen["vqa"]:
-            both("vqa", generator, lambda g, off: vqa(dataset, split, g, kb, questions, off, overrides))
-        voting = vqa(dataset, split, "builtin-vote", kb, questions, False, overrides)
+            both("vqa", vqa, generator, questions=questions)
+        voting = vqa(**common, generator="builtin-vote", questions=questions, no_retrieval=False)
         jobs["vqa_voting"], new_rows = voting["job_id"], new_rows + voting["new_rows"]
     if has["captions"]:
         for generator in chosen["caption"]:
-            both("caption", generator, lambda g, off: caption(dataset, split, g, kb, off, overrides))
+            both("caption", caption, generator)
     if only_if_changed and not new_rows:
         last = latest_eval_run(store, dataset, split)
         if last and json.loads(last["config"]).get("jobs") == jobs:
@@ -83,7 +82,7 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
             return {"run_id": last["run_id"], "report": last["report"], "unchanged": True,
                     **json.loads(last["metrics"])}
     run_id = f"eval-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    config = {"encoder": encoder["model_tag"], "k": settings.k, "kb": kb_label(sets), "dataset": dataset,
+    config = {"encoder": encoder.model_tag, "k": settings.k, "kb": kb_ref.label, "dataset": dataset,
               "split": split, "retrieval": retrieval_settings(settings), "generators": chosen, "jobs": jobs}
-    return evaluate_run(settings.store_uri, encoder["model_tag"], dataset, split, jobs, run_id,
-                        str(settings.reports_dir), config)
+    return evaluate_run(store_uri=settings.store_uri, model_tag=encoder.model_tag, dataset=dataset, split=split,
+                        jobs=jobs, run_id=run_id, reports_dir=str(settings.reports_dir), config=config)

@@ -16,17 +16,20 @@ def ingest_flow(source: str, dataset: str, manifest: str | None = None, dry_run:
     stored and decoded once. Reruns change nothing."""
     settings = settings_from(overrides)
     logger = get_run_logger()
-    scan = scan_source(source, dataset, str(settings.staging_dir), settings.store_uri, settings.shard_size,
-                       manifest, dry_run, source_format, annotations, questions)
+    scan = scan_source(source=source, dataset=dataset, staging_dir=str(settings.staging_dir),
+                       store_uri=settings.store_uri, shard_size=settings.shard_size, manifest=manifest,
+                       dry_run=dry_run, source_format=source_format, annotations=annotations, questions=questions)
     counts = {key: scan[key] for key in ("added", "changed", "reannotated", "removed", "unchanged")}
     bad_rows = list(scan["bad_rows"])
     if not dry_run:
-        written = write_shard.map(unmapped(scan["content_path"]), scan["shards"], unmapped(str(settings.parquet_dir)),
-                                  unmapped(settings.max_image_pixels)).result()
-        load_shard.map(unmapped(settings.store_uri), [w["path"] for w in written if w["path"]]).result()
+        written = write_shard.map(content_path=unmapped(scan["content_path"]), shard=scan["shards"],
+                                  parquet_dir=unmapped(str(settings.parquet_dir)),
+                                  max_pixels=unmapped(settings.max_image_pixels)).result()
+        load_shard.map(store_uri=unmapped(settings.store_uri),
+                       shard_path=[w["path"] for w in written if w["path"]]).result()
         bad_rows += [bad for w in written for bad in w["bad_rows"]]
         if scan["plan_path"]:
-            applied = apply_plan(settings.store_uri, scan["plan_path"], keep_removed)
+            applied = apply_plan(store_uri=settings.store_uri, plan_path=scan["plan_path"], keep_removed=keep_removed)
             counts.update({key: applied[key] for key in ("added", "changed", "reannotated", "removed")})
     for bad in bad_rows:
         logger.warning("skipped %s: %s", bad["ref"], bad["reason"])

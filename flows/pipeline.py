@@ -16,9 +16,10 @@ EMBEDDED_DATASET = "easy-vqa"
 def demo_flow(overrides: dict | None = None) -> dict:
     """Ingest easy-VQA → train heads + embed + index → VQA + captions with / without retrieval → eval + report."""
     runner = task_runner(settings_from(overrides))
-    ingested = ingest_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, EMBEDDED_DATASET, overrides=overrides)
-    embedded = embed_flow.with_options(task_runner=runner)(False, overrides)
-    evaluated = eval_flow.with_options(task_runner=runner)(EMBEDDED_DATASET, "test", overrides=overrides)
+    ingested = ingest_flow.with_options(task_runner=runner)(source=EMBEDDED_DATASET, dataset=EMBEDDED_DATASET,
+                                                            overrides=overrides)
+    embedded = embed_flow.with_options(task_runner=runner)(retrain_encoder=False, overrides=overrides)
+    evaluated = eval_flow.with_options(task_runner=runner)(dataset=EMBEDDED_DATASET, split="test", overrides=overrides)
     get_run_logger().info("report: %s", evaluated["report"])
     return {"ingest": ingested, "embed": embedded, "eval": evaluated}
 
@@ -40,13 +41,13 @@ def nightly_flow(sources: list[dict] | None = None, evaluate: bool = True, overr
     runner = task_runner(settings)
     ingested = [
         ingest_flow.with_options(task_runner=runner)(
-            s["source"], s["dataset"], s.get("manifest"), source_format=s.get("format", "auto"),
+            source=s["source"], dataset=s["dataset"], manifest=s.get("manifest"), source_format=s.get("format", "auto"),
             annotations=s.get("annotations"), questions=s.get("questions"), overrides=overrides)
         for s in sources
     ]
-    embedded = embed_flow.with_options(task_runner=runner)(False, overrides)
-    evaluated = [eval_flow.with_options(task_runner=runner)(s["dataset"], "test", s.get("kb"), only_if_changed=True,
-                                                            overrides=overrides)
+    embedded = embed_flow.with_options(task_runner=runner)(retrain_encoder=False, overrides=overrides)
+    evaluated = [eval_flow.with_options(task_runner=runner)(dataset=s["dataset"], split="test", kb=s.get("kb"),
+                                                            only_if_changed=True, overrides=overrides)
                  for s in sources] if evaluate else []
-    compacted = compact_store(settings.store_uri, settings.keep_versions_days)
+    compacted = compact_store(store_uri=settings.store_uri, keep_versions_days=settings.keep_versions_days)
     return {"ingest": ingested, "embed": embedded, "eval": evaluated, "compacted": compacted}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -36,18 +37,20 @@ class Encoder(Protocol):
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
 
 
-class ImageEncoder(Encoder, Protocol):
-    """What embedding a shard needs on top: the per-image pixel step apart from the batched forward pass, so
-    decoding and preprocessing can run in reader processes while the model runs.
+@dataclass(frozen=True)
+class EncoderRef:
+    """The encoder a run uses, as flows hand it to tasks: where its weights are and the tags naming its tables;
+    never the model itself (tasks load it in the process that needs it)."""
 
-    `embed_images(images)` equals `embed_pixels(np.stack([preprocess(image) for image in images]))`."""
+    # What `load_encoder` opens: a folder (a shared ref when models live on object storage) or a hub id.
+    model_ref: str
+    model_tag: str  # names its image / text vector tables (`Encoder.tag`)
+    dim: int
+    question_tag: str  # the question encoder's tag: names the question vector table
 
-    # Picklable: decoded RGB image → a fixed-shape array (uint8 or float32).
-    preprocess: Callable[[Image.Image], np.ndarray]
-    # Images per forward pass, chosen for the device (measured on a CPU).
-    batch_size: int
-
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
+    def to_json(self) -> dict:
+        """`{model_ref, model_tag, dim, question_tag}`, as the embed flow reports it."""
+        return asdict(self)
 
 
 def load_encoder(ref: str | Path, *, device: str = "cpu") -> Encoder:

@@ -158,9 +158,20 @@ _BUILTIN_VARIANTS = {("builtin-vote", True): "voting", ("builtin-fusion", True):
                      ("builtin-transfer", False): "direct"}
 
 
+def generation_variant(spec: GeneratorSpec, use_retrieval: bool) -> str:
+    """`fusion`, `voting`, `consensus`, `direct`, `fusion-no-retrieval` for the baselines; the kind for models,
+    suffixed `-no-retrieval` when they run without. Part of the job id, so known before the job is."""
+    if spec.kind in BUILTIN_KINDS:
+        if (spec.kind, use_retrieval) not in _BUILTIN_VARIANTS:
+            raise UserError(f"{spec.kind} without retrieval has nothing to vote with: use builtin-fusion")
+        return _BUILTIN_VARIANTS[(spec.kind, use_retrieval)]
+    return spec.kind if use_retrieval else f"{spec.kind}-no-retrieval"
+
+
 @dataclass(frozen=True)
 class GenerationJob:
-    """What one job runs, small enough to hand to every task: the generator and whether it sees retrieval."""
+    """What one job runs, built once by its flow and handed as it is to every task: the generator and whether it
+    sees retrieval."""
 
     job_id: str
     spec: GeneratorSpec
@@ -169,18 +180,14 @@ class GenerationJob:
     model_dir: str | None = None  # weights trained here (fusion answerer, SmallCap decoder), else spec.model
 
     def __post_init__(self):
-        if self.spec.kind in BUILTIN_KINDS and (self.spec.kind, self.use_retrieval) not in _BUILTIN_VARIANTS:
-            raise UserError(f"{self.spec.kind} without retrieval has nothing to vote with: use builtin-fusion")
+        generation_variant(self.spec, self.use_retrieval)
 
     @property
     def variant(self) -> str:
-        """`fusion`, `voting`, `consensus`, `direct`, `fusion-no-retrieval` for the baselines; the kind for
-        models, suffixed `-no-retrieval` when they run without."""
-        if self.spec.kind in BUILTIN_KINDS:
-            return _BUILTIN_VARIANTS[(self.spec.kind, self.use_retrieval)]
-        return self.spec.kind if self.use_retrieval else f"{self.spec.kind}-no-retrieval"
+        return generation_variant(self.spec, self.use_retrieval)
 
     def to_dict(self) -> dict:
+        """Its JSON form; `from_dict` reads it back."""
         return {**dataclasses.asdict(self), "spec": self.spec.fields()}
 
     def spec_json(self) -> str:

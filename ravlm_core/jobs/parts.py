@@ -19,7 +19,7 @@ from ravlm_core.model_files import timed_load
 from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
 from ravlm_core.locations import local_model
-from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base
+from ravlm_core.retrieval.knowledge import KBRef, KnowledgeBase, RetrievalConfig, load_knowledge_base
 from ravlm_core.retrieval.search import kb_filter, vectors_by_id
 from ravlm_core.schemas import (ACTIVE, IMAGES, QA, image_vectors_table, question_vectors_table,
                                 text_vectors_table)
@@ -81,20 +81,20 @@ def left_to_do(store: Store, table: str, key: str, items: pd.DataFrame, job: Gen
     return items[~items[key].isin(done)].reset_index(drop=True)
 
 
-def cached_knowledge_base(store_uri: str, model_tag: str, question_tag: str, sets: list[tuple[str, str]],
+def cached_knowledge_base(store_uri: str, model_tag: str, question_tag: str, kb: KBRef,
                           config: RetrievalConfig) -> KnowledgeBase:
-    """The KB, loaded once per process while its tables are unchanged (not once per part)."""
+    """The knowledge base `kb` names, loaded once per process while its tables are unchanged (not once per part)."""
     store = Store(store_uri)
     tables = (IMAGES, QA, image_vectors_table(model_tag), text_vectors_table(model_tag),
               question_vectors_table(question_tag))
     versions = tuple(store.table(t).version if store.has(t) else 0 for t in tables)
-    return _knowledge_base(store_uri, model_tag, question_tag, tuple(map(tuple, sets)), config, versions)
+    return _knowledge_base(store_uri, model_tag, question_tag, kb, config, versions)
 
 
 @lru_cache(maxsize=4)
-def _knowledge_base(store_uri: str, model_tag: str, question_tag: str, sets: tuple, config: RetrievalConfig,
+def _knowledge_base(store_uri: str, model_tag: str, question_tag: str, kb: KBRef, config: RetrievalConfig,
                     versions: tuple) -> KnowledgeBase:
-    return load_knowledge_base(Store(store_uri), model_tag, question_tag, list(sets), config)
+    return load_knowledge_base(Store(store_uri), model_tag, question_tag, list(kb.sets), config)
 
 
 def cached_generator(spec: GeneratorSpec, model_dir: str | None, device: str):

@@ -117,14 +117,14 @@ class Session:
         from ravlm_core.jobs.vqa import trained_answerer
 
         settings = self.settings
-        sets = parse_kb(kb, "easy-vqa", settings.kb_split)
-        knowledge = cached_knowledge_base(self.store.uri, self.encoder.tag, question_encoder_tag(), sets,
+        kb_ref = parse_kb(kb, "easy-vqa", settings.kb_split)
+        knowledge = cached_knowledge_base(self.store.uri, self.encoder.tag, question_encoder_tag(), kb_ref,
                                           retrieval_config(settings))
         from ravlm_core.locations import pulled
 
         folder = trained_answerer(knowledge, settings.k, pulled(settings.models_dir, "answerers"), use_retrieval=True)
         if folder is None:
-            dataset, split = sets[0]
+            dataset, split = kb_ref.sets[0]
             raise UserError(f"no fusion answerer has been trained for the knowledge base {knowledge.label} with "
                             f"k={settings.k} yet: run `ravlm vqa --dataset {dataset} --split {split} --kb "
                             f"{dataset}:{split}` (or `ravlm eval`) first")

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ravlm_core.config import Settings
 from ravlm_core.ids import text_id
 from ravlm_core.errors import UserError
 from ravlm_core.retrieval.search import Neighbours, sets_filter, vector_sets_filter, vectors_by_id
@@ -35,24 +37,30 @@ QUESTION_TAU = 0.05
 CONTEXT_VERSION = "question-form-3"
 
 
+def _setting(name: str):
+    """The declared default of a `Settings` field: the one place retrieval's numbers live."""
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """How retrieval treats a query; part of the KB fingerprint, so a change recomputes jobs and answerers."""
+    """How retrieval treats a query; part of the KB fingerprint (by its repr), so a change recomputes jobs and
+    answerers. Runs build it from their settings (`retrieval_config`); the field defaults are `Settings`'s."""
 
     # Below this cosine to its closest KB question, a query's question counts as new: its context comes from
     # plain image neighbours and all their QA pairs (weighted by question similarity) instead.
-    question_match_min: float = 0.0  # off by default: see Settings.question_match_min
+    question_match_min: float = _setting("question_match_min")
     # Leakage guard: a query never retrieves its own bytes (under any name or dataset), nor KB images whose
     # 16x16 pixel signature is within this many grey levels of its own (re-encodes, resizes, small edits).
     # Off, such hits are still counted but kept; answerers train leave-one-out either way.
-    leakage_guard: bool = True
-    near_duplicate_distance: float = 3.0
+    leakage_guard: bool = _setting("leakage_guard")
+    near_duplicate_distance: float = _setting("near_duplicate_distance")
     # Match a question only to KB questions of its own form (`question_form`); English wording rules, so a
     # setting for collections asked in other languages.
-    match_question_form: bool = True
+    match_question_form: bool = _setting("match_question_form")
 
 
-def retrieval_config(settings) -> RetrievalConfig:
+def retrieval_config(settings: Settings) -> RetrievalConfig:
     """The retrieval settings of a `Settings`."""
     return RetrievalConfig(question_match_min=settings.question_match_min, leakage_guard=settings.leakage_guard,
                            near_duplicate_distance=settings.near_duplicate_distance,
@@ -73,23 +81,48 @@ def question_form(question: str) -> tuple[bool, bool]:
     return first in _AUXILIARIES or first.endswith("n't"), bool(_NEGATION.search(text))
 
 
-def parse_kb(specs: list[str] | None, query_dataset: str, default_split: str = "train") -> list[tuple[str, str]]:
-    """`--kb DATASET[:SPLIT]` values as (dataset, split) sets; none means the query dataset's train split."""
+@dataclass(frozen=True)
+class KBRef:
+    """Which knowledge base: the (dataset, split) sets searched together, in the order named, each once.
+
+    Parsed once from `--kb DATASET[:SPLIT]` values (`parse_kb`) and handed as it is from the flow to its tasks
+    and to the library, where `load_knowledge_base` reads what it names into a `KnowledgeBase`. Frozen and made
+    of tuples, so it is its own cache key and pickles for Dask / Ray workers."""
+
+    sets: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        """`dataset:split,...`: how reports, prediction rows and the KB fingerprint name it."""
+        return kb_label(self.sets)
+
+    def to_json(self) -> list[str]:
+        """The `--kb` spelling, `["dataset:split", ...]`, for flow parameters; `parse_kb` reads it back unchanged."""
+        return [f"{dataset}:{split}" for dataset, split in self.sets]
+
+
+def parse_kb(specs: list[str] | None, query_dataset: str, default_split: str) -> KBRef:
+    """`--kb DATASET[:SPLIT]` values as a `KBRef`; none means the query dataset, a missing split `default_split`
+    (`Settings.kb_split`)."""
     sets = []
     for spec in specs or [query_dataset]:
         dataset, _, split = spec.partition(":")
         if not dataset:
             raise UserError(f"--kb {spec!r}: write DATASET or DATASET:SPLIT, e.g. --kb easy-vqa:train")
         sets.append((dataset, split or default_split))
-    return list(dict.fromkeys(sets))
+    return KBRef(tuple(dict.fromkeys(sets)))
 
 
-def kb_label(sets: list[tuple[str, str]]) -> str:
+def kb_label(sets: Iterable[tuple[str, str]]) -> str:
+    """`dataset:split,...` of (dataset, split) pairs; part of the KB fingerprint, so its spelling is fixed."""
     return ",".join(f"{d}:{s}" for d, s in sets)
 
 
 @dataclass
 class KnowledgeBase:
+    """A knowledge base loaded for retrieval: what a `KBRef` names, read under one encoder's tables (callers
+    that hold both call this one `knowledge`)."""
+
     sets: list[tuple[str, str]]  # (dataset, split) sets searched together
     model_tag: str
     question_tag: str  # question encoder: question vectors live in its own space (see encoders/questions.py)
