@@ -58,7 +58,6 @@ class Settings(BaseSettings):
     keep_versions_days: float = 7.0
     # Images over this many pixels are rejected at ingest as likely decompression bombs.
     max_image_pixels: int = 64_000_000
-    seed: int = 0
     # The default is local and server-less; "ray" / "dask" use prefect-ray / prefect-dask.
     runner: str = "threads"
     runner_address: str = ""

@@ -10,8 +10,8 @@ from ravlm_core.store import Store
 
 
 @task(cache_policy=NO_CACHE)
-def build_indexes(store_uri: str, model_tag: str, question_tag: str, min_rows_for_ann: int = indexes.MIN_ROWS_FOR_ANN,
-                  target_recall: float = indexes.DEFAULT_TARGET_RECALL) -> dict:
+def build_indexes(store_uri: str, model_tag: str, question_tag: str, min_rows_for_ann: int,
+                  target_recall: float) -> dict:
     with naming(f"indexing the tables of {model_tag}"):
         return indexes.build_indexes(Store(store_uri), model_tag, question_tag, min_rows_for_ann, target_recall)
 

@@ -260,8 +260,7 @@ def _assign_shards(records: dict[str, SourceRecord], shard_size: int) -> dict[st
     return shard_of
 
 
-def write_shard(content_path: str, shard: str, parquet_dir: Path | str,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> ShardResult:
+def write_shard(content_path: str, shard: str, parquet_dir: Path | str, max_pixels: int) -> ShardResult:
     """Validate, decode and store one shard of new image contents as `parquet_dir/content/<shard>.parquet`.
 
     Returns:
