@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from ravlm_core.locations import join
+from ravlm_core.uris import join
 
 
 class Settings(BaseSettings):
@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # Any LanceDB URI: a local folder, s3://bucket/path, gs://..., db://remote. Empty means <data_dir>/lancedb.
     lancedb_uri: str = ""
     reports_dir: Path = Path("reports")
+    # Where this machine keeps its copies of model folders from object storage (ravlm_core.locations); empty means
+    # $XDG_CACHE_HOME/ravlm, else ~/.cache/ravlm (see `model_cache`).
+    cache_dir: str = ""
     # "auto" picks cuda when present, else cpu.
     device: str = "auto"
     # Images per Parquet shard: the unit of parallel work and of incremental re-embedding.
@@ -88,7 +91,7 @@ class Settings(BaseSettings):
     def _path_as_text(cls, value):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    # Below: a Path under a local data_dir (as always), a URI string under one on object storage.
+    # Below: a Path under a local data_dir, a URI string under one on object storage.
     @property
     def store_uri(self) -> str:
         return self.lancedb_uri or str(join(self.data_dir, "lancedb"))
@@ -105,6 +108,12 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path | str:
         return join(self.data_dir, "staging")
+
+    @property
+    def model_cache(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ravlm"
 
     def torch_device(self) -> str:
         if self.device != "auto":
