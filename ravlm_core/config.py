@@ -10,6 +10,30 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ravlm_core.uris import join
 
 
+# The environment every ravlm process runs in, set by `apply_environment` before Prefect, huggingface_hub or
+# transformers is imported (they read it at import): flows/__init__.py (so the CLI, `serve` and flow runs on a
+# worker), tests/conftest.py and the benchmarks call it. A value already in the environment wins.
+ENVIRONMENT = {
+    # No network here but the package registries: never phone home, never reach for a model hub (models load from
+    # local folders or the local Hugging Face cache).
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # A throwaway Prefect server's first start runs its migrations (~20 s on 2 cores, Prefect's whole default wait).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # The library logs with `logging` (no Prefect import); this shows its progress lines in flow run logs...
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "ravlm_core",
+    # ...and outside a flow run (a library call in a notebook, `ravlm search`) they stay local, without a warning.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
+
+
+def apply_environment() -> None:
+    """Set ENVIRONMENT's variables this process has not set itself."""
+    for name, value in ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 class Settings(BaseSettings):
     """Frozen run configuration. Precedence: explicit arguments > RAVLM_* env > ./ravlm.toml > defaults."""
 
