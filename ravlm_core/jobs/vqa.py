@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
 from ravlm_core.embed.shards import text_id
+from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob
 from ravlm_core.retrieval.knowledge import KnowledgeBase
 from ravlm_core.retrieval.search import Guard, Neighbours, search, sets_filter, signatures_of, vectors_by_id
@@ -133,7 +134,8 @@ def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_
         return trained
     items = read_items(store, kb.sets, labelled=True)
     if items.empty:
-        raise ValueError(f"knowledge base {kb.label} has no question-answer pairs to train an answerer on")
+        raise UserError(f"knowledge base {kb.label} has no question-answer pairs to train an answerer on: ingest "
+                        f"its dataset with questions, or name another with --kb")
     retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k, training=True)
     labels = np.array([kb.answer_index(a) for a in items["answer"]])
     return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(kb), labels,
