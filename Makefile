@@ -2,11 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
-# No network here but the package registries: never phone home, never reach for a model hub.
-export PREFECT_SERVER_ANALYTICS_ENABLED = false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
-export HF_HUB_OFFLINE = 1
-export TRANSFORMERS_OFFLINE = 1
+# The offline environment (no model hub, no analytics) is set by ravlm itself: ravlm_core.config.apply_environment,
+# which the CLI and the tests run before Prefect or transformers is imported.
 
 .PHONY: install demo test test-slow clean
 

@@ -67,7 +67,7 @@ class Runner:
 
     def __init__(self, out: Path, keep_stderr: bool = False):
         self.out = out
-        self.env_prefix = {"PREFECT_HOME": str(out / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.env_prefix = {"PREFECT_HOME": str(out / "prefect")}
         self.commands: list[str] = []
         self.seconds: dict[str, float] = {}
         self.keep_stderr = keep_stderr

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from ravlm_core.config import Settings
 from ravlm_core.query.dedup import near_duplicates
 from ravlm_core.index.indexes import build_indexes
 from ravlm_core.store import Store
@@ -41,7 +42,8 @@ def planted_store(folder: str, rows: int, dim: int, pairs: int, seed: int = 0) -
                                   "model_tag": [TAG] * rows, "embedded_at": [None] * rows},
                                  schema=vector_schema(dim, "image_id", MEMBERSHIPS))
     store.db.create_table(image_vectors_table(TAG), table)
-    build_indexes(store, TAG)
+    settings = Settings()
+    build_indexes(store, TAG, None, settings.min_rows_for_ann, settings.ann_target_recall)
     return store, planted
 
 

@@ -53,6 +53,7 @@ from ravlm_core.embed import shards as embed  # noqa: E402
 from ravlm_core.embed import reader as embed_reader
 
 from ravlm_core.ingest import scan as ingest
+from ravlm_core.config import apply_environment  # noqa: E402
 from ravlm_core.encoders import load_encoder  # noqa: E402
 from ravlm_core.imaging import decode_image  # noqa: E402
 from ravlm_core.store import Store  # noqa: E402
@@ -421,8 +422,7 @@ def main() -> None:
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    apply_environment()
     args.images_from = args.images_from or ("easy-vqa" if args.device == "cpu" else "jpeg256")
     if args.rss_child:
         print(json.dumps(rss_child(args.rss_child[0], int(args.rss_child[1]), Path(args.rss_child[2]))))

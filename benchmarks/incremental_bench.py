@@ -31,7 +31,7 @@ KEYS = {"images": "member_id", "qa": "qa_id", "contents": "image_id", "vqa_predi
 
 
 def ravlm(work: Path, *args: str) -> dict:
-    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect")}
     command = [sys.executable, "-m", "flows.cli", "--data-dir", str(work / "data"), "--reports-dir",
                str(work / "reports"), *args, "--json"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -76,7 +76,7 @@ def cli_args(work: Path, *args: str) -> list[str]:
 def ravlm(work: Path, env: dict[str, str], *args: str) -> tuple[dict, float]:
     """One CLI command as a user would run it; returns its --json output and wall-clock seconds."""
     full_env = {k: v for k, v in os.environ.items() if k not in GUARD_ENV}
-    full_env.update(PREFECT_HOME=str(work / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **env)
+    full_env.update(PREFECT_HOME=str(work / "prefect"), **env)
     command = [sys.executable, "-m", "flows.cli", *cli_args(work, *args)]
     log.info("%s ravlm %s", " ".join(f"{k}={v}" for k, v in env.items()), " ".join(args))
     start = time.perf_counter()
@@ -93,7 +93,7 @@ def reproduce(work: Path, args: argparse.Namespace, guard_envs: dict[str, dict])
         return (prefix + " " if prefix else "") + shlex.join(["ravlm", *cli_args(work, *cli)])
 
     return [
-        f"export PREFECT_HOME={shlex.quote(str(work / 'prefect'))} PREFECT_SERVER_ANALYTICS_ENABLED=false",
+        f"export PREFECT_HOME={shlex.quote(str(work / 'prefect'))}",
         shlex.join(["python", "benchmarks/make_leakage_dataset.py", str(work / "dataset"), "--train", str(args.train),
                     "--test", str(args.test), "--copies", str(args.copies), "--seed", str(args.seed)]),
         line({}, "ingest", str(work / "dataset"), "--dataset", DATASET),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import flows  # noqa: E402,F401  (sets the offline environment before Prefect is imported)
+import flows  # noqa: E402,F401  (its apply_environment runs before Prefect is imported)
 from flows.serve import serve_all  # noqa: E402
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from ravlm_core.config import Settings
+from ravlm_core.config import ENVIRONMENT, Settings
 from ravlm_core.errors import UserError
 
 if TYPE_CHECKING:
@@ -58,9 +58,8 @@ def _ray_runner(settings: Settings):
     return GpuAwareRayTaskRunner(address=settings.runner_address or None, init_kwargs={"runtime_env": runtime_env})
 
 
-# Passed to Ray workers: the settings flows/__init__ applies, and where the Prefect API is.
-WORKER_ENV = ("PREFECT_API_URL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW",
-              "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# Passed to Ray workers: the environment apply_environment sets, and where the Prefect API is.
+WORKER_ENV = ("PREFECT_API_URL", *ENVIRONMENT)
 
 
 def prepare_ray_worker() -> None:

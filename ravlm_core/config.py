@@ -7,7 +7,31 @@ from pathlib import Path
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from ravlm_core.locations import join
+from ravlm_core.uris import join
+
+
+# The environment every ravlm process runs in, set by `apply_environment` before Prefect, huggingface_hub or
+# transformers is imported (they read it at import): flows/__init__.py (so the CLI, `serve` and flow runs on a
+# worker), tests/conftest.py and the benchmarks call it. A value already in the environment wins.
+ENVIRONMENT = {
+    # No network here but the package registries: never phone home, never reach for a model hub (models load from
+    # local folders or the local Hugging Face cache).
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # A throwaway Prefect server's first start runs its migrations (~20 s on 2 cores, Prefect's whole default wait).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # The library logs with `logging` (no Prefect import); this shows its progress lines in flow run logs...
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "ravlm_core",
+    # ...and outside a flow run (a library call in a notebook, `ravlm search`) they stay local, without a warning.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
+
+
+def apply_environment() -> None:
+    """Set ENVIRONMENT's variables this process has not set itself."""
+    for name, value in ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 class Settings(BaseSettings):
@@ -22,6 +46,9 @@ class Settings(BaseSettings):
     # Any LanceDB URI: a local folder, s3://bucket/path, gs://..., db://remote. Empty means <data_dir>/lancedb.
     lancedb_uri: str = ""
     reports_dir: Path = Path("reports")
+    # Where this machine keeps its copies of model folders from object storage (ravlm_core.locations); empty means
+    # $XDG_CACHE_HOME/ravlm, else ~/.cache/ravlm (see `model_cache`).
+    cache_dir: str = ""
     # "auto" picks cuda when present, else cpu.
     device: str = "auto"
     # Images per Parquet shard: the unit of parallel work and of incremental re-embedding.
@@ -58,7 +85,6 @@ class Settings(BaseSettings):
     keep_versions_days: float = 7.0
     # Images over this many pixels are rejected at ingest as likely decompression bombs.
     max_image_pixels: int = 64_000_000
-    seed: int = 0
     # The default is local and server-less; "ray" / "dask" use prefect-ray / prefect-dask.
     runner: str = "threads"
     runner_address: str = ""
@@ -89,7 +115,7 @@ class Settings(BaseSettings):
     def _path_as_text(cls, value):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    # Below: a Path under a local data_dir (as always), a URI string under one on object storage.
+    # Below: a Path under a local data_dir, a URI string under one on object storage.
     @property
     def store_uri(self) -> str:
         return self.lancedb_uri or str(join(self.data_dir, "lancedb"))
@@ -106,6 +132,12 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path | str:
         return join(self.data_dir, "staging")
+
+    @property
+    def model_cache(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ravlm"
 
     def torch_device(self) -> str:
         if self.device != "auto":

@@ -9,10 +9,14 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageFile, ImageOps
 
+from ravlm_core.config import Settings
+
 if TYPE_CHECKING:
     import numpy as np
 
-DEFAULT_MAX_PIXELS = 64_000_000  # above this an image is rejected as a likely decompression bomb
+# Above this an image is rejected as a likely decompression bomb. The value is Settings.max_image_pixels's default:
+# ingest passes the configured limit; query images and bytes read back from the store are decoded with this one.
+DEFAULT_MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 
 REPLACE_FILE = "re-export or replace the file"
 # What Pillow raises for broken files besides OSError (which includes UnidentifiedImageError); plugins are not

@@ -1,6 +1,6 @@
 """Where shards and trained models live: local folders, or object storage beside the store (any pyarrow URI).
 
-A local `data_dir` keeps everything as plain paths (`pathlib.Path`), exactly as before. A `data_dir` URI such as
+A local `data_dir` keeps everything as plain paths (`pathlib.Path`). A `data_dir` URI such as
 `s3://bucket/ravlm` puts the store, the Parquet shards, the staging plans and the trained models under it, so a
 second machine with the same settings works from them. Shards are read and written through pyarrow's file
 systems (`pq.read_table("s3://...")` resolves the URI itself). Model loaders (transformers, onnxruntime,
@@ -20,28 +20,18 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from ravlm_core.config import Settings
+from ravlm_core.uris import is_remote, join  # noqa: F401 - part of this module's interface
+
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-# pyarrow is imported where used: Settings imports this module, and the CLI must start fast.
+# pyarrow is imported where used: the CLI must start fast.
 log = logging.getLogger(__name__)
 
 # Written last into a model folder on object storage (and into its local copy): the folder is whole.
 COMPLETE = ".complete"
-
-
-def is_remote(location: str | Path) -> bool:
-    """True for a URI with a scheme other than file:// (s3://, gs://, abfs://, ...)."""
-    text = str(location)
-    return "://" in text and not text.startswith("file://")
-
-
-def join(base: str | Path, *parts: str) -> str | Path:
-    """`base/parts...`: a Path for a local folder (as before), a URI string on object storage."""
-    if is_remote(base):
-        return "/".join([str(base).rstrip("/"), *parts])
-    return Path(base).joinpath(*parts)
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -140,9 +130,10 @@ def list_files(folder: str | Path, suffix: str) -> list[str]:
 # --- trained models --------------------------------------------------------------------------------------------
 
 def cache_root() -> Path:
-    """Where model folders from object storage are kept on this machine (RAVLM_CACHE_DIR, else the XDG cache)."""
-    base = os.environ.get("RAVLM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ravlm"
-    return Path(base)
+    """Where model folders from object storage are kept on this machine: Settings' `model_cache` (RAVLM_CACHE_DIR,
+    else the XDG cache). Read here, on the machine that loads or trains the model, rather than passed from the
+    flow: every machine has its own cache."""
+    return Settings().model_cache
 
 
 def local_models(models: str | Path) -> Path:

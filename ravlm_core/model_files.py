@@ -19,6 +19,8 @@ from typing import Callable, Iterator, TypeVar
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+from ravlm_core.errors import UserError
+
 # Everything that decides a model's outputs: architecture, weights, preprocessing, tokenisation, generation
 # defaults and chat template. Patterns a folder lacks change nothing, so encoders and generators share the list.
 TAGGED_FILES = ("config.json", "*.safetensors", "preprocessor_config.json", "processor_config.json", "tokenizer*.json",
@@ -42,7 +44,7 @@ def resolve_folder(ref: str | Path) -> Path:
     """A local folder as is; otherwise the hub id's snapshot (cache only when HF_HUB_OFFLINE is set).
 
     Raises:
-        FileNotFoundError: `ref` is no local folder and neither the cache nor the hub can provide it.
+        UserError: `ref` is no local folder and neither the cache nor the hub can provide it.
     """
     if Path(ref).is_dir():
         return Path(ref)
@@ -52,7 +54,7 @@ def resolve_folder(ref: str | Path) -> Path:
         offline = constants.HF_HUB_OFFLINE
         return Path(snapshot_download(str(ref), local_files_only=offline, allow_patterns=list(TAGGED_FILES)))
     except (OSError, ValueError) as err:  # missing cache entry, no network, or not a valid repo id
-        raise FileNotFoundError(
+        raise UserError(
             f"no local folder {ref} and the hub is unreachable: pass a local folder (a model saved with "
             f"save_pretrained)"
         ) from err

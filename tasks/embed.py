@@ -64,7 +64,8 @@ def resolve_encoder(encoder_spec: str, store_uri: str, models_dir: str, device: 
 
 @task(cache_policy=NO_CACHE, **RETRY)
 def embed_shard(store_uri: str, encoder: EncoderRef, shard_path: str, device: str, batch_size: int) -> dict:
-    # Batches are sized by the encoder for the device (measured once per machine on a CPU) unless given.
+    # Batches are sized by the encoder for the device (measured once per machine on a CPU) unless `batch_size`
+    # (Settings.image_batch_size) fixes them; 0 leaves it to the encoder.
     with naming(f"embedding shard {shard_path}"):
         return asdict(shards.embed_shard(Store(store_uri), lazy_encoder(encoder, device), shard_path,
                                         batch_size or None, workers=reader.reader_workers(device)))

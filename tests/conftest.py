@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+from ravlm_core.config import apply_environment
+
+apply_environment()  # no network, before any test module imports Prefect or transformers
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the tests run on the CPU
 
 import numpy as np
 import pytest

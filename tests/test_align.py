@@ -15,6 +15,7 @@ from PIL import Image
 from ravlm_core.encoders import load_encoder, train_builtin_encoder
 from ravlm_core.encoders.align import HeadConfig, multi_positive_loss, train_heads
 from ravlm_core.encoders.builtin import BuiltinEncoder, BuiltinSpec, read_spec
+from ravlm_core.errors import UserError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 FAST = dict(image_size=32, epochs=30, batch_size=32)  # 32 px keeps the backbone pass to a fraction of a second
@@ -208,13 +209,13 @@ def _copy_with_spec(trained, tmp_path, edit):
 
 def test_damaged_spec_fails_loudly(trained, tmp_path):
     unknown_key = _copy_with_spec(trained, tmp_path / "a", lambda s: s["preprocessing"].update(crop=True))
-    with pytest.raises(ValueError, match="crop"):
+    with pytest.raises(UserError, match="crop"):
         load_encoder(unknown_key)
     unknown_kind = _copy_with_spec(trained, tmp_path / "b", lambda s: s.update(kind="magic"))
-    with pytest.raises(ValueError, match="unknown encoder kind 'magic'"):
+    with pytest.raises(UserError, match="unknown encoder kind 'magic'"):
         load_encoder(unknown_kind)
     edited = _copy_with_spec(trained, tmp_path / "c", lambda s: s["training"].update(seed=7))
-    with pytest.raises(ValueError, match="tag mismatch"):
+    with pytest.raises(UserError, match="tag mismatch"):
         load_encoder(edited)
 
 

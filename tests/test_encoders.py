@@ -16,6 +16,7 @@ from ravlm_core.encoders import load_encoder
 from ravlm_core.encoders.backbones import ImageBackbone, ImagePreprocessing, TextBackbone
 from ravlm_core.encoders.packages import text_model_dir
 from ravlm_core.encoders.runtime import inference
+from ravlm_core.errors import UserError
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -152,7 +153,7 @@ def test_hf_rejects_unsupported_model_types(tmp_path):
     from transformers import BertConfig
 
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'bert' is not supported; supported: clip, siglip"):
+    with pytest.raises(UserError, match="'bert' is not supported; supported: clip, siglip"):
         load_encoder(tmp_path)
 
 
@@ -162,7 +163,7 @@ def test_missing_hub_model_gives_a_clear_error(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(FileNotFoundError, match="no local folder nobody/no-such-model and the hub is unreachable"):
+    with pytest.raises(UserError, match="no local folder nobody/no-such-model and the hub is unreachable"):
         load_encoder("nobody/no-such-model")
 
 
@@ -182,13 +183,13 @@ def test_hub_id_is_served_from_the_local_cache(tiny_model, tmp_path, monkeypatch
 
 
 def test_folder_without_a_model_is_rejected(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither encoder.json"):
+    with pytest.raises(UserError, match="neither encoder.json"):
         load_encoder(tmp_path)
 
 
 def test_unknown_kind_is_rejected(tmp_path):
     (tmp_path / "encoder.json").write_text(json.dumps({"kind": "magic"}))
-    with pytest.raises(ValueError, match="unknown encoder kind 'magic'"):
+    with pytest.raises(UserError, match="unknown encoder kind 'magic'"):
         load_encoder(tmp_path)
 
 

@@ -206,7 +206,7 @@ def test_broken_images_are_reported_and_never_listed(tmp_path, store):
 def test_a_crash_before_the_plan_is_applied_is_finished_by_the_rerun(source, tmp_path, store):
     scan = ingest.scan_source(str(source), "shapes", tmp_path / "data" / "staging", store, 4)
     # Killed after one shard was written and loaded.
-    written = ingest.write_shard(scan.content_path, scan.shards[0], tmp_path / "data" / "parquet")
+    written = ingest.write_shard(scan.content_path, scan.shards[0], tmp_path / "data" / "parquet", 64_000_000)
     ingest.load_shard(store, written.path)
     assert store.count(IMAGES) == 0 and 0 < written.n_images < 10
     result = _ingest(source, store, tmp_path)

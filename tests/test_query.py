@@ -57,8 +57,9 @@ def shapes(tmp_path_factory):
     for shard in ingest.stored_shards(store):
         embed.embed_shard(store, encoder, shard)
     embed.embed_texts(store, encoder)
-    build_indexes(store, encoder.tag)
-    session = Session(Settings(data_dir=data, device="cpu"))
+    settings = Settings(data_dir=data, device="cpu")
+    build_indexes(store, encoder.tag, None, settings.min_rows_for_ann, settings.ann_target_recall)
+    session = Session(settings)
     # Interactive commands need no Prefect server: the API points at a closed port.
     ravlm = Ravlm(data, tmp / "reports", "http://127.0.0.1:9/api")
     return {"session": session, "store": store, "folder": tmp / "shapes", "ravlm": ravlm, "tmp": tmp}

@@ -5,6 +5,7 @@ import pytest
 
 from PIL import Image
 
+from ravlm_core.errors import UserError
 from ravlm_core.imaging import signature, signature_distance
 from ravlm_core.retrieval.search import Guard, search, vector_sets_filter, vectors_by_id
 from ravlm_core.schemas import CONTENTS, CONTENTS_SCHEMA, MEMBERSHIPS, vector_schema
@@ -97,7 +98,7 @@ def test_re_encodes_and_resizes_stay_within_the_guard_distance_of_their_original
 def test_vectors_by_id_keeps_order_and_names_missing(store, vectors):
     got = vectors_by_id(store, "vec", ["i7", "i3", "i7"], "image_id")
     assert np.allclose(got, vectors[[7, 3, 7]])
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(UserError, match="nope"):
         vectors_by_id(store, "vec", ["i1", "nope"], "image_id")
 
 

@@ -9,10 +9,10 @@ from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image
 
 from ravlm_core.errors import UserError
+from ravlm_core.contents import read_shard
 from ravlm_core.imaging import decode_image
 from ravlm_core.locations import is_remote, join, local_models, publish, pulled, read_text, write_text
 from ravlm_core.store import Store, chunks, in_list, sql_quote
@@ -35,7 +35,8 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
     `retrain`). Pinning keeps the model tag, and so every vector table, stable across nightly runs.
 
     Raises:
-        ValueError: "builtin" must be trained but the store has no captioned images in `split`.
+        UserError: "builtin" must be trained but the store has no captioned images in `split`, or a shard of
+            theirs is missing.
     """
     if spec != BUILTIN:
         return spec
@@ -44,8 +45,8 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
         return pinned
     images, captions = alignment_pairs(store, split)
     if not images:
-        raise ValueError(f"no captioned '{split}' images in {store.uri} to train the built-in encoder on: "
-                         "ingest a dataset with captions first (e.g. `ravlm ingest easy-vqa`)")
+        raise UserError(f"no captioned '{split}' images in {store.uri} to train the built-in encoder on: "
+                        "ingest a dataset with captions first (e.g. `ravlm ingest easy-vqa`)")
     from ravlm_core.encoders.builtin import train_builtin_encoder
 
     log.info("training the built-in encoder's alignment heads on %d image-caption pairs", len(images))
@@ -97,7 +98,7 @@ def alignment_pairs(store: Store, split: str, limit: int = MAX_ALIGNMENT_PAIRS) 
             by_shard[shard][image_id] = caption_of[image_id]
     images, captions = [], []
     for shard, wanted in sorted(by_shard.items()):
-        table = pq.read_table(shard, columns=["image_id", "image"])
+        table = read_shard(shard, ["image_id", "image"])
         table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(list(wanted))))
         for image_id, data in zip(table.column("image_id").to_pylist(), table.column("image").to_pylist()):
             image = decode_image(data).image

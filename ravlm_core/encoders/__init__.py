@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
+from ravlm_core.errors import UserError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -65,8 +67,8 @@ def load_encoder(ref: str | Path, *, device: str = "cpu") -> Encoder:
         An `Encoder`.
 
     Raises:
-        ValueError: encoder.json names an unknown kind or is malformed; the model type is not CLIP/SigLIP.
-        FileNotFoundError: a folder has neither file, or `ref` is no local folder and the hub cannot serve it.
+        UserError: encoder.json names an unknown kind or is malformed; the model type is not CLIP/SigLIP; a
+            folder has neither file, or `ref` is no local folder and the hub cannot serve it.
     """
     path = Path(ref)
     if path.is_dir() and (path / SPEC_FILE).is_file():
@@ -75,7 +77,7 @@ def load_encoder(ref: str | Path, *, device: str = "cpu") -> Encoder:
 
         return BuiltinEncoder(path, device=device)
     if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"{path} holds neither {SPEC_FILE} (a built-in encoder) nor config.json (a Hugging Face model): "
             "pass the folder that train_builtin_encoder returned or a saved CLIP/SigLIP model"
         )
@@ -134,9 +136,9 @@ def _check_kind(spec_path: Path) -> None:
     try:
         kind = json.loads(spec_path.read_text()).get("kind")
     except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{spec_path} is not a JSON object ({err}); retrain the encoder") from err
+        raise UserError(f"{spec_path} is not a JSON object ({err}); retrain the encoder") from err
     if kind not in KINDS:
-        raise ValueError(f"{spec_path}: unknown encoder kind {kind!r}; supported kinds: {', '.join(KINDS)}")
+        raise UserError(f"{spec_path}: unknown encoder kind {kind!r}; supported kinds: {', '.join(KINDS)}")
 
 
 def __getattr__(name: str) -> Any:

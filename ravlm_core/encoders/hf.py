@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ravlm_core.encoders.runtime import GPU_BATCH_SIZE, empty_rows, inference, to_device, unit_rows
+from ravlm_core.errors import UserError
 from ravlm_core.model_files import folder_digest, resolve_folder
 
 SUPPORTED_MODEL_TYPES = ("clip", "siglip")
@@ -39,7 +40,7 @@ class HFEncoder:
         config = AutoConfig.from_pretrained(folder)
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             supported = ", ".join(SUPPORTED_MODEL_TYPES)
-            raise ValueError(f"{ref}: model_type {config.model_type!r} is not supported; supported: {supported}")
+            raise UserError(f"{ref}: model_type {config.model_type!r} is not supported; supported: {supported}")
         model_class = {"clip": CLIPModel, "siglip": SiglipModel}[config.model_type]
         # SDPA: the fused attention kernel (flash / memory-efficient on a GPU); the same math as the eager path.
         self.model = model_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False,

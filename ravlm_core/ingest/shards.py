@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ravlm_core.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, signature, thumbnail_jpeg
+from ravlm_core.imaging import ImageRejected, decode_image, signature, thumbnail_jpeg
 from ravlm_core.ids import content_id
 from ravlm_core.ingest.records import FIX_FILE, BadRow
 from ravlm_core.locations import join, list_files, remove, write_parquet_atomically
@@ -33,8 +33,7 @@ class ShardResult:
     bad_rows: list[BadRow]
 
 
-def write_shard(content_path: str, shard: str, parquet_dir: Path | str,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> ShardResult:
+def write_shard(content_path: str, shard: str, parquet_dir: Path | str, max_pixels: int) -> ShardResult:
     """Validate, decode and store one shard of new image contents as `parquet_dir/content/<shard>.parquet`.
 
     Returns:

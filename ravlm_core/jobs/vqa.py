@@ -15,6 +15,7 @@ from ravlm_core.model_files import timed_load
 from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.ids import pred_ids, qa_id_of
 from ravlm_core.locations import local_model
+from ravlm_core.errors import UserError
 from ravlm_core.retrieval.knowledge import KnowledgeBase
 from ravlm_core.retrieval.search import sets_filter
 from ravlm_core.schemas import (QA, QA_SCHEMA,
@@ -140,7 +141,8 @@ def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_
         return trained
     items = read_items(store, kb.sets, labelled=True)
     if items.empty:
-        raise ValueError(f"knowledge base {kb.label} has no question-answer pairs to train an answerer on")
+        raise UserError(f"knowledge base {kb.label} has no question-answer pairs to train an answerer on: ingest "
+                        f"its dataset with questions, or name another with --kb")
     retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k, training=True)
     labels = np.array([kb.answer_index(a) for a in items["answer"]])
     return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(kb), labels,

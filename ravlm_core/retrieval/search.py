@@ -9,6 +9,7 @@ import numpy as np
 
 from ravlm_core.index import ann
 from ravlm_core.contents import stored_values
+from ravlm_core.errors import UserError
 from ravlm_core.imaging import signature_distance
 from ravlm_core.store import Store, sql_quote
 from ravlm_core.schemas import ACTIVE, membership_label
@@ -86,7 +87,12 @@ def search(
     passes at most FLAT_MAX_ROWS rows is searched exactly in memory instead (`_filtered_rows`); `where_rows`, the
     rows `where` passes at most when the caller knows it (an id list), saves counting them.
     """
-    handle = store.table(table)
+    try:
+        handle = store.table(table)
+    except ValueError:  # LanceDB's "Table ... was not found"
+        if store.has(table):
+            raise
+        raise UserError(f"there is no table {table} in {store.uri}: run `ravlm embed` first") from None
     gated = ann.search_settings(store, table, handle.version)
     flat = _filtered_rows(store, handle, table, key, where, where_rows) if where else None
     extra = (1 if exclude is not None else 0) + (GUARD_OVERFETCH if guard is not None else 0)
@@ -195,9 +201,11 @@ def signatures_of(store: Store, image_ids) -> dict[str, bytes]:
 
 
 def vectors_by_id(store: Store, table: str, ids: list[str], key: str) -> np.ndarray:
-    """Stored vectors for `ids`, in that order (float32 [n, d]); a missing id is an error naming it."""
+    """Stored vectors for `ids`, in that order (float32 [n, d]); a missing id (or table) is a UserError naming it."""
     if not ids:
         return np.zeros((0, 0), np.float32)
+    if not store.has(table):
+        raise UserError(f"there is no table {table} in {store.uri}: run `ravlm embed` first")
     wanted = list(dict.fromkeys(ids))
     found: dict[str, np.ndarray] = {}
     for start in range(0, len(wanted), 2000):
@@ -207,7 +215,8 @@ def vectors_by_id(store: Store, table: str, ids: list[str], key: str) -> np.ndar
         found.update(zip(rows.column(key).to_pylist(), vector_matrix(rows.column("vector"))))
     missing = [i for i in wanted if i not in found]
     if missing:
-        raise KeyError(f"{len(missing)} ids have no vector in {table} (first: {missing[0]}); run `ravlm embed` first")
+        raise UserError(f"{len(missing)} ids have no vector in {table} in {store.uri} (first id: {missing[0]}): run "
+                        f"`ravlm embed` first")
     return np.stack([found[i] for i in ids]).astype(np.float32)
 
 
