@@ -50,7 +50,8 @@ Kb = Annotated[Optional[list[str]], typer.Option(
     "--kb", help="Knowledge base to retrieve from: DATASET[:SPLIT], repeatable (default: the query dataset's train "
     "split).")]
 Split = Annotated[str, typer.Option(help="The query set's split.")]
-QuerySet = Annotated[Optional[str], typer.Argument(metavar="DATASET", help="The query set's dataset.",
+# Optional to the parser only while the deprecated `--dataset` may give it instead; the command checks it is given.
+QuerySet = Annotated[Optional[str], typer.Argument(metavar="DATASET", help="The query set's dataset (required).",
                                                    show_default=False)]
 NoRetrieval = Annotated[bool, typer.Option("--no-retrieval", help="Run the same generator with an empty context.")]
 GENERATOR_HELP = ("What generates: KIND[:MODEL][,key=value...] (max_new_tokens, num_beams, batch_size, context_items, "
