@@ -70,14 +70,14 @@ OutputAs = Annotated[OutputFormat, typer.Option("--output-format", help="How the
                                                 "stdout, or a Parquet / HTML file (those need --output).")]
 
 
-def deprecated(old: str, new: str, **kwargs) -> typer.models.OptionInfo:
+def deprecated(old: str, new: str) -> typer.models.OptionInfo:
     """A hidden option that still takes the spelling `old` for one release and says on stderr to use `new`."""
     def warn(value):
         if value is not None:
             typer.echo(f"warning: {old} is deprecated, use {new}", err=True)
         return value
 
-    return typer.Option(old, hidden=True, show_default=False, callback=warn, **kwargs)
+    return typer.Option(old, hidden=True, show_default=False, callback=warn)
 
 
 def pick(new, old, default=None):
