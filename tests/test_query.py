@@ -210,22 +210,22 @@ def test_cli_search_runs_without_prefect_and_reads_every_filter_value_as_a_liter
 
 def test_cli_search_modes_and_formats(shapes, tmp_path, capsys, monkeypatch):
     code, out, _ = cli(shapes, capsys, monkeypatch, "search", "--image", str(image_of(shapes, "test_00050.png")),
-                       "--target", "texts", "-k", "3", "--format", "json")
+                       "--target", "texts", "-k", "3", "--output-format", "json")
     texts = json.loads(out)
     assert code == 0 and len(texts) == 3 and all(h["text"] and h["kind"] for h in texts)
     code, out, _ = cli(shapes, capsys, monkeypatch, "search", "a purple star", "-k", "3", "--hybrid")
     assert code == 0 and "full text" in out and "images/" in out  # the table, with both legs' scores
 
     parquet = tmp_path / "hits.parquet"
-    code, out, _ = cli(shapes, capsys, monkeypatch, "search", "a star", "-k", "7", "--hybrid", "--format",
+    code, out, _ = cli(shapes, capsys, monkeypatch, "search", "a star", "-k", "7", "--hybrid", "--output-format",
                        "parquet", "--output", str(parquet), "--json")
     table = pq.read_table(parquet)
     assert code == 0 and json.loads(out)["rows"] == table.num_rows == 7
     assert table.column_names == SCHEMAS["images"].names and table.column("text_score").null_count < 7
 
     page = tmp_path / "grid.html"
-    code, out, _ = cli(shapes, capsys, monkeypatch, "search", "<b>markup</b>", "--dataset", "hostile", "--format",
-                       "html", "--output", str(page))
+    code, out, _ = cli(shapes, capsys, monkeypatch, "search", "<b>markup</b>", "--dataset", "hostile",
+                       "--output-format", "html", "--output", str(page))
     html = page.read_text()
     assert code == 0 and out.strip() == f"wrote 2 rows to {page}"
     assert html.count('<img src="data:image/jpeg;base64,') == 2
@@ -236,11 +236,12 @@ def test_cli_search_modes_and_formats(shapes, tmp_path, capsys, monkeypatch):
 def test_cli_search_mistakes_are_one_line(shapes, capsys, monkeypatch):
     image = str(image_of(shapes, "test_00050.png"))
     for args, expected in ((["a star", "--where", "nope=1"], "error: --where 'nope=1': unknown column 'nope' (columns: "),
-                           (["a star", "--format", "html"], "error: --format html writes a file: give --output PATH"),
-                           (["a star", "--format", "xml"], "error: --format 'xml': use table, json, parquet or html"),
-                           (["a star", "--target", "captions"], "error: unknown search target 'captions'"),
+                           (["a star", "--output-format", "html"],
+                            "error: --output-format html writes a file: give --output PATH"),
+                           (["a star", "--output-format", "xml"], "error: Invalid value for '--output-format': "),
+                           (["a star", "--target", "captions"], "error: Invalid value for '--target': "),
                            (["--image", image, "--hybrid"], "error: --hybrid needs a text query"),
-                           (["a star", "--format", "parquet", "-o", "/nonexistent/folder/hits.parquet"],
+                           (["a star", "--output-format", "parquet", "-o", "/nonexistent/folder/hits.parquet"],
                             "error: cannot write --output /nonexistent/folder/hits.parquet: ")):
         code, _, err = cli(shapes, capsys, monkeypatch, "search", *args)
         assert code == 2 and err.startswith(expected) and len(err.strip().splitlines()) == 1, err
@@ -256,7 +257,7 @@ def test_cli_dedup_over_the_stored_vectors(shapes, tmp_path, capsys, monkeypatch
     assert all(len(members) == members[0]["size"] >= 2 for members in groups.values())
     page = tmp_path / "dups.html"
     code, _, _ = cli(shapes, capsys, monkeypatch, "dedup", "--threshold", "0.99", "--dataset", "shapes",
-                     "--format", "html", "-o", str(page))
+                     "--output-format", "html", "-o", str(page))
     assert code == 0 and page.read_text().count("<img") == len(rows)
     for threshold in ("0", "1.5", "-0.2"):
         code, _, err = cli(shapes, capsys, monkeypatch, "dedup", "--threshold", threshold)

@@ -1,0 +1,4 @@
+"""`python -m flows.cli`: the `ravlm` command without installing it."""
+from flows.cli import main
+
+main()
