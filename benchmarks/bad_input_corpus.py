@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ravlm_core.store import Store  # noqa: E402
-from tests.bad_inputs import Verdict, build_corpus, escapes, ingest_corpus, judge, stray_bad_rows  # noqa: E402
+from tests.helpers.bad_inputs import Verdict, build_corpus, escapes, ingest_corpus, judge, stray_bad_rows  # noqa: E402
 
 DETAIL_CHARS = 240  # reasons can quote a 5,000-character path
 

@@ -39,7 +39,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.shapes_easy_vqa_style import COLORS, SHAPES  # noqa: E402
+from tests.helpers.easy_vqa_shapes import COLORS, SHAPES  # noqa: E402
 from ravlm_core.jobs.answerers import FusionAnswerer  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
 from ravlm_core.embed.shards import text_id  # noqa: E402

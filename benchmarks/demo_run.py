@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset  # noqa: E402
+from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 from ravlm_core.store import Store  # noqa: E402
 
 

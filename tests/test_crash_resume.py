@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
+from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.store import Store
-from tests.cli import ROOT, Ravlm
+from tests.helpers.cli import ROOT, Ravlm
 
 # Shards of 6 images and small batches: every stage commits several times, so there is a middle to kill in.
 # One batch per shard, fixed: a resumed run redoes whole shards, so its vectors are bit-identical to the clean run's.
@@ -33,7 +33,7 @@ RUN_TABLES = {"runs", "eval_runs"}
 
 
 def stages(folder: Path, models: Path) -> list[tuple[str, list[str]]]:
-    from tests.random_models import make_blip, make_vlm
+    from tests.helpers.random_models import make_blip, make_vlm
 
     blip, vlm = make_blip(models / "blip-vqa", "vqa"), make_vlm(models / "vlm")
     return [

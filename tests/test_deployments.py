@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
+from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.store import IMAGES, Store
 
 ROOT = Path(__file__).resolve().parents[1]

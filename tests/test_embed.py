@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
+from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.embed import shards as embed
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.errors import UserError

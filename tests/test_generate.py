@@ -21,7 +21,7 @@ from ravlm_core.retrieval.knowledge import load_knowledge_base
 from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.store import (CAPTION_PREDICTIONS, IMAGES, MEMBERSHIPS, QA, VQA_PREDICTIONS, image_vectors_table,
                               question_vectors_table, vector_schema)
-from tests.random_models import make_blip, make_vlm
+from tests.helpers.random_models import make_blip, make_vlm
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30)}
 SHAPES = ("circle", "square")

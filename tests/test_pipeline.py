@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
+from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
-from tests.cli import Ravlm
+from tests.helpers.cli import Ravlm
 
 N_TRAIN, N_TEST = 48, 16
 
@@ -215,7 +215,7 @@ def test_an_unlabeled_query_set_is_answered_against_another_datasets_knowledge_b
 
 def test_eval_compares_model_generators_side_by_side_through_the_cli(run, tmp_path):
     """Tiny random chat VLM and BLIP captioner, saved with save_pretrained and loaded by the flow's own code."""
-    from tests.random_models import make_blip, make_vlm
+    from tests.helpers.random_models import make_blip, make_vlm
 
     ravlm, store = run["ravlm"], run["store"]
     vlm, blip = make_vlm(tmp_path / "vlm"), make_blip(tmp_path / "blip", "caption")

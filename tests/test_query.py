@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
+from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.embed import shards as embed
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.config import Settings
@@ -27,7 +27,7 @@ from ravlm_core.index.indexes import build_indexes
 from ravlm_core.query.session import Session, load_reranker
 from ravlm_core.query.results import SCHEMAS
 from ravlm_core.store import IMAGES, Store, image_vectors_table
-from tests.cli import Ravlm
+from tests.helpers.cli import Ravlm
 
 HOSTILE = ['<img src=x onerror="alert(1)">', "</figcaption><script>alert('x')</script> & more"]
 
@@ -163,7 +163,7 @@ def test_hybrid_with_a_local_cross_encoder_ranks_by_its_scores(shapes, tmp_path)
     from sentence_transformers import CrossEncoder
     from transformers import BertConfig, BertForSequenceClassification
 
-    from tests.random_models import _bert_tokenizer
+    from tests.helpers.random_models import _bert_tokenizer
 
     tokenizer = _bert_tokenizer(512)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

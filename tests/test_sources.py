@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
+from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.ingest import sources
 from ravlm_core.errors import UserError
 from ravlm_core.ingest.sources import ManifestError, open_source, read_questions_file

@@ -1,15 +1,13 @@
-"""Generate a small out-of-distribution VQA folder dataset: shapes, colours and question wording easy-VQA lacks.
+"""A small out-of-distribution VQA folder dataset: shapes, colours and question wording easy-VQA lacks.
 
-`--style easy-vqa` draws easy-VQA's own shapes, colours and answers instead, but unlike easy-VQA (sizes,
+`style="easy-vqa"` draws easy-VQA's own shapes, colours and answers instead, but unlike easy-VQA (sizes,
 rotation, backgrounds, reworded questions, no question_type column): a knowledge base of a different look.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import random
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -68,7 +66,7 @@ def make_shapes_dataset(
         raise ValueError(f"unknown manifest format {fmt!r}: use one of {', '.join(FORMATS)}")
     rng = random.Random(seed)
     if style == "easy-vqa":
-        from benchmarks.shapes_easy_vqa_style import draw_easy_vqa_style  # lazy: needs numpy and ravlm_core
+        from tests.helpers.easy_vqa_shapes import draw_easy_vqa_style  # lazy: needs numpy and ravlm_core
 
         rows = draw_easy_vqa_style(out_dir, n_train, n_test, rng)
     else:
@@ -171,23 +169,3 @@ def _write_manifest(rows: list[dict], manifest: Path) -> None:
         frame.to_json(manifest, orient="records", lines=True, force_ascii=False)
     else:
         frame.to_parquet(manifest, index=False)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--style", choices=tuple(STYLE_DEFAULTS), default="other-shapes")
-    parser.add_argument("--train", type=int, help="train images (other-shapes: 300, easy-vqa: 0)")
-    parser.add_argument("--test", type=int, help="test images (other-shapes: 100, easy-vqa: 300)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", choices=FORMATS, dest="fmt", help="other-shapes: csv, easy-vqa: jsonl")
-    parser.add_argument("--holdout", type=int, default=0,
-                        help="other-shapes: (colour, shape) combinations only test images show")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    make_shapes_dataset(args.out_dir, args.train, args.test, args.seed, args.fmt, args.style, args.holdout)
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks.` imports resolve
-    main()
