@@ -48,14 +48,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ravlm_core.embed import reader as embed_reader  # noqa: E402
 from ravlm_core.embed import shards as embed  # noqa: E402
-
-from ravlm_core.embed import reader as embed_reader
-
-from ravlm_core.ingest import scan as ingest
+from ravlm_core.ingest import scan as ingest  # noqa: E402
 from ravlm_core.encoders import load_encoder  # noqa: E402
 from ravlm_core.imaging import decode_image  # noqa: E402
 from ravlm_core.store import MEMBERSHIPS, Store, image_vectors_table, vector_schema  # noqa: E402
+from tests.helpers.stores import ingest_folder  # noqa: E402
 
 PEER_BATCH, PEER_WORKERS = 64, 2
 
@@ -95,7 +94,7 @@ def copy_easy_vqa(folder: Path, n: int) -> None:
 def ingest_photos(work: Path, n: int, side: int, shard_size: int, easy: bool = False) -> tuple[Store, list[str]]:
     copy_easy_vqa(work / "photos", n) if easy else make_photos(work / "photos", n, side)
     store = Store(str(work / "lancedb"))
-    ingest.ingest_all(str(work / "photos"), "bench", store, work / "data", shard_size=shard_size)
+    ingest_folder(work / "photos", "bench", store, work / "data", shard_size=shard_size)
     shutil.rmtree(work / "photos")
     return store, ingest.stored_shards(store)
 

@@ -8,7 +8,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import numpy as np
 import pytest
 
 from ravlm_core.store import Store
@@ -17,12 +16,6 @@ from ravlm_core.store import Store
 @pytest.fixture
 def store(tmp_path) -> Store:
     return Store(str(tmp_path / "lancedb"))
-
-
-def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    """Random L2-normalised float32 rows [n, d]."""
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="session")

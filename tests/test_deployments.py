@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.store import IMAGES, Store
+from tests.helpers.shapes import make_shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

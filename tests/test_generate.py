@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 
 from ravlm_core.jobs import generate
 
-from ravlm_core.ingest import scan as ingest
 
 from ravlm_core.jobs import parts as jobs
 from ravlm_core.embed.shards import text_id
@@ -22,6 +21,7 @@ from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.store import (CAPTION_PREDICTIONS, IMAGES, MEMBERSHIPS, QA, VQA_PREDICTIONS, image_vectors_table,
                               question_vectors_table, vector_schema)
 from tests.helpers.random_models import make_blip, make_vlm
+from tests.helpers.stores import ingest_folder
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30)}
 SHAPES = ("circle", "square")
@@ -56,7 +56,7 @@ def kb_store(tmp_path_factory):
                                  "question": "what color is the shape?", "answer": color})
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     store = Store(str(root / "lancedb"))
-    ingest.ingest_all(str(folder), "shapes", store, root / "data", shard_size=5)
+    ingest_folder(folder, "shapes", store, root / "data", shard_size=5)
     images = store.read(IMAGES, columns=["image_id", "caption"]).to_pylist()
     labels = memberships_of(store, [r["image_id"] for r in images])
     vectors = []

@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.embed import shards as embed
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.errors import UserError
 from ravlm_core.store import CONTENTS, IMAGES, QA, VQA_PREDICTIONS, Store, image_vectors_table, predictions_schema
-from tests.test_embed import CountingEncoder
+from tests.helpers.encoders import CountingEncoder
+from tests.helpers.shapes import make_shapes_dataset
+from tests.helpers.stores import IngestSummary, damage_an_image, ingest_folder
 
 N_TRAIN, N_TEST = 6, 4
 
@@ -32,8 +33,8 @@ def _manifest(folder: Path) -> pd.DataFrame:
     return pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
 
 
-def _ingest(folder: Path, store: Store, tmp_path: Path, dataset: str = "shapes", **options) -> ingest.IngestSummary:
-    return ingest.ingest_all(str(folder), dataset, store, tmp_path / "data", shard_size=4, **options)
+def _ingest(folder: Path, store: Store, tmp_path: Path, dataset: str = "shapes", **options) -> IngestSummary:
+    return ingest_folder(folder, dataset, store, tmp_path / "data", shard_size=4, **options)
 
 
 def _rows(store: Store, table: str, *columns: str) -> list[tuple]:
@@ -219,15 +220,6 @@ def test_bad_dataset_names_are_user_errors(source, tmp_path, store):
             _ingest(source, store, tmp_path, name)
 
 
-def _damage_an_image(shard: str) -> None:
-    """A readable shard whose first image's bytes are no longer an image (bit rot, a bad copy)."""
-    table = pq.read_table(shard)
-    blobs = table.column("image").to_pylist()
-    blobs[0] = b"\x89PNG but not any more"
-    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(blobs, pa.binary())),
-                   shard)
-
-
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "image bytes"])
 def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images_get_vectors(source, tmp_path,
                                                                                             store, damage):
@@ -240,7 +232,7 @@ def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images
     elif damage == "truncated":
         Path(victim).write_bytes(Path(victim).read_bytes()[:100])
     else:
-        _damage_an_image(victim)
+        damage_an_image(victim)
     # Embedding names the shard and what to do, in one line, instead of leaving its images without vectors.
     expected = "cannot be read.*run `ravlm ingest`" if damage != "image bytes" else (
         "is damaged: image [0-9a-f]+ cannot be decoded.*delete the shard and run `ravlm ingest`")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
 from tests.helpers.cli import Ravlm
+from tests.helpers.shapes import make_shapes_dataset
 
 N_TRAIN, N_TEST = 48, 16
 

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.embed import shards as embed
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.config import Settings
@@ -28,6 +27,8 @@ from ravlm_core.query.session import Session, load_reranker
 from ravlm_core.query.results import SCHEMAS
 from ravlm_core.store import IMAGES, Store, image_vectors_table
 from tests.helpers.cli import Ravlm
+from tests.helpers.shapes import make_shapes_dataset
+from tests.helpers.stores import ingest_folder
 
 HOSTILE = ['<img src=x onerror="alert(1)">', "</figcaption><script>alert('x')</script> & more"]
 
@@ -50,8 +51,8 @@ def shapes(tmp_path_factory):
     (hostile / "manifest.jsonl").write_text("\n".join(rows) + "\n")
     data = tmp / "data"
     store = Store(str(data / "lancedb"))
-    ingest.ingest_all(str(tmp / "shapes"), "shapes", store, data)
-    ingest.ingest_all(str(hostile), "hostile", store, data)
+    ingest_folder(tmp / "shapes", "shapes", store, data)
+    ingest_folder(hostile, "hostile", store, data)
     encoder = load_encoder(resolve_encoder("builtin", store, data / "models", "cpu"))
     for shard in ingest.stored_shards(store):
         embed.embed_shard(store, encoder, shard)
@@ -300,7 +301,7 @@ def photos(tmp_path, store):
         photo(n).save(folder / f"photo{n:02d}.png")
     ImageEnhance.Brightness(photo(3)).enhance(1.15).resize((112, 84)).save(folder / "photo03_edit.jpg", quality=90)
     (folder / "photo07_again.png").write_bytes((folder / "photo07.png").read_bytes())
-    ingest.ingest_all(str(folder), "photos", store, tmp_path / "data")
+    ingest_folder(folder, "photos", store, tmp_path / "data")
     encoder = PixelEncoder()
     for shard in ingest.stored_shards(store):
         embed.embed_shard(store, encoder, shard)

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.store import Store
 from tests.helpers.cli import ROOT, Ravlm
+from tests.helpers.shapes import make_shapes_dataset
 
 pytestmark = pytest.mark.slow
 

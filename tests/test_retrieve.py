@@ -8,7 +8,7 @@ from PIL import Image
 from ravlm_core.imaging import signature, signature_distance
 from ravlm_core.retrieval.search import Guard, search, vector_sets_filter, vectors_by_id
 from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, MEMBERSHIPS, vector_schema
-from tests.conftest import unit_rows
+from tests.helpers.vectors import unit_rows
 
 
 @pytest.fixture

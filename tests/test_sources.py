@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.helpers.shapes import make_shapes_dataset
 from ravlm_core.ingest import sources
 from ravlm_core.errors import UserError
 from ravlm_core.ingest.sources import ManifestError, open_source, read_questions_file
+from tests.helpers.shapes import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")
