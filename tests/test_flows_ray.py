@@ -1,7 +1,7 @@
 """`--runner ray`: the same small pipeline (ingest → embed → eval) through the CLI once on threads and once on a
 local Ray instance (the kind of existing cluster `--runner-address` names), with the same metrics and tables.
 
-Slow (two whole CLI pipelines; 15 min on 2 cores shared with other work): `python -m pytest -m slow tests/test_ray.py`.
+Slow (two whole CLI pipelines; 15 min on 2 cores shared with other work): `python -m pytest -m slow tests/test_flows_ray.py`.
 """
 from __future__ import annotations
 
