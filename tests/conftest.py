@@ -18,6 +18,14 @@ def store(tmp_path) -> Store:
     return Store(str(tmp_path / "lancedb"))
 
 
+def pytest_collection_modifyitems(items):
+    """A test on the Prefect harness must say so (`server`), or `pytest -m "not server"` would start a server."""
+    unmarked = [item.nodeid for item in items
+                if "harness" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("server")]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests @pytest.mark.server: {', '.join(unmarked)}")
+
+
 @pytest.fixture(scope="session")
 def harness():
     """Prefect's test harness: a throwaway server and database, shared by every CLI process the tests start."""

@@ -23,6 +23,8 @@ import pytest
 from ravlm_core.store import IMAGES, Store
 from tests.helpers.shapes import make_shapes_dataset
 
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

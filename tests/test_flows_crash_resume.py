@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from ravlm_core.store import Store
 from tests.helpers.cli import ROOT, Ravlm
 from tests.helpers.shapes import make_shapes_dataset
+
+pytestmark = pytest.mark.server
 
 # Shards of 6 images and small batches: every stage commits several times, so there is a middle to kill in.
 # One batch per shard, fixed: a resumed run redoes whole shards, so its vectors are bit-identical to the clean run's.

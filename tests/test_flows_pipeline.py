@@ -16,6 +16,8 @@ from ravlm_core.store import EVAL_RUNS, IMAGES, QA, Store
 from tests.helpers.cli import Ravlm
 from tests.helpers.shapes import make_shapes_dataset
 
+pytestmark = pytest.mark.server
+
 N_TRAIN, N_TEST = 48, 16
 
 

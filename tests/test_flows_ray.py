@@ -16,7 +16,7 @@ from ravlm_core.store import Store
 from tests.helpers.cli import ROOT, Ravlm
 from tests.helpers.shapes import make_shapes_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 N_TRAIN, N_TEST, SHARD_SIZE = 32, 8, 8  # 5 content shards: embedded in parallel
 

@@ -83,6 +83,7 @@ def ravlm(data_dir: str, cwd, env: dict, *args: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.server
 def test_a_second_machine_works_from_the_bucket(s3_env, harness, tmp_path):
     """Machine A ingests and embeds into s3://; machine B (another working dir, an empty model cache) searches
     the same data dir: vectors, shards and the trained encoder all come from the bucket."""
