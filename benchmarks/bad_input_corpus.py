@@ -4,8 +4,8 @@ and judged.
     python benchmarks/bad_input_corpus.py [--json]
 
 Builds the corpus in a temporary folder, runs the ingest flow's library steps (tests/helpers/stores.py) on each of
-its dataset folders into a fresh LanceDB store, and prints one row per kind of input (what it is, what ingest must do, what it
-did, the reason it gave) and a last line "N kinds: X ingested correctly, Y rejected with file/row/reason,
+its dataset folders into a fresh LanceDB store, and prints one row per kind of input (what it is, what ingest must
+do, what it did, the reason it gave) and a last line "N kinds: X ingested correctly, Y rejected with file/row/reason,
 Z manifest errors, C crashes" (C counts ingest runs that raised; each leaves its dataset's kinds unjudged).
 With --json, one JSON object instead. Exits 1 when any kind is not handled as it must be, when a file outside
 the dataset folders was read, or when a bad row matches no kind.

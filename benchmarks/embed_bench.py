@@ -12,7 +12,7 @@ into Parquet shards of `--shard-size`. Per encoder, all in the same process and 
   commit): what `ravlm embed` runs;
 - one_at_a_time: decode → `embed_images([image])` → upsert one row, per image (`--single` images);
 - dataloader_peer: a plain `torch.utils.data.DataLoader` (2 workers, torchvision decode-free transforms on the
-  decoded image, batch 64) feeding today's unoptimised model (the package's EfficientNet with batch-norm and
+  decoded image, batch 64) feeding the unoptimised model (the package's EfficientNet with batch-norm and
   explicit pads, contiguous memory; for CLIP the model as transformers loads it), then one LanceDB `add`.
 Encoders: `builtin` (EfficientNet-Lite0 + heads trained for one epoch on 64 images: head quality does not change
 the cost of a forward pass) and `clip-b32` (a CLIPModel with ViT-B/32's vision tower, random weights, 224 px; its
@@ -79,7 +79,7 @@ def make_photos(folder: Path, n: int, side: int, seed: int = 0) -> None:
 
 
 def copy_easy_vqa(folder: Path, n: int) -> None:
-    """The first n easy-VQA images (64 x 64 PNG, train then test), the data of the earlier embedding figures."""
+    """The first n easy-VQA images (64 x 64 PNG, train then test): the demo's data."""
     import easy_vqa
 
     paths = [p for split in (easy_vqa.get_train_image_paths(), easy_vqa.get_test_image_paths())
@@ -270,7 +270,7 @@ class _ShardImages:
 
 
 def dataloader_peer(kind: str, model_ref: str, shards: list[str], work: Path, device: str) -> float:
-    """Images/s of the plain recipe: DataLoader (2 workers) → today's unoptimised model → one LanceDB add."""
+    """Images/s of the plain recipe: DataLoader (2 workers) → the unoptimised model → one LanceDB add."""
     import lancedb
     import torch
     from torchvision import transforms as T

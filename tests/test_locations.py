@@ -45,7 +45,7 @@ def test_settings_put_everything_under_the_data_dir_uri():
     assert settings.store_uri == "s3://bucket/ravlm/lancedb"
     assert settings.parquet_dir == "s3://bucket/ravlm/parquet"
     assert settings.models_dir == "s3://bucket/ravlm/models"
-    local = Settings(data_dir=ROOT / "data")  # a local folder stays a Path, as before
+    local = Settings(data_dir=ROOT / "data")  # a local folder stays a Path
     assert local.parquet_dir == ROOT / "data" / "parquet" and local.store_uri == str(ROOT / "data" / "lancedb")
 
 

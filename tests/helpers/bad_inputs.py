@@ -4,8 +4,8 @@
 (a folder without a manifest), `root/csv` and `root/parquet` (typed manifests), one small folder per
 manifest-level failure, and files OUTSIDE those folders (`root/secret.png`, `root/outside/inner.png`) that paths
 and symlinks point at and that must never be read.
-`ingest_corpus` runs the ingest steps (`stores.ingest_folder`) on every folder; `judge` says per case whether it was ingested correctly,
-rejected with file, row and reason, or refused as a whole manifest.
+`ingest_corpus` runs the ingest steps (`stores.ingest_folder`) on every folder; `judge` says per case whether it
+was ingested correctly, rejected with file, row and reason, or refused as a whole manifest.
 """
 from __future__ import annotations
 
