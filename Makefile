@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # The offline environment (no model hub, no analytics) is set by ravlm itself: ravlm_core.config.apply_environment,
 # which the CLI and the tests run before Prefect or transformers is imported.
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-fast test-slow clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m 'not slow and not gpu and not server'
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

@@ -1,10 +1,11 @@
-"""How `ravlm ingest` copes with bad, hostile and unusual inputs: tests/bad_inputs.py's corpus, ingested and judged.
+"""How `ravlm ingest` copes with bad, hostile and unusual inputs: tests/helpers/bad_inputs.py's corpus, ingested
+and judged.
 
     python benchmarks/bad_input_corpus.py [--json]
 
-Builds the corpus in a temporary folder, runs the ingest library function (`ingest_all`) on each of its dataset
-folders into a fresh LanceDB store, and prints one row per kind of input (what it is, what ingest must do, what it
-did, the reason it gave) and a last line "N kinds: X ingested correctly, Y rejected with file/row/reason,
+Builds the corpus in a temporary folder, runs the ingest flow's library steps (tests/helpers/stores.py) on each of
+its dataset folders into a fresh LanceDB store, and prints one row per kind of input (what it is, what ingest must
+do, what it did, the reason it gave) and a last line "N kinds: X ingested correctly, Y rejected with file/row/reason,
 Z manifest errors, C crashes" (C counts ingest runs that raised; each leaves its dataset's kinds unjudged).
 With --json, one JSON object instead. Exits 1 when any kind is not handled as it must be, when a file outside
 the dataset folders was read, or when a bad row matches no kind.
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ravlm_core.store import Store  # noqa: E402
-from tests.bad_inputs import Verdict, build_corpus, escapes, ingest_corpus, judge, stray_bad_rows  # noqa: E402
+from tests.helpers.bad_inputs import Verdict, build_corpus, escapes, ingest_corpus, judge, stray_bad_rows  # noqa: E402
 
 DETAIL_CHARS = 240  # reasons can quote a 5,000-character path
 

@@ -108,7 +108,7 @@ def main() -> None:
     generators = [arg for g in GENERATORS for arg in ("--generator", g)]
     results, store = {}, Store(Settings(data_dir=out / "data").store_uri)
     for name, (dataset, kb) in SETS.items():
-        evaluated = run.ravlm(f"eval_{name}", "eval", "--dataset", dataset, *(["--kb", kb] if kb else []), *generators)
+        evaluated = run.ravlm(f"eval_{name}", "eval", dataset, *(["--kb", kb] if kb else []), *generators)
         results[name] = {"query": f"{dataset}:test", "kb": kb or f"{dataset}:train",
                          "captions": caption_scores(evaluated),
                          "vqa_accuracy": evaluated.get("vqa", {}).get("accuracy"), "run_id": evaluated["run_id"]}

@@ -39,7 +39,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.shapes_easy_vqa_style import COLORS, SHAPES  # noqa: E402
+from tests.helpers.easy_vqa_shapes import COLORS, SHAPES  # noqa: E402
 from ravlm_core.jobs.answerers import FusionAnswerer  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
 from ravlm_core.ids import text_id  # noqa: E402
@@ -390,9 +390,9 @@ def main() -> None:
     run.ravlm("ingest_easy_vqa", "ingest", "easy-vqa")
     run.ravlm("ingest_shapes", "ingest", str(source), "--dataset", QUERY)
     tags = run.ravlm("embed", "embed")
-    cross = run.ravlm("eval_cross_kb", "eval", "--dataset", QUERY, "--kb", f"{REFERENCE}:train")
-    own = run.ravlm("eval_own_kb", "eval", "--dataset", QUERY, "--kb", f"{QUERY}:train")
-    reference = run.ravlm("eval_easy_vqa", "eval", "--dataset", REFERENCE)
+    cross = run.ravlm("eval_cross_kb", "eval", QUERY, "--kb", f"{REFERENCE}:train")
+    own = run.ravlm("eval_own_kb", "eval", QUERY, "--kb", f"{QUERY}:train")
+    reference = run.ravlm("eval_easy_vqa", "eval", REFERENCE)
 
     store = Store(settings.store_uri)
     images = store.read(IMAGES, columns=["image_id", "caption"]).to_pandas()
@@ -405,7 +405,7 @@ def main() -> None:
 
     def cli_eval(threshold: float, match_form: bool) -> str:
         return (f"{env} RAVLM_QUESTION_MATCH_MIN={threshold} RAVLM_MATCH_QUESTION_FORM={str(match_form).lower()} "
-                f"ravlm --data-dir {out / 'data'} --reports-dir {out / 'reports'} eval --dataset {QUERY} "
+                f"ravlm --data-dir {out / 'data'} --reports-dir {out / 'reports'} eval {QUERY} "
                 f"--kb {REFERENCE}:train --json")
 
     sweep_commands = [cli_eval(t, settings.match_question_form) for t in thresholds]

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset  # noqa: E402
+from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 from ravlm_core.store import Store  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         make_shapes_dataset(folder, n_train=300, n_test=100, seed=0)
         ravlm(shapes_dir, "ingest", str(folder), "--dataset", "shapes")
         ravlm(shapes_dir, "embed")
-        result, _ = ravlm(shapes_dir, "eval", "--dataset", "shapes")
+        result, _ = ravlm(shapes_dir, "eval", "shapes")
         report["shapes_test"] = headline(result)
     print(json.dumps(report, indent=2))
 

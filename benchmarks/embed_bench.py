@@ -12,7 +12,7 @@ into Parquet shards of `--shard-size`. Per encoder, all in the same process and 
   commit): what `ravlm embed` runs;
 - one_at_a_time: decode → `embed_images([image])` → upsert one row, per image (`--single` images);
 - dataloader_peer: a plain `torch.utils.data.DataLoader` (2 workers, torchvision decode-free transforms on the
-  decoded image, batch 64) feeding today's unoptimised model (the package's EfficientNet with batch-norm and
+  decoded image, batch 64) feeding the unoptimised model (the package's EfficientNet with batch-norm and
   explicit pads, contiguous memory; for CLIP the model as transformers loads it), then one LanceDB `add`.
 Encoders: `builtin` (EfficientNet-Lite0 + heads trained for one epoch on 64 images: head quality does not change
 the cost of a forward pass) and `clip-b32` (a CLIPModel with ViT-B/32's vision tower, random weights, 224 px; its
@@ -48,16 +48,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ravlm_core.embed import shards as embed  # noqa: E402
-
-from ravlm_core.embed import reader as embed_reader
-
-from ravlm_core.ingest import scan as ingest
 from ravlm_core.config import apply_environment  # noqa: E402
+from ravlm_core.embed import reader as embed_reader  # noqa: E402
+from ravlm_core.embed import shards as embed  # noqa: E402
 from ravlm_core.encoders import load_encoder  # noqa: E402
 from ravlm_core.imaging import decode_image  # noqa: E402
+from ravlm_core.ingest.shards import stored_shards  # noqa: E402
+from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, vector_schema  # noqa: E402
 from ravlm_core.store import Store  # noqa: E402
-from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, vector_schema
+from tests.helpers.stores import ingest_folder  # noqa: E402
 
 PEER_BATCH, PEER_WORKERS = 64, 2
 
@@ -82,7 +81,7 @@ def make_photos(folder: Path, n: int, side: int, seed: int = 0) -> None:
 
 
 def copy_easy_vqa(folder: Path, n: int) -> None:
-    """The first n easy-VQA images (64 x 64 PNG, train then test), the data of the earlier embedding figures."""
+    """The first n easy-VQA images (64 x 64 PNG, train then test): the demo's data."""
     import easy_vqa
 
     paths = [p for split in (easy_vqa.get_train_image_paths(), easy_vqa.get_test_image_paths())
@@ -97,9 +96,9 @@ def copy_easy_vqa(folder: Path, n: int) -> None:
 def ingest_photos(work: Path, n: int, side: int, shard_size: int, easy: bool = False) -> tuple[Store, list[str]]:
     copy_easy_vqa(work / "photos", n) if easy else make_photos(work / "photos", n, side)
     store = Store(str(work / "lancedb"))
-    ingest.ingest_all(str(work / "photos"), "bench", store, work / "data", shard_size=shard_size)
+    ingest_folder(work / "photos", "bench", store, work / "data", shard_size=shard_size)
     shutil.rmtree(work / "photos")
-    return store, ingest.stored_shards(store)
+    return store, stored_shards(store)
 
 
 def builtin_encoder(work: Path, device: str, image_size: int = 128) -> str:
@@ -273,7 +272,7 @@ class _ShardImages:
 
 
 def dataloader_peer(kind: str, model_ref: str, shards: list[str], work: Path, device: str) -> float:
-    """Images/s of the plain recipe: DataLoader (2 workers) → today's unoptimised model → one LanceDB add."""
+    """Images/s of the plain recipe: DataLoader (2 workers) → the unoptimised model → one LanceDB add."""
     import lancedb
     import torch
     from torchvision import transforms as T
@@ -386,7 +385,7 @@ def rss_child(stage: str, n: int, work: Path) -> dict:
     store = Store(str(work / "lancedb"))
     encoder = load_encoder(builtin_encoder(work, "cpu", image_size=32))
     start = time.perf_counter()
-    done = sum(embed.embed_shard(store, encoder, shard).new_images for shard in ingest.stored_shards(store))
+    done = sum(embed.embed_shard(store, encoder, shard).new_images for shard in stored_shards(store))
     return {"embedded": done, "embed_s": round(time.perf_counter() - start, 1), "embed_peak_rss_mb": peak_rss_mb()}
 
 

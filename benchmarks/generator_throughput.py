@@ -3,10 +3,10 @@
     python benchmarks/generator_throughput.py [--device cpu|cuda] [--items 16] [--batch-size 8]
                                               [--max-new-tokens 16] [--size bench|tiny] [--json]
 
-Model generators run on random weights of real sizes, built from configs by `tests/random_models.py`: BLIP-base
-(captioning, 224M parameters; VQA, 361M) and a SmolVLM-256M-shaped Idefics3 chat VLM (256M), plus SmallCap at its
-default config. Each gets the same requests: a 64 px image and 5 retrieved neighbours' captions and answers in its
-prompt. Every generation is forced to `--max-new-tokens` tokens (random weights would stop at random), so batched
+Model generators run on random weights of real sizes, built from configs by `tests/helpers/random_models.py`:
+BLIP-base (captioning, 224M parameters; VQA, 361M) and a SmolVLM-256M-shaped Idefics3 chat VLM (256M), plus SmallCap
+at its default config. Each gets the same requests: a 64 px image and 5 retrieved neighbours' captions and answers
+in its prompt. Every generation is forced to `--max-new-tokens` tokens (random weights would stop at random), so batched
 and single runs decode the same amount. The builtin baselines (voting, the fusion answerer, consensus transfer)
 work on vectors and are timed on the same item count. On CUDA the models run in bfloat16 (the generators' default
 there); tokens/s counts generated tokens only. Timings are wall-clock after one warm-up call per setting.
@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.make_shapes_dataset import COLORS, SHAPES, draw_image  # noqa: E402
+from tests.helpers.shapes import COLORS, SHAPES, draw_image  # noqa: E402
 from ravlm_core.generators import GeneratorSpec, Request, load_generator  # noqa: E402
-from tests.random_models import make_blip, make_vlm  # noqa: E402
+from tests.helpers.random_models import make_blip, make_vlm  # noqa: E402
 
 log = logging.getLogger("generator_throughput")
 

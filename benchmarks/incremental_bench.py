@@ -23,7 +23,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset  # noqa: E402
+from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 from ravlm_core.store import Store  # noqa: E402
 
 KEYS = {"images": "member_id", "qa": "qa_id", "contents": "image_id", "vqa_predictions": "pred_id",
@@ -82,11 +82,11 @@ def main() -> None:
     make_shapes_dataset(folder, n_train=args.train, n_test=args.test, seed=3)
     store = Store(str(work / "data" / "lancedb"))
     first = {"ingest": ravlm(work, "ingest", str(folder), "--dataset", "shapes"), "embed": ravlm(work, "embed"),
-             "eval": ravlm(work, "eval", "--dataset", "shapes")}
+             "eval": ravlm(work, "eval", "shapes")}
     before = snapshot(store)
     edits = edit_source(folder, work / "extra")
     second = {"ingest": ravlm(work, "ingest", str(folder), "--dataset", "shapes"), "embed": ravlm(work, "embed"),
-              "eval": ravlm(work, "eval", "--dataset", "shapes")}
+              "eval": ravlm(work, "eval", "shapes")}
     after = snapshot(store)
     test_qa = store.count("qa", "dataset = 'shapes' AND split = 'test' AND removed_at IS NULL")
     test_images = store.count("images", "dataset = 'shapes' AND split = 'test' AND removed_at IS NULL")

@@ -16,7 +16,7 @@ In one run, on a fresh folder:
    without a copy whose nearest neighbour it would wrongly drop. The rule: the highest recall of non-exact copies
    among candidates that wrongly affect at most `--max-false` of each group without a copy; the default
    `near_duplicate_distance` holds up when it is one of those;
-3. `ravlm eval --dataset leak` with the guard off and on at `--eval-at` (default: the library default), in the same
+3. `ravlm eval leak` with the guard off and on at `--eval-at` (default: the library default), in the same
    store, with VQA fusion / voting accuracy, caption BLEU-4 and `near_duplicate_items` (counted with the guard off
    too) overall and per test image group, and how often a copy's source is among the neighbours kept.
 
@@ -98,7 +98,7 @@ def reproduce(work: Path, args: argparse.Namespace, guard_envs: dict[str, dict])
                     "--test", str(args.test), "--copies", str(args.copies), "--seed", str(args.seed)]),
         line({}, "ingest", str(work / "dataset"), "--dataset", DATASET),
         line({}, "embed"),
-        *(line(env, "eval", "--dataset", DATASET) for env in guard_envs.values()),
+        *(line(env, "eval", DATASET) for env in guard_envs.values()),
     ]
 
 
@@ -317,7 +317,7 @@ def evaluate_guards(work: Path, store: Store, guard_envs: dict[str, dict], items
     """`ravlm eval` once per guard setting, in the same store: headline figures and figures per test image group."""
     evals = {}
     for label, env in guard_envs.items():
-        result, timings[f"eval {label}"] = ravlm(work, env, "eval", "--dataset", DATASET)
+        result, timings[f"eval {label}"] = ravlm(work, env, "eval", DATASET)
         config = job_config(store, result["run_id"])
         evals[label] = {"run_id": result["run_id"], "retrieval": config.get("retrieval"), "overall": overall(result),
                         "by_group": split_metrics(store, config["jobs"], items)}
@@ -462,7 +462,7 @@ def print_human(report: dict) -> None:
           [[r["distance"], *(r["caught"][k] for k in NEAR_KINDS), r["caught"]["near_copies"],
             *r["wrongly_affected"].values()] for r in sig["distances"]])
     keys = list(next(iter(report["eval"].values()))["overall"])
-    table("ravlm eval --dataset leak", ["metric", *report["eval"]],
+    table("ravlm eval leak", ["metric", *report["eval"]],
           [[k, *(run["overall"][k] for run in report["eval"].values())] for k in keys])
     rows = []
     for label, run in report["eval"].items():

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from benchmarks.cross_kb import Runner  # noqa: E402
-from benchmarks.make_shapes_dataset import make_shapes_dataset  # noqa: E402
+from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 
 NEW_IMAGES = 10
 

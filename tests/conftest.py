@@ -8,7 +8,6 @@ from ravlm_core.config import apply_environment
 apply_environment()  # no network, before any test module imports Prefect or transformers
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the tests run on the CPU
 
-import numpy as np
 import pytest
 
 from ravlm_core.store import Store
@@ -19,10 +18,12 @@ def store(tmp_path) -> Store:
     return Store(str(tmp_path / "lancedb"))
 
 
-def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    """Random L2-normalised float32 rows [n, d]."""
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def pytest_collection_modifyitems(items):
+    """A test on the Prefect harness must say so (`server`), or `pytest -m "not server"` would start a server."""
+    unmarked = [item.nodeid for item in items
+                if "harness" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("server")]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests @pytest.mark.server: {', '.join(unmarked)}")
 
 
 @pytest.fixture(scope="session")

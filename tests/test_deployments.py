@@ -20,9 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.store import Store
 from ravlm_core.schemas import IMAGES
+from tests.helpers.shapes import make_shapes_dataset
+
+pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

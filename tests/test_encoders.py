@@ -228,7 +228,7 @@ def test_builtin_vectors_stay_within_tolerance_of_the_unoptimised_torch_path(bui
     vectors = encoder.embed_images(images)
     assert (builtin_folder / ONNX_FILE).is_file()  # the CPU path ran the exported graph
     tower = encoder._image
-    with inference("cpu"):  # today's path: the package network, unfolded, in contiguous memory
+    with inference("cpu"):  # the unoptimised path: the package network, unfolded, in contiguous memory
         maps = tower.model.extract_features(tower.preprocess(images).contiguous())
         reference = unit_rows(encoder._heads.image(torch.nn.functional.adaptive_avg_pool2d(maps, 1).flatten(1)))
     assert np.abs(vectors - reference).max() <= 1e-4
@@ -267,8 +267,9 @@ def test_hf_pixel_path_equals_the_processor_on_a_batch(tiny_model):
     assert pixels.dtype == np.uint8
     torch.testing.assert_close(encoder.normalise(torch.from_numpy(pixels)), batched, atol=1e-6, rtol=0)
     with inference("cpu"):
-        today = torch.nn.functional.normalize(_embedding(encoder.model.get_image_features(pixel_values=batched)), dim=-1)
-    np.testing.assert_allclose(encoder.embed_images(images), today.numpy(), atol=1e-5)
+        features = encoder.model.get_image_features(pixel_values=batched)
+        reference = torch.nn.functional.normalize(_embedding(features), dim=-1)
+    np.testing.assert_allclose(encoder.embed_images(images), reference.numpy(), atol=1e-5)
     assert encoder.model.config._attn_implementation == "sdpa"
 
 

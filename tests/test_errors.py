@@ -39,9 +39,10 @@ def test_the_retry_verdict_survives_pickling_to_and_from_workers():
     assert transient(None, None, Failed(data=TimeoutError("store busy"))) is True
 
 
+@pytest.mark.server
 def test_a_failed_flow_says_which_shard_and_why_in_one_line_in_its_state_and_the_runs_table(harness, tmp_path,
                                                                                           monkeypatch):
-    from benchmarks.make_shapes_dataset import make_shapes_dataset
+    from tests.helpers.shapes import make_shapes_dataset
     from flows.ingest import ingest_flow
     from ravlm_core.ingest import shards
     from ravlm_core.store import Store

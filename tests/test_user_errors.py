@@ -11,7 +11,7 @@ from ravlm_core.embed.pinning import resolve_encoder
 from ravlm_core.errors import UserError
 from ravlm_core.retrieval.knowledge import load_knowledge_base
 from ravlm_core.retrieval.search import search, vectors_by_id
-from ravlm_core.store import CONTENTS, CONTENTS_SCHEMA, IMAGES, IMAGES_SCHEMA, image_vectors_table
+from ravlm_core.schemas import CONTENTS, CONTENTS_SCHEMA, IMAGES, IMAGES_SCHEMA, image_vectors_table
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_a_kb_without_qa_pairs_cannot_train_an_answerer(store, kb_without_qa, tm
 
 
 def test_a_kb_without_captions_cannot_train_smallcap(store, kb_without_qa, tmp_path):
-    from ravlm_core.jobs.generate import train_smallcap_for
+    from ravlm_core.jobs.captioning import train_smallcap_for
 
     with pytest.raises(UserError, match="knowledge base shapes:train has no captions"):
         train_smallcap_for(store, kb_without_qa, 2, tmp_path / "smallcap")

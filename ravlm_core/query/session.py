@@ -126,7 +126,7 @@ class Session:
         if folder is None:
             dataset, split = kb_ref.sets[0]
             raise UserError(f"no fusion answerer has been trained for the knowledge base {knowledge.label} with "
-                            f"k={settings.k} yet: run `ravlm vqa --dataset {dataset} --split {split} --kb "
+                            f"k={settings.k} yet: run `ravlm vqa {dataset} --split {split} --kb "
                             f"{dataset}:{split}` (or `ravlm eval`) first")
         answerer = timed_load(f"fusion answerer {folder}", lambda: FusionAnswerer(folder, self.device))
         questions = timed_load("question encoder", lambda: QuestionEncoder(self.device))

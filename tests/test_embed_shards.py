@@ -1,55 +1,27 @@
 """Embedding is incremental and idempotent: only images and texts the vector tables lack are encoded."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.embed import shards as embed
-from ravlm_core.ingest import scan as ingest
+from ravlm_core.ingest.shards import content_shards
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import SquarePixels, decode_image
 from ravlm_core.store import Store, in_list
 from ravlm_core.schemas import image_vectors_table, question_vectors_table, text_vectors_table
-
-
-class CountingEncoder:
-    """Deterministic vectors from content, and a count of what was encoded (the real encoders are tested apart)."""
-
-    tag, dim = "fake-1", 8
-    preprocess = SquarePixels(16)  # a 16x16 thumbnail's bytes decide the vector
-    batch_size = 4
-
-    def __init__(self):
-        self.images = 0
-        self.texts: list[str] = []
-
-    def _rows(self, keys: list[bytes]) -> np.ndarray:
-        seeds = [int.from_bytes(hashlib.sha256(k).digest()[:8], "little") for k in keys]
-        rows = np.stack([np.random.default_rng(seed).standard_normal(self.dim) for seed in seeds])
-        return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        self.images += len(pixels)
-        return self._rows([row.tobytes() for row in pixels])
-
-    def embed_images(self, images) -> np.ndarray:
-        return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
-
-    def embed_texts(self, texts) -> np.ndarray:
-        self.texts += list(texts)
-        return self._rows([t.encode() for t in texts])
+from tests.helpers.encoders import CountingEncoder
+from tests.helpers.shapes import make_shapes_dataset
+from tests.helpers.stores import damage_an_image, ingest_folder
 
 
 @pytest.fixture
 def shards(tmp_path, store) -> list[str]:
     folder = tmp_path / "src"
     make_shapes_dataset(folder, n_train=6, n_test=4, seed=2)
-    ingest.ingest_all(str(folder), "shapes", store, tmp_path / "data", shard_size=3)
-    return ingest.content_shards(tmp_path / "data" / "parquet")
+    ingest_folder(folder, "shapes", store, tmp_path / "data", shard_size=3)
+    return content_shards(tmp_path / "data" / "parquet")
 
 
 def test_images_are_embedded_once_across_reruns_and_new_shards(store: Store, shards):
@@ -112,9 +84,7 @@ def test_the_shard_path_gives_the_vectors_of_one_image_at_a_time(store: Store, s
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_damaged_image_read_in_a_reader_thread_or_process_names_the_shard(store: Store, shards, workers):
-    from tests.test_ingest import _damage_an_image
-
-    _damage_an_image(shards[0])
+    damage_an_image(shards[0])
     with pytest.raises(UserError, match="is damaged: image [0-9a-f]+ cannot be decoded.*run `ravlm ingest`"):
         embed.embed_shard(store, CountingEncoder(), shards[0], workers=workers)
 

@@ -11,13 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.embed import shards as embed
 from ravlm_core.ingest import scan as ingest
+from ravlm_core.ingest.shards import content_shards, load_shard, stored_shards, write_shard
 from ravlm_core.errors import UserError
 from ravlm_core.store import Store
 from ravlm_core.schemas import CONTENTS, IMAGES, QA, VQA_PREDICTIONS, image_vectors_table, predictions_schema
-from tests.test_embed import CountingEncoder
+from tests.helpers.encoders import CountingEncoder
+from tests.helpers.shapes import make_shapes_dataset
+from tests.helpers.stores import IngestSummary, damage_an_image, ingest_folder
 
 N_TRAIN, N_TEST = 6, 4
 
@@ -33,8 +35,8 @@ def _manifest(folder: Path) -> pd.DataFrame:
     return pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
 
 
-def _ingest(folder: Path, store: Store, tmp_path: Path, dataset: str = "shapes", **options) -> ingest.IngestSummary:
-    return ingest.ingest_all(str(folder), dataset, store, tmp_path / "data", shard_size=4, **options)
+def _ingest(folder: Path, store: Store, tmp_path: Path, dataset: str = "shapes", **options) -> IngestSummary:
+    return ingest_folder(folder, dataset, store, tmp_path / "data", shard_size=4, **options)
 
 
 def _rows(store: Store, table: str, *columns: str) -> list[tuple]:
@@ -43,7 +45,7 @@ def _rows(store: Store, table: str, *columns: str) -> list[tuple]:
 
 
 def _embed(store: Store, tmp_path: Path, encoder: CountingEncoder) -> None:
-    for shard in ingest.content_shards(tmp_path / "data" / "parquet"):
+    for shard in content_shards(tmp_path / "data" / "parquet"):
         embed.embed_shard(store, encoder, shard)
 
 
@@ -200,14 +202,14 @@ def test_broken_images_are_reported_and_never_listed(tmp_path, store):
     assert result.added == 3 - len(result.bad_rows) == 1  # the plan counts what was written
     assert sorted(Path(b.ref).name for b in result.bad_rows) == ["bad.png", "empty.png"]
     assert [r[0] for r in _rows(store, IMAGES, "path")] == ["good.png"]
-    assert len(ingest.content_shards(tmp_path / "data" / "parquet")) == 1
+    assert len(content_shards(tmp_path / "data" / "parquet")) == 1
 
 
 def test_a_crash_before_the_plan_is_applied_is_finished_by_the_rerun(source, tmp_path, store):
     scan = ingest.scan_source(str(source), "shapes", tmp_path / "data" / "staging", store, 4)
     # Killed after one shard was written and loaded.
-    written = ingest.write_shard(scan.content_path, scan.shards[0], tmp_path / "data" / "parquet", 64_000_000)
-    ingest.load_shard(store, written.path)
+    written = write_shard(scan.content_path, scan.shards[0], tmp_path / "data" / "parquet", 64_000_000)
+    load_shard(store, written.path)
     assert store.count(IMAGES) == 0 and 0 < written.n_images < 10
     result = _ingest(source, store, tmp_path)
     assert result.added == 10 and store.count(CONTENTS) == store.count(IMAGES) == 10
@@ -220,20 +222,11 @@ def test_bad_dataset_names_are_user_errors(source, tmp_path, store):
             _ingest(source, store, tmp_path, name)
 
 
-def _damage_an_image(shard: str) -> None:
-    """A readable shard whose first image's bytes are no longer an image (bit rot, a bad copy)."""
-    table = pq.read_table(shard)
-    blobs = table.column("image").to_pylist()
-    blobs[0] = b"\x89PNG but not any more"
-    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(blobs, pa.binary())),
-                   shard)
-
-
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "image bytes"])
 def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images_get_vectors(source, tmp_path,
                                                                                             store, damage):
     _ingest(source, store, tmp_path)
-    shards = ingest.stored_shards(store)
+    shards = stored_shards(store)
     victim = shards[0]
     in_victim = {i for i, s in _rows(store, CONTENTS, "image_id", "shard") if s == victim}
     if damage == "deleted":
@@ -241,7 +234,7 @@ def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images
     elif damage == "truncated":
         Path(victim).write_bytes(Path(victim).read_bytes()[:100])
     else:
-        _damage_an_image(victim)
+        damage_an_image(victim)
     # Embedding names the shard and what to do, in one line, instead of leaving its images without vectors.
     expected = "cannot be read.*run `ravlm ingest`" if damage != "image bytes" else (
         "is damaged: image [0-9a-f]+ cannot be decoded.*delete the shard and run `ravlm ingest`")
@@ -254,7 +247,7 @@ def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images
     # Shards are named by their content ids: the same bytes land in a good file of the same name.
     assert set(pq.read_table(victim, columns=["image_id"]).column("image_id").to_pylist()) == in_victim
     encoder = CountingEncoder()
-    for shard in ingest.stored_shards(store):
+    for shard in stored_shards(store):
         embed.embed_shard(store, encoder, shard)
     vectors = set(store.read(image_vectors_table(encoder.tag), columns=["image_id"]).column("image_id").to_pylist())
     assert vectors == {i for (i,) in _rows(store, IMAGES, "image_id")} and encoder.images == N_TRAIN + N_TEST

@@ -13,6 +13,7 @@ from ravlm_core.ingest.vqav2 import open_vqav2
 from ravlm_core.ingest.coco import open_coco
 from ravlm_core.ingest.sources import open_source
 from ravlm_core.ingest.records import MAX_TEXT_CHARS, ManifestError
+from tests.helpers.stores import ingest_folder
 
 
 def _image(path: Path, color: str = "red") -> Path:
@@ -355,7 +356,6 @@ def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scor
 
     from ravlm_core.evaluate import scoring as evaluate
 
-    from ravlm_core.ingest import scan as ingest
     from ravlm_core.schemas import CAPTION_PREDICTIONS_SCHEMA
     from ravlm_core.store import Store
     from ravlm_core.schemas import CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS
@@ -369,7 +369,7 @@ def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scor
                [{"image_id": i, "id": 10 * i + k, "caption": f"a {c} thing number {k} on a table"}
                 for i, c in ((1, "red"), (2, "blue")) for k in range(5)])
     store = Store(str(tmp_path / "lancedb"))
-    summary = ingest.ingest_all(str(folder), "coco", store, tmp_path / "data", source_format="coco")
+    summary = ingest_folder(folder, "coco", store, tmp_path / "data", source_format="coco")
     assert summary.added == 2 and summary.bad_rows == []
     images = store.read(IMAGES, columns=["member_id", "image_id", "caption", "captions", "split"]).to_pylist()
     assert all(len(r["captions"]) == 5 and r["caption"] == r["captions"][0] and r["split"] == "val2014"
@@ -381,12 +381,12 @@ def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scor
             for r in images]
     store.upsert(CAPTION_PREDICTIONS, pa.Table.from_pylist(rows, CAPTION_PREDICTIONS_SCHEMA), "pred_id")
     assert evaluate.caption_job_metrics(store, "j")["bleu4"] == pytest.approx(1.0)
-    assert ingest.ingest_all(str(folder), "coco", store, tmp_path / "data", source_format="coco").added == 0
+    assert ingest_folder(folder, "coco", store, tmp_path / "data", source_format="coco").added == 0
 
     _vqa_files(folder, [_vqa_question(1, 100), _vqa_question(2, 200, "what color?")],
                [_vqa_annotation(1, 100), _vqa_annotation(2, 200, "blue", "what color",
                                                          answers=["blue"] * 8 + ["navy"] * 2)])
-    summary = ingest.ingest_all(str(folder), "vqa", store, tmp_path / "data", source_format="vqav2")
+    summary = ingest_folder(folder, "vqa", store, tmp_path / "data", source_format="vqav2")
     assert summary.added == 2
     qa = store.read(QA, where="dataset = 'vqa'").to_pylist()
     assert sorted(len(r["answers"]) for r in qa) == [10, 10]

@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 
 from ravlm_core.jobs import captioning, parts, vqa
 
-from ravlm_core.ingest import scan as ingest
 
 from ravlm_core.ids import text_id
 from ravlm_core.generators import GenerationJob, GeneratorSpec, generator_tag
@@ -20,7 +19,8 @@ from ravlm_core.retrieval.knowledge import load_knowledge_base
 from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.schemas import (CAPTION_PREDICTIONS, IMAGES, MEMBERSHIPS, QA, VQA_PREDICTIONS, image_vectors_table,
     question_vectors_table, vector_schema)
-from tests.random_models import make_blip, make_vlm
+from tests.helpers.random_models import make_blip, make_vlm
+from tests.helpers.stores import ingest_folder
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30)}
 SHAPES = ("circle", "square")
@@ -55,7 +55,7 @@ def kb_store(tmp_path_factory):
                                  "question": "what color is the shape?", "answer": color})
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     store = Store(str(root / "lancedb"))
-    ingest.ingest_all(str(folder), "shapes", store, root / "data", shard_size=5)
+    ingest_folder(folder, "shapes", store, root / "data", shard_size=5)
     images = store.read(IMAGES, columns=["image_id", "caption"]).to_pylist()
     labels = memberships_of(store, [r["image_id"] for r in images])
     vectors = []

@@ -16,9 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.embed import shards as embed
-from ravlm_core.ingest import scan as ingest
+from ravlm_core.ingest.shards import stored_shards
 from ravlm_core.config import Settings
 from ravlm_core.query.dedup import near_duplicates
 from ravlm_core.errors import UserError
@@ -28,7 +27,9 @@ from ravlm_core.query.session import Session, load_reranker
 from ravlm_core.query.results import SCHEMAS
 from ravlm_core.store import Store
 from ravlm_core.schemas import IMAGES, image_vectors_table
-from tests.cli import Ravlm
+from tests.helpers.cli import Ravlm
+from tests.helpers.shapes import make_shapes_dataset
+from tests.helpers.stores import ingest_folder
 
 HOSTILE = ['<img src=x onerror="alert(1)">', "</figcaption><script>alert('x')</script> & more"]
 
@@ -51,10 +52,10 @@ def shapes(tmp_path_factory):
     (hostile / "manifest.jsonl").write_text("\n".join(rows) + "\n")
     data = tmp / "data"
     store = Store(str(data / "lancedb"))
-    ingest.ingest_all(str(tmp / "shapes"), "shapes", store, data)
-    ingest.ingest_all(str(hostile), "hostile", store, data)
+    ingest_folder(tmp / "shapes", "shapes", store, data)
+    ingest_folder(hostile, "hostile", store, data)
     encoder = load_encoder(resolve_encoder("builtin", store, data / "models", "cpu"))
-    for shard in ingest.stored_shards(store):
+    for shard in stored_shards(store):
         embed.embed_shard(store, encoder, shard)
     embed.embed_texts(store, encoder)
     settings = Settings(data_dir=data, device="cpu")
@@ -165,7 +166,7 @@ def test_hybrid_with_a_local_cross_encoder_ranks_by_its_scores(shapes, tmp_path)
     from sentence_transformers import CrossEncoder
     from transformers import BertConfig, BertForSequenceClassification
 
-    from tests.random_models import _bert_tokenizer
+    from tests.helpers.random_models import _bert_tokenizer
 
     tokenizer = _bert_tokenizer(512)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -303,9 +304,9 @@ def photos(tmp_path, store):
         photo(n).save(folder / f"photo{n:02d}.png")
     ImageEnhance.Brightness(photo(3)).enhance(1.15).resize((112, 84)).save(folder / "photo03_edit.jpg", quality=90)
     (folder / "photo07_again.png").write_bytes((folder / "photo07.png").read_bytes())
-    ingest.ingest_all(str(folder), "photos", store, tmp_path / "data")
+    ingest_folder(folder, "photos", store, tmp_path / "data")
     encoder = PixelEncoder()
-    for shard in ingest.stored_shards(store):
+    for shard in stored_shards(store):
         embed.embed_shard(store, encoder, shard)
     return store
 

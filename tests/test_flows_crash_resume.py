@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.store import Store
-from tests.cli import ROOT, Ravlm
+from tests.helpers.cli import ROOT, Ravlm
+from tests.helpers.shapes import make_shapes_dataset
+
+pytestmark = pytest.mark.server
 
 # Shards of 6 images and small batches: every stage commits several times, so there is a middle to kill in.
 # One batch per shard, fixed: a resumed run redoes whole shards, so its vectors are bit-identical to the clean run's.
@@ -33,16 +36,16 @@ RUN_TABLES = {"runs", "eval_runs"}
 
 
 def stages(folder: Path, models: Path) -> list[tuple[str, list[str]]]:
-    from tests.random_models import make_blip, make_vlm
+    from tests.helpers.random_models import make_blip, make_vlm
 
     blip, vlm = make_blip(models / "blip-vqa", "vqa"), make_vlm(models / "vlm")
     return [
         ("ingest", ["ingest", str(folder), "--dataset", "shapes"]),
         ("embed", ["embed"]),  # trains the built-in heads, embeds shard by shard, indexes
-        ("vqa blip", ["vqa", "--dataset", "shapes", "--generator", f"blip:{blip},batch_size=6,max_new_tokens=3"]),
-        ("caption vlm", ["caption", "--dataset", "shapes", "--generator", f"vlm:{vlm},batch_size=2,max_new_tokens=4"]),
+        ("vqa blip", ["vqa", "shapes", "--generator", f"blip:{blip},batch_size=6,max_new_tokens=3"]),
+        ("caption vlm", ["caption", "shapes", "--generator", f"vlm:{vlm},batch_size=2,max_new_tokens=4"]),
         # The default generators with and without retrieval: trains the fusion answerer and SmallCap, then the report.
-        ("eval", ["eval", "--dataset", "shapes"]),
+        ("eval", ["eval", "shapes"]),
     ]
 
 

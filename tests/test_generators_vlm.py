@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ravlm_core.generators import GeneratorSpec, Request, load_generator
-from tests.random_models import make_llava, make_qwen2vl, make_vlm
+from tests.helpers.random_models import make_llava, make_qwen2vl, make_vlm
 
 BUILDERS = {"smolvlm": make_vlm, "llava": make_llava, "qwen2vl": make_qwen2vl}
 NEIGHBOUR_CAPTIONS = ("a red circle", "a small red circle next to a large blue square")

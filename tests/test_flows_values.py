@@ -51,6 +51,7 @@ def test_values_pickle_for_dask_and_ray_workers(value):
     assert pickle.loads(cloudpickle.dumps(value)) == value
 
 
+@pytest.mark.server
 def test_values_pass_through_prefect_task_parameters_and_keyword_map(harness):
     from prefect import flow, task, unmapped
     from prefect.cache_policies import NO_CACHE

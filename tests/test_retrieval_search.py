@@ -9,7 +9,7 @@ from ravlm_core.errors import UserError
 from ravlm_core.imaging import signature, signature_distance
 from ravlm_core.retrieval.search import Guard, search, vector_sets_filter, vectors_by_id
 from ravlm_core.schemas import CONTENTS, CONTENTS_SCHEMA, MEMBERSHIPS, vector_schema
-from tests.conftest import unit_rows
+from tests.helpers.vectors import unit_rows
 
 
 @pytest.fixture

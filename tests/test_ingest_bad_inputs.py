@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ravlm_core.store import Store
-from tests.bad_inputs import Corpus, Run, build_corpus, escapes, ingest_corpus, judge, stray_bad_rows
+from tests.helpers.bad_inputs import Corpus, Run, build_corpus, escapes, ingest_corpus, judge, stray_bad_rows
 
 MIN_KINDS = 30
 

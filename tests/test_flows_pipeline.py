@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.store import Store
 from ravlm_core.schemas import EVAL_RUNS, IMAGES, QA
-from tests.cli import Ravlm
+from tests.helpers.cli import Ravlm
+from tests.helpers.shapes import make_shapes_dataset
+
+pytestmark = pytest.mark.server
 
 N_TRAIN, N_TEST = 48, 16
 
@@ -37,7 +39,7 @@ def run(harness, tmp_path_factory):
     outputs = {
         "ingest": ravlm("ingest", str(folder), "--dataset", "shapes"),
         "embed": ravlm("embed"),
-        "eval": ravlm("eval", "--dataset", "shapes"),
+        "eval": ravlm("eval", "shapes"),
     }
     return {"ravlm": ravlm, "folder": folder, "store": Store(str(tmp / "data" / "lancedb")), **outputs}
 
@@ -164,7 +166,7 @@ def test_interactive_commands_run_without_prefect_and_every_option_does_what_it_
 
     image = sorted((run["folder"] / "images").glob("test_*.png"))[0]
     for args, expected in ((("sql", "select nope from qa"), "error: sql: Binder Error"),
-                           (("ask", str(image), "Which colour?", "--kb", "shapes:test"), "run `ravlm vqa --dataset shapes"),
+                           (("ask", str(image), "Which colour?", "--kb", "shapes:test"), "run `ravlm vqa shapes --split"),
                            (("tables", "nope"), "error: no table 'nope'")):
         done = offline.raw(*args)
         assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
@@ -176,7 +178,7 @@ def test_rerunning_every_step_adds_only_a_run_record(run):
     again = {
         "ingest": ravlm("ingest", str(run["folder"]), "--dataset", "shapes"),
         "embed": ravlm("embed"),
-        "eval": ravlm("eval", "--dataset", "shapes"),
+        "eval": ravlm("eval", "shapes"),
     }
     after = table_counts(store)
     assert again["ingest"]["new_images"] == 0 and again["embed"]["new_images"] == 0
@@ -198,30 +200,30 @@ def test_an_unlabeled_query_set_is_answered_against_another_datasets_knowledge_b
     (tmp_path / "questions.txt").write_text("Which colour is the figure?\nWhat shape is this?\n")
     assert ravlm("ingest", str(folder), "--dataset", "tonight")["added"] == 3
     ravlm("embed")
-    vqa = ravlm("vqa", "--dataset", "tonight", "--kb", "shapes:train", "--questions", str(tmp_path / "questions.txt"))
+    vqa = ravlm("vqa", "tonight", "--kb", "shapes:train", "--questions", str(tmp_path / "questions.txt"))
     assert vqa["items"] == 6 and vqa["kb"] == "shapes:train"
     rows = store.read("vqa_predictions", where=f"job_id = '{vqa['job_id']}'").to_pylist()
     assert len(rows) == 6 and all(r["answer"] is None and r["prediction"] for r in rows)
     # The leakage guard: the copy of a train image never retrieves it, and says so.
     copied = store.read("images", where="path = 'images/train_00000.png'").to_pylist()[0]["image_id"]
     assert all(copied not in r["neighbour_ids"] for r in rows if r["image_id"] == copied)
-    captions = ravlm("caption", "--dataset", "tonight", "--kb", "shapes:train")
+    captions = ravlm("caption", "tonight", "--kb", "shapes:train")
     rows = store.read("caption_predictions", where=f"job_id = '{captions['job_id']}'").to_pylist()
     assert len(rows) == 3 and captions["near_duplicate_items"] >= 1
     copy = [r for r in rows if r["image_id"] == copied][0]
     assert copy["near_duplicates"] >= 1 and copied not in copy["neighbour_ids"] and copy["prediction"]
-    result = ravlm("eval", "--dataset", "tonight", "--kb", "shapes:train", "--questions", str(tmp_path / "questions.txt"))
+    result = ravlm("eval", "tonight", "--kb", "shapes:train", "--questions", str(tmp_path / "questions.txt"))
     assert result["vqa"]["evaluated"] is False and result["vqa"]["items"] == 6
 
 
 def test_eval_compares_model_generators_side_by_side_through_the_cli(run, tmp_path):
     """Tiny random chat VLM and BLIP captioner, saved with save_pretrained and loaded by the flow's own code."""
-    from tests.random_models import make_blip, make_vlm
+    from tests.helpers.random_models import make_blip, make_vlm
 
     ravlm, store = run["ravlm"], run["store"]
     vlm, blip = make_vlm(tmp_path / "vlm"), make_blip(tmp_path / "blip", "caption")
     vlm_spec, blip_spec = f"vlm:{vlm},max_new_tokens=3,batch_size=16", f"blip:{blip},max_new_tokens=3"
-    result = ravlm("eval", "--dataset", "shapes", "--generator", vlm_spec, "--generator", blip_spec)
+    result = ravlm("eval", "shapes", "--generator", vlm_spec, "--generator", blip_spec)
     n_test_questions = store.count(QA, "split = 'test'")
     # The chosen generator (the first for each task) keeps the shape scripts read; the others sit beside it.
     assert result["vqa"]["n"] == result["vqa"]["without_retrieval"]["n"] == n_test_questions
@@ -239,7 +241,7 @@ def test_eval_compares_model_generators_side_by_side_through_the_cli(run, tmp_pa
 
 def test_user_errors_are_one_line_and_rejected_rows_exit_3(run, tmp_path):
     ravlm = run["ravlm"]
-    missing_kb = ravlm.raw("vqa", "--dataset", "shapes", "--kb", "nowhere:train")
+    missing_kb = ravlm.raw("vqa", "shapes", "--kb", "nowhere:train")
     assert missing_kb.returncode == 2 and "Traceback" not in missing_kb.stderr
     assert "error: knowledge base nowhere:train has no images" in missing_kb.stderr
     broken = tmp_path / "broken"
@@ -253,9 +255,9 @@ def test_user_errors_are_one_line_and_rejected_rows_exit_3(run, tmp_path):
     partly = ravlm.raw("ingest", str(broken), "--json")
     assert partly.returncode == 3 and json.loads(partly.stdout)["added"] == 1
     assert "leaves" in json.loads(partly.stdout)["bad_rows"][0]["reason"]
-    unknown = ravlm.raw("caption", "--dataset", "shapes", "--generator", "gpt5")
+    unknown = ravlm.raw("caption", "shapes", "--generator", "gpt5")
     assert unknown.returncode == 2 and "error: unknown generator kind 'gpt5'" in unknown.stderr
-    no_model = ravlm.raw("vqa", "--dataset", "shapes", "--generator", f"vlm:{tmp_path / 'nowhere'}")
+    no_model = ravlm.raw("vqa", "shapes", "--generator", f"vlm:{tmp_path / 'nowhere'}")
     assert no_model.returncode == 2 and "Traceback" not in no_model.stderr and "nowhere" in no_model.stderr
 
 
@@ -285,7 +287,7 @@ def test_the_same_commands_run_on_a_dask_cluster(harness, tmp_path, run):
     ravlm.options += ["--runner", "dask"]
     assert ravlm("ingest", str(run["folder"]), "--dataset", "shapes")["added"] == N_TRAIN + N_TEST
     assert ravlm("embed")["new_images"] == N_TRAIN + N_TEST
-    assert ravlm("eval", "--dataset", "shapes")["vqa"] == run["eval"]["vqa"]
+    assert ravlm("eval", "shapes")["vqa"] == run["eval"]["vqa"]
 
 
 def test_the_python_api_the_readme_documents(run):

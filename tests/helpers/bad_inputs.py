@@ -4,8 +4,8 @@
 (a folder without a manifest), `root/csv` and `root/parquet` (typed manifests), one small folder per
 manifest-level failure, and files OUTSIDE those folders (`root/secret.png`, `root/outside/inner.png`) that paths
 and symlinks point at and that must never be read.
-`ingest_corpus` runs `ingest_all` on every folder; `judge` says per case whether it was ingested correctly,
-rejected with file, row and reason, or refused as a whole manifest.
+`ingest_corpus` runs the ingest steps (`stores.ingest_folder`) on every folder; `judge` says per case whether it
+was ingested correctly, rejected with file, row and reason, or refused as a whole manifest.
 """
 from __future__ import annotations
 
@@ -576,9 +576,9 @@ def _audit(event: str, args: tuple) -> None:
 
 
 def ingest_corpus(corpus: Corpus, store, data_dir: Path, shard_size: int = 8) -> Run:
-    """`ingest_all` on every dataset folder of the corpus into `store`, watching which files get opened."""
+    """The ingest steps on every dataset folder of the corpus into `store`, watching which files get opened."""
     global _opened
-    from ravlm_core.ingest.scan import ingest_all
+    from tests.helpers.stores import ingest_folder
     from ravlm_core.schemas import CONTENTS, IMAGES, QA
 
     if not getattr(sys, "_ravlm_bad_inputs_hook", False):  # audit hooks cannot be removed: add it once
@@ -589,8 +589,8 @@ def ingest_corpus(corpus: Corpus, store, data_dir: Path, shard_size: int = 8) ->
     try:
         for dataset, source in corpus.sources.items():
             try:
-                results[dataset] = ingest_all(str(source.folder), dataset, store, data_dir,
-                                              manifest=source.manifest, shard_size=shard_size)
+                results[dataset] = ingest_folder(source.folder, dataset, store, data_dir,
+                                                 manifest=source.manifest, shard_size=shard_size)
             except Exception as err:  # noqa: BLE001 - every exception is a verdict here, not a test error
                 results[dataset] = err
     finally:

@@ -1,7 +1,7 @@
 """`--runner ray`: the same small pipeline (ingest → embed → eval) through the CLI once on threads and once on a
 local Ray instance (the kind of existing cluster `--runner-address` names), with the same metrics and tables.
 
-Slow (two whole CLI pipelines; 15 min on 2 cores shared with other work): `python -m pytest -m slow tests/test_ray.py`.
+Slow (two whole CLI pipelines; 15 min on 2 cores shared with other work): `python -m pytest -m slow tests/test_flows_ray.py`.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.store import Store
-from tests.cli import ROOT, Ravlm
+from tests.helpers.cli import ROOT, Ravlm
+from tests.helpers.shapes import make_shapes_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 N_TRAIN, N_TEST, SHARD_SIZE = 32, 8, 8  # 5 content shards: embedded in parallel
 
@@ -40,7 +40,7 @@ def ray_address(tmp_path_factory):
 def pipeline(ravlm: Ravlm, folder) -> dict:
     done = {}
     for name, args in (("ingest", ["ingest", str(folder), "--dataset", "shapes"]), ("embed", ["embed"]),
-                       ("eval", ["eval", "--dataset", "shapes"])):
+                       ("eval", ["eval", "shapes"])):
         start = time.perf_counter()
         result = ravlm.raw(*args, "--json")
         assert result.returncode == 0, result.stderr[-4000:]

@@ -13,7 +13,7 @@ from transformers import (
     BlipProcessor,
 )
 
-from tests.random_models import make_blip, make_llava, make_qwen2vl, make_vlm
+from tests.helpers.random_models import make_blip, make_llava, make_qwen2vl, make_vlm
 
 ENGLISH = "What color is the shape? Is there a blue triangle? yes no 0 1 2 3 The quick brown fox jumps over a lazy dog."
 

@@ -10,7 +10,7 @@ from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, quest
 from ravlm_core.retrieval.search import Neighbours
 from ravlm_core.schemas import MEMBERSHIPS, vector_schema
 from ravlm_core.retrieval.questions import retrieve_for_vectors
-from tests.conftest import unit_rows
+from tests.helpers.vectors import unit_rows
 
 
 def _kb(question_vectors, qa_by_image, answers, config=RetrievalConfig(), questions=None) -> KnowledgeBase:

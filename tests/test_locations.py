@@ -12,7 +12,7 @@ import pytest
 
 from ravlm_core import locations
 from ravlm_core.config import Settings
-from tests.cli import ROOT
+from tests.helpers.cli import ROOT
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (pip install 'ravlm[test]')")
 
@@ -45,7 +45,7 @@ def test_settings_put_everything_under_the_data_dir_uri():
     assert settings.store_uri == "s3://bucket/ravlm/lancedb"
     assert settings.parquet_dir == "s3://bucket/ravlm/parquet"
     assert settings.models_dir == "s3://bucket/ravlm/models"
-    local = Settings(data_dir=ROOT / "data")  # a local folder stays a Path, as before
+    local = Settings(data_dir=ROOT / "data")  # a local folder stays a Path
     assert local.parquet_dir == ROOT / "data" / "parquet" and local.store_uri == str(ROOT / "data" / "lancedb")
 
 
@@ -83,10 +83,11 @@ def ravlm(data_dir: str, cwd, env: dict, *args: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.server
 def test_a_second_machine_works_from_the_bucket(s3_env, harness, tmp_path):
     """Machine A ingests and embeds into s3://; machine B (another working dir, an empty model cache) searches
     the same data dir: vectors, shards and the trained encoder all come from the bucket."""
-    from benchmarks.make_shapes_dataset import make_shapes_dataset
+    from tests.helpers.shapes import make_shapes_dataset
 
     data_dir = f"s3://{BUCKET}/e2e/ravlm"
     folder = tmp_path / "shapes"

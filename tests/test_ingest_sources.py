@@ -1,4 +1,4 @@
-"""Tests for ravlm_core.ingest.sources (easy-VQA, manifests, plain folders) and the shapes dataset generator."""
+"""Tests for ravlm_core.ingest.sources: easy-VQA, manifests and plain folders."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from benchmarks.make_shapes_dataset import make_shapes_dataset
 from ravlm_core.ingest import easy_vqa
 from ravlm_core.errors import UserError
 from ravlm_core.ingest.sources import open_source
 from ravlm_core.ingest.manifests import read_questions_file
 from ravlm_core.ingest.records import ManifestError
+from tests.helpers.shapes import make_shapes_dataset
 
 
 @pytest.fixture(scope="module")
@@ -215,28 +215,3 @@ def test_questions_file_plain_or_with_a_question_column(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(UserError, match="holds no question"):
         read_questions_file(tmp_path / "empty.txt")
-
-
-# --- shapes generator -----------------------------------------------------------------------------
-
-
-def test_shapes_dataset_is_deterministic_and_balanced(tmp_path):
-    first = make_shapes_dataset(tmp_path / "a", n_train=8, n_test=4, seed=3)
-    second = make_shapes_dataset(tmp_path / "b", n_train=8, n_test=4, seed=3)
-    other = make_shapes_dataset(tmp_path / "c", n_train=8, n_test=4, seed=4)
-    assert first.read_bytes() == second.read_bytes() != other.read_bytes()
-    assert (tmp_path / "a/images/train_00000.png").read_bytes() == (tmp_path / "b/images/train_00000.png").read_bytes()
-    rows = pd.read_csv(first)
-    assert set(rows.columns) == {"image", "caption", "question", "answer", "split", "question_type"}
-    per_image = rows.groupby("image").size()
-    assert len(per_image) == 12 and per_image.between(6, 10).all()
-    answers = rows[rows.question_type == "yes/no"].answer.value_counts()
-    assert abs(answers["yes"] - answers["no"]) <= 12  # at most one extra "yes" per image
-    assert not rows.duplicated(["image", "question"]).any()
-    with Image.open(tmp_path / "a" / rows.image[0]) as image:
-        assert image.size == (64, 64)
-
-
-def test_shapes_dataset_rejects_unknown_format(tmp_path):
-    with pytest.raises(ValueError, match="csv, jsonl, parquet"):
-        make_shapes_dataset(tmp_path, 1, 1, fmt="xlsx")

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import GPU_TAG, on_device
 from ravlm_core.config import Settings
 from tasks.embed import embed_shard
+
+pytestmark = pytest.mark.server
 
 
 @task
