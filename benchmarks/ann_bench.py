@@ -32,11 +32,10 @@ import numpy as np
 import pyarrow as pa
 
 from ravlm_core.index import ann
-
-from ravlm_core.retrieval import search as retrieve
 from ravlm_core.index.indexes import build_indexes
-from ravlm_core.store import Store
+from ravlm_core.retrieval import search as retrieve
 from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, membership_label, vector_schema
+from ravlm_core.store import Store
 
 TAG = "bench"
 CHUNK = 100_000

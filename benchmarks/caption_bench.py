@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cross_kb import Runner  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
-from ravlm_core.store import Store, sql_quote  # noqa: E402
 from ravlm_core.schemas import CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES
+from ravlm_core.store import Store, sql_quote  # noqa: E402
 
 log = logging.getLogger("caption_bench")
 GENERATORS = ("builtin-transfer", "smallcap")

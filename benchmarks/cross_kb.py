@@ -39,17 +39,16 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.easy_vqa_shapes import COLORS, SHAPES  # noqa: E402
-from ravlm_core.jobs.answerers import FusionAnswerer  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
 from ravlm_core.ids import text_id  # noqa: E402
-from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base  # noqa: E402
-from ravlm_core.retrieval.search import search, vectors_by_id  # noqa: E402
-from ravlm_core.store import Store, sql_quote  # noqa: E402
-from ravlm_core.schemas import EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS
+from ravlm_core.jobs.answerers import FusionAnswerer  # noqa: E402
 from ravlm_core.jobs.vqa import answer, read_items, train_answerer  # noqa: E402
-from ravlm_core.retrieval.search import stored_guard
+from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base  # noqa: E402
 from ravlm_core.retrieval.questions import retrieve_for_items
+from ravlm_core.retrieval.search import search, stored_guard, vectors_by_id  # noqa: E402
+from ravlm_core.schemas import EVAL_RUNS, IMAGES, QA, VQA_PREDICTIONS
+from ravlm_core.store import Store, sql_quote  # noqa: E402
+from tests.helpers.easy_vqa_shapes import COLORS, SHAPES  # noqa: E402
 
 log = logging.getLogger("cross_kb")
 

@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 
 from ravlm_core.config import Settings
-from ravlm_core.query.dedup import near_duplicates
 from ravlm_core.index.indexes import build_indexes
-from ravlm_core.store import Store
+from ravlm_core.query.dedup import near_duplicates
 from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, vector_schema
+from ravlm_core.store import Store
 
 TAG = "bench-1"
 

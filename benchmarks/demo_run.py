@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 from ravlm_core.store import Store  # noqa: E402
+from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 
 
 def ravlm(data_dir: Path, *args: str) -> tuple[dict, float]:

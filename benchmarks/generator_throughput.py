@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tests.helpers.shapes import COLORS, SHAPES, draw_image  # noqa: E402
 from ravlm_core.generators import GeneratorSpec, Request, load_generator  # noqa: E402
 from tests.helpers.random_models import make_blip, make_vlm  # noqa: E402
+from tests.helpers.shapes import COLORS, SHAPES, draw_image  # noqa: E402
 
 log = logging.getLogger("generator_throughput")
 

@@ -23,8 +23,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 from ravlm_core.store import Store  # noqa: E402
+from tests.helpers.shapes import make_shapes_dataset  # noqa: E402
 
 KEYS = {"images": "member_id", "qa": "qa_id", "contents": "image_id", "vqa_predictions": "pred_id",
         "caption_predictions": "pred_id"}

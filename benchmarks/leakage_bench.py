@@ -138,8 +138,8 @@ def source_train_signatures() -> np.ndarray:
     decoded files as ingest does (no ingest, no embedding). Files with the same bytes share an image id, so the
     guard treats them as the query's own bytes: they count once."""
     from ravlm_core.imaging import open_rgb, signature
-    from ravlm_core.ingest.sources import open_source
     from ravlm_core.ingest.easy_vqa import EASY_VQA
+    from ravlm_core.ingest.sources import open_source
 
     by_content: dict[str, np.ndarray] = {}
     for record in (r for r in open_source(EASY_VQA)[0] if r.split == "train"):

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from ravlm_core.errors import UserError
-from ravlm_core.ingest.sources import open_source
 from ravlm_core.ingest.easy_vqa import EASY_VQA
 from ravlm_core.ingest.records import SourceRecord
+from ravlm_core.ingest.sources import open_source
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from ravlm_core.retrieval.knowledge import parse_kb
 from ravlm_core.store import Store
 from tasks.evaluate import evaluate_run
 
-
 # What `ravlm eval` compares when no --generator is given: the first of each task fills the vqa / caption keys.
 DEFAULT_GENERATORS = {"vqa": ("builtin-fusion",), "caption": ("builtin-transfer", "smallcap")}
 

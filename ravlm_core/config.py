@@ -9,7 +9,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ravlm_core.uris import join
 
-
 # The environment every ravlm process runs in, set by `apply_environment` before Prefect, huggingface_hub or
 # transformers is imported (they read it at import): flows/__init__.py (so the CLI, `serve` and flow runs on a
 # worker), tests/conftest.py and the benchmarks call it. A value already in the environment wins.

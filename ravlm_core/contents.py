@@ -10,8 +10,8 @@ from PIL import Image
 
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import decode_image
-from ravlm_core.store import Store, chunks, in_list
 from ravlm_core.schemas import CONTENTS
+from ravlm_core.store import Store, chunks, in_list
 
 
 def stored_values(store: Store, image_ids, column: str) -> dict:

@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from ravlm_core.config import Settings

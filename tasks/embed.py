@@ -7,14 +7,13 @@ from functools import lru_cache
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import RETRY
-
 from ravlm_core.embed import pinning, reader, shards
 from ravlm_core.encoders import EncoderRef
 from ravlm_core.errors import naming
 from ravlm_core.locations import local_model, shared_ref
 from ravlm_core.model_files import timed_load
 from ravlm_core.store import Store
+from tasks.retry import RETRY
 
 
 @lru_cache(maxsize=2)

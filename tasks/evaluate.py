@@ -8,8 +8,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ravlm_core.evaluate import report, scoring
-from ravlm_core.store import Store
 from ravlm_core.schemas import CAPTION_PREDICTIONS, VQA_PREDICTIONS
+from ravlm_core.store import Store
 
 
 @task(cache_policy=NO_CACHE)

@@ -7,11 +7,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.retry import RETRY
-
-from ravlm_core.ingest import membership, scan, shards
 from ravlm_core.errors import naming
+from ravlm_core.ingest import membership, scan, shards
 from ravlm_core.store import Store
+from tasks.retry import RETRY
 
 
 @task(cache_policy=NO_CACHE)

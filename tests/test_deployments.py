@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ravlm_core.store import Store
 from ravlm_core.schemas import IMAGES
+from ravlm_core.store import Store
 from tests.helpers.shapes import make_shapes_dataset
 
 pytestmark = pytest.mark.server

@@ -6,11 +6,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ravlm_core.embed import shards as embed
-from ravlm_core.ingest.shards import content_shards
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import SquarePixels, decode_image
-from ravlm_core.store import Store, in_list
+from ravlm_core.ingest.shards import content_shards
 from ravlm_core.schemas import image_vectors_table, question_vectors_table, text_vectors_table
+from ravlm_core.store import Store, in_list
 from tests.helpers.encoders import CountingEncoder
 from tests.helpers.shapes import make_shapes_dataset
 from tests.helpers.stores import damage_an_image, ingest_folder

@@ -92,8 +92,15 @@ def _tiny_vocab() -> dict[str, int]:
 
 def _save_tiny(model_type: str, folder, seed: int = 0):
     """A random 2-layer CLIP/SigLIP (hidden 32, 32×32 images, patch 8) with a hand-made BPE tokenizer."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPTokenizer,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
 
     vocab = _tiny_vocab()
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)

@@ -42,10 +42,10 @@ def test_the_retry_verdict_survives_pickling_to_and_from_workers():
 @pytest.mark.server
 def test_a_failed_flow_says_which_shard_and_why_in_one_line_in_its_state_and_the_runs_table(harness, tmp_path,
                                                                                           monkeypatch):
-    from tests.helpers.shapes import make_shapes_dataset
     from flows.ingest import ingest_flow
     from ravlm_core.ingest import shards
     from ravlm_core.store import Store
+    from tests.helpers.shapes import make_shapes_dataset
 
     folder = tmp_path / "shapes"
     make_shapes_dataset(folder, n_train=4, n_test=2, seed=0, fmt="jsonl")

@@ -8,8 +8,15 @@ import shutil
 
 import pytest
 
-from ravlm_core.evaluate.metrics import (caption_metrics, coco_tokenize, normalize_answer, normalize_vqa_answer,
-                                retrieval_metrics, vqa_metrics, vqa_soft_accuracy)
+from ravlm_core.evaluate.metrics import (
+    caption_metrics,
+    coco_tokenize,
+    normalize_answer,
+    normalize_vqa_answer,
+    retrieval_metrics,
+    vqa_metrics,
+    vqa_soft_accuracy,
+)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ravlm_core.store import Store
 from ravlm_core.schemas import EVAL_RUNS, IMAGES, QA
+from ravlm_core.store import Store
 from tests.helpers.cli import Ravlm
 from tests.helpers.shapes import make_shapes_dataset
 
@@ -291,8 +291,8 @@ def test_the_same_commands_run_on_a_dask_cluster(harness, tmp_path, run):
 
 
 def test_the_python_api_the_readme_documents(run):
-    from ravlm_core.query.analytics import run_sql
     from ravlm_core.config import Settings
+    from ravlm_core.query.analytics import run_sql
     from ravlm_core.query.session import Session
 
     session = Session(Settings(data_dir=Path(run["store"].uri).parent))

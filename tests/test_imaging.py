@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from ravlm_core.imaging import (DEFAULT_MAX_PIXELS, ImageRejected, SquarePixels, _check_size, decode_image, open_rgb,
-                                thumbnail_jpeg, to_rgb)
+from ravlm_core.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    SquarePixels,
+    _check_size,
+    decode_image,
+    open_rgb,
+    thumbnail_jpeg,
+    to_rgb,
+)
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

@@ -8,12 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ravlm_core.index import ann
-
-from ravlm_core.retrieval import search as retrieve
 from ravlm_core.errors import UserError
+from ravlm_core.index import ann
 from ravlm_core.index.indexes import build_indexes, compact
 from ravlm_core.query.status import vector_indexes
+from ravlm_core.retrieval import search as retrieve
 from ravlm_core.schemas import MEMBERSHIPS, image_vectors_table, vector_schema
 
 TAG = "m"

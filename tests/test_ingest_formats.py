@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from ravlm_core.errors import UserError
-from ravlm_core.ingest.vqav2 import open_vqav2
 from ravlm_core.ingest.coco import open_coco
-from ravlm_core.ingest.sources import open_source
 from ravlm_core.ingest.records import MAX_TEXT_CHARS, ManifestError
+from ravlm_core.ingest.sources import open_source
+from ravlm_core.ingest.vqav2 import open_vqav2
 from tests.helpers.stores import ingest_folder
 
 
@@ -355,11 +355,15 @@ def test_coco_and_vqav2_ingest_keep_every_caption_and_human_answer_and_eval_scor
     import pyarrow as pa
 
     from ravlm_core.evaluate import scoring as evaluate
-
-    from ravlm_core.schemas import CAPTION_PREDICTIONS_SCHEMA
+    from ravlm_core.schemas import (
+        CAPTION_PREDICTIONS,
+        CAPTION_PREDICTIONS_SCHEMA,
+        IMAGES,
+        QA,
+        VQA_PREDICTIONS,
+        VQA_PREDICTIONS_SCHEMA,
+    )
     from ravlm_core.store import Store
-    from ravlm_core.schemas import CAPTION_PREDICTIONS, IMAGES, QA, VQA_PREDICTIONS
-    from ravlm_core.schemas import VQA_PREDICTIONS_SCHEMA
 
     folder = tmp_path / "coco"
     for image_id, color in ((1, "red"), (2, "blue")):

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from ravlm_core.embed import shards as embed
+from ravlm_core.errors import UserError
 from ravlm_core.ingest import scan as ingest
 from ravlm_core.ingest.shards import content_shards, load_shard, stored_shards, write_shard
-from ravlm_core.errors import UserError
-from ravlm_core.store import Store
 from ravlm_core.schemas import CONTENTS, IMAGES, QA, VQA_PREDICTIONS, image_vectors_table, predictions_schema
+from ravlm_core.store import Store
 from tests.helpers.encoders import CountingEncoder
 from tests.helpers.shapes import make_shapes_dataset
 from tests.helpers.stores import IngestSummary, damage_an_image, ingest_folder

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ravlm_core.ingest import easy_vqa
 from ravlm_core.errors import UserError
-from ravlm_core.ingest.sources import open_source
+from ravlm_core.ingest import easy_vqa
 from ravlm_core.ingest.manifests import read_questions_file
 from ravlm_core.ingest.records import ManifestError
+from ravlm_core.ingest.sources import open_source
 from tests.helpers.shapes import make_shapes_dataset
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
 from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, question_form
+from ravlm_core.retrieval.questions import retrieve_for_vectors
 from ravlm_core.retrieval.search import Neighbours
 from ravlm_core.schemas import MEMBERSHIPS, vector_schema
-from ravlm_core.retrieval.questions import retrieve_for_vectors
 from tests.helpers.vectors import unit_rows
 
 

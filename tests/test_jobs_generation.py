@@ -10,15 +10,21 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw
 
-from ravlm_core.jobs import captioning, parts, vqa
-
-
-from ravlm_core.ids import text_id
 from ravlm_core.generators import GenerationJob, GeneratorSpec, generator_tag
-from ravlm_core.retrieval.knowledge import load_knowledge_base
+from ravlm_core.ids import text_id
 from ravlm_core.ingest.membership import memberships_of
-from ravlm_core.schemas import (CAPTION_PREDICTIONS, IMAGES, MEMBERSHIPS, QA, VQA_PREDICTIONS, image_vectors_table,
-    question_vectors_table, vector_schema)
+from ravlm_core.jobs import captioning, parts, vqa
+from ravlm_core.retrieval.knowledge import load_knowledge_base
+from ravlm_core.schemas import (
+    CAPTION_PREDICTIONS,
+    IMAGES,
+    MEMBERSHIPS,
+    QA,
+    VQA_PREDICTIONS,
+    image_vectors_table,
+    question_vectors_table,
+    vector_schema,
+)
 from tests.helpers.random_models import make_blip, make_vlm
 from tests.helpers.stores import ingest_folder
 

@@ -16,17 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from ravlm_core.embed import shards as embed
-from ravlm_core.ingest.shards import stored_shards
 from ravlm_core.config import Settings
-from ravlm_core.query.dedup import near_duplicates
+from ravlm_core.embed import shards as embed
 from ravlm_core.errors import UserError
-from ravlm_core.retrieval.filters import FILTER_COLUMNS, parse_filter, parse_filters
 from ravlm_core.index.indexes import build_indexes
-from ravlm_core.query.session import Session, load_reranker
+from ravlm_core.ingest.shards import stored_shards
+from ravlm_core.query.dedup import near_duplicates
 from ravlm_core.query.results import SCHEMAS
-from ravlm_core.store import Store
+from ravlm_core.query.session import Session, load_reranker
+from ravlm_core.retrieval.filters import FILTER_COLUMNS, parse_filter, parse_filters
 from ravlm_core.schemas import IMAGES, image_vectors_table
+from ravlm_core.store import Store
 from tests.helpers.cli import Ravlm
 from tests.helpers.shapes import make_shapes_dataset
 from tests.helpers.stores import ingest_folder
@@ -37,8 +37,8 @@ HOSTILE = ['<img src=x onerror="alert(1)">', "</figcaption><script>alert('x')</s
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """The shapes dataset (48 train, 16 test) and a two-image dataset with markup for captions, embedded."""
-    from ravlm_core.encoders import load_encoder
     from ravlm_core.embed.pinning import resolve_encoder
+    from ravlm_core.encoders import load_encoder
 
     tmp = tmp_path_factory.mktemp("query")
     make_shapes_dataset(tmp / "shapes", n_train=48, n_test=16, seed=1, fmt="jsonl")

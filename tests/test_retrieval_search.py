@@ -2,7 +2,6 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from PIL import Image
 
 from ravlm_core.errors import UserError

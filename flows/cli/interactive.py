@@ -10,8 +10,18 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli import render
-from flows.cli.options import (FilterDataset, FilterSplit, Json, Output, OutputAs, OutputFormat, Target, Where,
-                               deprecated, pick)
+from flows.cli.options import (
+    FilterDataset,
+    FilterSplit,
+    Json,
+    Output,
+    OutputAs,
+    OutputFormat,
+    Target,
+    Where,
+    deprecated,
+    pick,
+)
 
 # `--format` meant the output format here and the source format in `ingest`: each now has its own name.
 OldFormat = Annotated[Optional[OutputFormat], deprecated("--format", "--output-format")]

@@ -10,8 +10,7 @@ import typer
 from typer._click.exceptions import MissingParameter  # typer vendors click: its own classes
 
 from flows.cli import render
-from flows.cli.options import (GENERATOR_HELP, Json, Kb, NoRetrieval, QuerySet, SourceFormat, Split, deprecated,
-                               pick)
+from flows.cli.options import GENERATOR_HELP, Json, Kb, NoRetrieval, QuerySet, SourceFormat, Split, deprecated, pick
 
 ROWS_REJECTED = 3  # exit code: done, but rows were rejected (listed with file, row and reason)
 

@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from ravlm_core.errors import UserError
 from ravlm_core.contents import read_shard
+from ravlm_core.errors import UserError
 from ravlm_core.imaging import decode_image
 from ravlm_core.locations import is_remote, join, local_models, publish, pulled, read_text, write_text
-from ravlm_core.store import Store, chunks, in_list, sql_quote
 from ravlm_core.schemas import ACTIVE, CONTENTS, IMAGES
+from ravlm_core.store import Store, chunks, in_list, sql_quote
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,14 +13,22 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ravlm_core.embed.reader import pixel_batches, row_groups, wanted_rows
-from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.errors import UserError, first_line
 from ravlm_core.ids import text_id
-from ravlm_core.writer import BatchedWriter
+from ravlm_core.ingest.membership import memberships_of
+from ravlm_core.schemas import (
+    ACTIVE,
+    IMAGES,
+    MEMBERSHIPS,
+    QA,
+    TEXT_VECTOR_COLUMNS,
+    image_vectors_table,
+    question_vectors_table,
+    text_vectors_table,
+    vector_schema,
+)
 from ravlm_core.store import Store, in_list
-from ravlm_core.schemas import (ACTIVE, IMAGES, MEMBERSHIPS, QA, image_vectors_table, question_vectors_table,
-    text_vectors_table, vector_schema)
-from ravlm_core.schemas import TEXT_VECTOR_COLUMNS
+from ravlm_core.writer import BatchedWriter
 
 log = logging.getLogger(__name__)
 

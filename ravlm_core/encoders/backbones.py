@@ -6,9 +6,17 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ravlm_core.encoders.packages import (
+    IMAGE_FEATURE_DIM,
+    IMAGE_MODEL,
+    LITE_MEAN,
+    LITE_STD,
+    TEXT_FEATURE_DIM,
+    image_weights_path,
+    text_max_length,
+    text_model_dir,
+)
 from ravlm_core.imaging import SquarePixels
-from ravlm_core.encoders.packages import (IMAGE_FEATURE_DIM, IMAGE_MODEL, LITE_MEAN, LITE_STD, TEXT_FEATURE_DIM,
-                                          image_weights_path, text_max_length, text_model_dir)
 
 # What newly trained built-in encoders resize with (see imaging.RESAMPLERS): torch's uint8 kernel, ~5x PIL's speed.
 TRAINING_RESAMPLE = "bicubic-torch"

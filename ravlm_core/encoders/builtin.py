@@ -331,10 +331,9 @@ def _label_ids(captions: list[str], distinct: list[str]) -> list[int]:
 def _image_features(images, captions: list[str], preprocessing, device: str, batch_size: int):
     """Backbone features [N, 1280] (CPU, float32) and a fingerprint of the training pixels and captions."""
     import torch
-
-    from ravlm_core.encoders.backbones import ImageBackbone
     from tqdm.auto import tqdm
 
+    from ravlm_core.encoders.backbones import ImageBackbone
     from ravlm_core.encoders.runtime import chunks, inference
 
     backbone = ImageBackbone(preprocessing, device)

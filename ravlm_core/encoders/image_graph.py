@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "image_embed.onnx"

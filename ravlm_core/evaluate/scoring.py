@@ -7,14 +7,25 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from ravlm_core.ids import text_id
 from ravlm_core.evaluate.metrics import caption_metrics, retrieval_metrics, vqa_metrics, vqa_soft_accuracy
 from ravlm_core.evaluate.report import Example
+from ravlm_core.ids import text_id
 from ravlm_core.retrieval.search import kb_filter, search, sets_filter, vector_sets_filter, vectors_by_id
+from ravlm_core.schemas import (
+    ACTIVE,
+    CAPTION_PREDICTIONS,
+    CONTENTS,
+    EVAL_RUNS,
+    EVAL_RUNS_SCHEMA,
+    IMAGES,
+    IMAGES_SCHEMA,
+    QA,
+    QA_SCHEMA,
+    VQA_PREDICTIONS,
+    image_vectors_table,
+    text_vectors_table,
+)
 from ravlm_core.store import Store, in_list, read_lists, sql_quote
-from ravlm_core.schemas import (ACTIVE, CAPTION_PREDICTIONS, CONTENTS, EVAL_RUNS, IMAGES, IMAGES_SCHEMA, QA, QA_SCHEMA,
-    VQA_PREDICTIONS, image_vectors_table, text_vectors_table)
-from ravlm_core.schemas import EVAL_RUNS_SCHEMA
 
 
 def _job_rows(store: Store, table: str, job: str, columns: list[str]) -> dict[str, list]:
@@ -79,8 +90,7 @@ def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str
 def job_examples(store: Store, table: str, jobs: dict[str, str], n: int = 8) -> list[Example]:
     """Grid rows for the first job in `jobs` (label -> job id): its mistakes first (they teach most), then correct
     items; each with every job's output for the same item, the prompt a model received, and the neighbours."""
-    from ravlm_core.schemas import CAPTION_PREDICTIONS_SCHEMA
-    from ravlm_core.schemas import VQA_PREDICTIONS_SCHEMA
+    from ravlm_core.schemas import CAPTION_PREDICTIONS_SCHEMA, VQA_PREDICTIONS_SCHEMA
 
     vqa = table == VQA_PREDICTIONS
     key, truth = ("qa_id", "answer") if vqa else ("member_id", "reference")

@@ -137,8 +137,8 @@ def generator_tag(spec: GeneratorSpec, weights: str | Path | None = None) -> str
     Args:
         weights: where the weights are, when not `spec.model` (a smallcap decoder trained for this KB).
     """
-    from ravlm_core.model_files import folder_digest
     from ravlm_core.generators.prompts import load_template
+    from ravlm_core.model_files import folder_digest
 
     digest = hashlib.blake2b(json.dumps(spec.fields(), sort_keys=True).encode(), digest_size=6)
     if weights is not None:

@@ -11,8 +11,15 @@ from itertools import groupby
 import torch
 
 from ravlm_core.errors import UserError
-from ravlm_core.generators import (Generation, GeneratorSpec, Request, blip_task, generator_tag, model_folder,
-                                   torch_dtype)
+from ravlm_core.generators import (
+    Generation,
+    GeneratorSpec,
+    Request,
+    blip_task,
+    generator_tag,
+    model_folder,
+    torch_dtype,
+)
 from ravlm_core.generators.prompts import context_block, load_template, render
 
 # BLIP's text side is BERT: 512 positions; the image takes none of them.

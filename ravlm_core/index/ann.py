@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from ravlm_core.errors import UserError
+from ravlm_core.schemas import INDEX_QUALITY, QUALITY_SCHEMA
 from ravlm_core.store import Store, sql_quote
 from ravlm_core.vectors import unit_rows_np, vector_matrix
-from ravlm_core.schemas import INDEX_QUALITY, QUALITY_SCHEMA
 
 log = logging.getLogger(__name__)
 

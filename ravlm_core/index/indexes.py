@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 
 from ravlm_core.index import ann
-from ravlm_core.store import Store
 from ravlm_core.schemas import CONTENTS, IMAGES, QA, image_vectors_table, question_vectors_table, text_vectors_table
+from ravlm_core.store import Store
 
 log = logging.getLogger(__name__)
 

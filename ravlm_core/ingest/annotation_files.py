@@ -7,9 +7,15 @@ import re
 from pathlib import Path
 
 from ravlm_core.errors import UserError
-from ravlm_core.ingest.records import (DEFAULT_SPLIT, MAX_TEXT_CHARS, SPLIT_NAME, BadRow, ManifestError,
-                                       not_a_file, unsafe_path)
-
+from ravlm_core.ingest.records import (
+    DEFAULT_SPLIT,
+    MAX_TEXT_CHARS,
+    SPLIT_NAME,
+    BadRow,
+    ManifestError,
+    not_a_file,
+    unsafe_path,
+)
 
 # Where annotation files are looked for when none is given: the folder itself and COCO's `annotations/`.
 ANNOTATION_DIRS = ("", "annotations")

@@ -5,8 +5,19 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ravlm_core.ingest.annotation_files import (annotation_file, describe, image_dirs, image_set_of, is_id, load_json,
-                                                locate, require_records, source_folder, split_for, string_field)
+from ravlm_core.ingest.annotation_files import (
+    annotation_file,
+    describe,
+    image_dirs,
+    image_set_of,
+    is_id,
+    load_json,
+    locate,
+    require_records,
+    source_folder,
+    split_for,
+    string_field,
+)
 from ravlm_core.ingest.records import MAX_TEXT_CHARS, BadRow, ManifestError, SourceRecord
 
 log = logging.getLogger(__name__)

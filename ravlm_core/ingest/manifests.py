@@ -8,8 +8,17 @@ import math
 from pathlib import Path, PurePosixPath
 
 from ravlm_core.errors import UserError
-from ravlm_core.ingest.records import (DEFAULT_SPLIT, MAX_TEXT_CHARS, SPLIT_NAME, BadRow, ManifestError, QAPair,
-                                       SourceRecord, not_a_file, unsafe_path)
+from ravlm_core.ingest.records import (
+    DEFAULT_SPLIT,
+    MAX_TEXT_CHARS,
+    SPLIT_NAME,
+    BadRow,
+    ManifestError,
+    QAPair,
+    SourceRecord,
+    not_a_file,
+    unsafe_path,
+)
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ravlm_core.ids import qa_id_of
+from ravlm_core.schemas import (
+    ACTIVE,
+    CONTENTS,
+    IMAGES,
+    IMAGES_SCHEMA,
+    PREDICTION_TABLES,
+    QA,
+    QA_SCHEMA,
+    membership_label,
+)
 from ravlm_core.store import Store, chunks, in_list
-from ravlm_core.schemas import (ACTIVE, CONTENTS, IMAGES, IMAGES_SCHEMA, PREDICTION_TABLES, QA, QA_SCHEMA,
-    membership_label)
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from pathlib import Path, PurePosixPath
 
 from ravlm_core.errors import UserError
 
-
 DEFAULT_SPLIT = "test"
 # Splits name shard files ("<split>-<hash>.parquet"), so they must be one safe path component.
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

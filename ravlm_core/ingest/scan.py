@@ -18,15 +18,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ravlm_core.errors import UserError, first_line
-from ravlm_core.ingest.membership import ADDED, CHANGED, REANNOTATED, REMOVED, annotation_of
-from ravlm_core.ids import image_id_of, member_id_of, shard_name
-from ravlm_core.ingest.sources import open_source
-from ravlm_core.ingest.records import FIX_FILE, BadRow, SourceRecord
 from ravlm_core.contents import shards_of
+from ravlm_core.errors import UserError, first_line
+from ravlm_core.ids import image_id_of, member_id_of, shard_name
+from ravlm_core.ingest.membership import ADDED, CHANGED, REANNOTATED, REMOVED, annotation_of
+from ravlm_core.ingest.records import FIX_FILE, BadRow, SourceRecord
+from ravlm_core.ingest.sources import open_source
 from ravlm_core.locations import exists, join, write_parquet_atomically
-from ravlm_core.store import Store, sql_quote
 from ravlm_core.schemas import CONTENTS, IMAGES
+from ravlm_core.store import Store, sql_quote
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ravlm_core.imaging import ImageRejected, decode_image, signature, thumbnail_jpeg
 from ravlm_core.ids import content_id
+from ravlm_core.imaging import ImageRejected, decode_image, signature, thumbnail_jpeg
 from ravlm_core.ingest.records import FIX_FILE, BadRow
 from ravlm_core.locations import join, list_files, remove, write_parquet_atomically
-from ravlm_core.store import Store
 from ravlm_core.schemas import CONTENTS, CONTENTS_SCHEMA, SHARD_SCHEMA
+from ravlm_core.store import Store
 
 log = logging.getLogger(__name__)
 

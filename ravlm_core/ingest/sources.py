@@ -10,7 +10,6 @@ from ravlm_core.ingest.manifests import MANIFEST_NAMES, find_manifest, open_mani
 from ravlm_core.ingest.records import BadRow, ManifestError, SourceRecord
 from ravlm_core.ingest.vqav2 import open_vqav2
 
-
 FORMATS = ("auto", "manifest", "folder", "coco", "vqav2")
 
 

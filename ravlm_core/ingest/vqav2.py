@@ -5,9 +5,23 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ravlm_core.ingest.annotation_files import (IMAGE_SET, annotation_file, describe, existing_file,
-                                                glob_in, image_dirs, image_set_of, is_id, load_json, locate,
-                                                require_records, search_dirs, source_folder, split_for, string_field)
+from ravlm_core.ingest.annotation_files import (
+    IMAGE_SET,
+    annotation_file,
+    describe,
+    existing_file,
+    glob_in,
+    image_dirs,
+    image_set_of,
+    is_id,
+    load_json,
+    locate,
+    require_records,
+    search_dirs,
+    source_folder,
+    split_for,
+    string_field,
+)
 from ravlm_core.ingest.coco import CocoCaptions, read_coco_captions
 from ravlm_core.ingest.records import BadRow, ManifestError, QAPair, SourceRecord
 

@@ -15,13 +15,21 @@ import pyarrow as pa
 from ravlm_core.errors import UserError
 from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.ids import pred_ids, text_id
+from ravlm_core.jobs.parts import (
+    JobResult,
+    batches,
+    cached_generator,
+    left_to_do,
+    log_batch,
+    model_requests,
+    part_members,
+)
 from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
-from ravlm_core.retrieval.search import Neighbours, search, sets_filter, stored_guard, vectors_by_id
-from ravlm_core.schemas import (CAPTION_PREDICTIONS, CAPTION_PREDICTIONS_SCHEMA, IMAGES, IMAGES_SCHEMA)
-from ravlm_core.writer import BatchedWriter
-from ravlm_core.store import Store
 from ravlm_core.retrieval.questions import no_neighbours
-from ravlm_core.jobs.parts import JobResult, left_to_do, batches, cached_generator, log_batch, model_requests, part_members
+from ravlm_core.retrieval.search import Neighbours, search, sets_filter, stored_guard, vectors_by_id
+from ravlm_core.schemas import CAPTION_PREDICTIONS, CAPTION_PREDICTIONS_SCHEMA, IMAGES, IMAGES_SCHEMA
+from ravlm_core.store import Store
+from ravlm_core.writer import BatchedWriter
 
 log = logging.getLogger(__name__)
 

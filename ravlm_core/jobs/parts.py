@@ -15,14 +15,13 @@ from functools import lru_cache
 import pandas as pd
 
 from ravlm_core.contents import read_images, read_thumbnails
-from ravlm_core.model_files import timed_load
 from ravlm_core.errors import UserError
 from ravlm_core.generators import GenerationJob, GeneratorSpec, Request, load_generator
 from ravlm_core.locations import local_model
+from ravlm_core.model_files import timed_load
 from ravlm_core.retrieval.knowledge import KBRef, KnowledgeBase, RetrievalConfig, load_knowledge_base
 from ravlm_core.retrieval.search import kb_filter, vectors_by_id
-from ravlm_core.schemas import (ACTIVE, IMAGES, QA, image_vectors_table, question_vectors_table,
-                                text_vectors_table)
+from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, question_vectors_table, text_vectors_table
 from ravlm_core.store import Store, sql_quote
 
 log = logging.getLogger(__name__)

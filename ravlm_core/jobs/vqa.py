@@ -11,20 +11,28 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ravlm_core.model_files import timed_load
+from ravlm_core.errors import UserError
 from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.ids import pred_ids, qa_id_of
-from ravlm_core.locations import local_model
-from ravlm_core.errors import UserError
-from ravlm_core.retrieval.knowledge import KnowledgeBase
-from ravlm_core.retrieval.search import sets_filter
-from ravlm_core.schemas import (QA, QA_SCHEMA,
-                                VQA_PREDICTIONS, VQA_PREDICTIONS_SCHEMA)
-from ravlm_core.writer import BatchedWriter
-from ravlm_core.store import Store
 from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
-from ravlm_core.jobs.parts import JobResult, left_to_do, batches, cached_generator, log_batch, model_requests, part_members, part_range
+from ravlm_core.jobs.parts import (
+    JobResult,
+    batches,
+    cached_generator,
+    left_to_do,
+    log_batch,
+    model_requests,
+    part_members,
+    part_range,
+)
+from ravlm_core.locations import local_model
+from ravlm_core.model_files import timed_load
+from ravlm_core.retrieval.knowledge import KnowledgeBase
 from ravlm_core.retrieval.questions import Retrieved, no_neighbours, retrieve_for_items
+from ravlm_core.retrieval.search import sets_filter
+from ravlm_core.schemas import QA, QA_SCHEMA, VQA_PREDICTIONS, VQA_PREDICTIONS_SCHEMA
+from ravlm_core.store import Store
+from ravlm_core.writer import BatchedWriter
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import logging
 import numpy as np
 
 from ravlm_core.errors import UserError
-from ravlm_core.retrieval.filters import listed_in, listing_where
 from ravlm_core.query.results import Hits
+from ravlm_core.retrieval.filters import listed_in, listing_where
 from ravlm_core.retrieval.search import QUERY_BATCH, search
-from ravlm_core.store import Store, chunks, in_list
 from ravlm_core.schemas import IMAGES, image_vectors_table
+from ravlm_core.store import Store, chunks, in_list
 from ravlm_core.vectors import vector_matrix
 
 log = logging.getLogger(__name__)

@@ -12,19 +12,19 @@ from typing import Mapping, Sequence
 import pyarrow as pa
 from PIL import Image
 
-from ravlm_core.jobs.answerers import FusionAnswerer, vote_answers
 from ravlm_core.config import Settings
-from ravlm_core.errors import UserError
-from ravlm_core.retrieval.filters import Filter, listed_in, listing_where, parse_filters
-from ravlm_core.imaging import ImageRejected, open_rgb, signature
-from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_config
 from ravlm_core.embed.pinning import BUILTIN, pinned_encoder
+from ravlm_core.errors import UserError
+from ravlm_core.imaging import ImageRejected, open_rgb, signature
+from ravlm_core.jobs.answerers import FusionAnswerer, vote_answers
 from ravlm_core.model_files import timed_load
 from ravlm_core.query.results import Hits
-from ravlm_core.retrieval.search import Guard, search
-from ravlm_core.store import Store, chunks, in_list
-from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
+from ravlm_core.retrieval.filters import Filter, listed_in, listing_where, parse_filters
+from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_config
 from ravlm_core.retrieval.questions import retrieve_for_vectors
+from ravlm_core.retrieval.search import Guard, search
+from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
+from ravlm_core.store import Store, chunks, in_list
 
 TARGETS = ("images", "texts")
 # Hits each leg of a hybrid search hands the reranker, so the fused top k can draw on both.
@@ -104,8 +104,8 @@ class Session:
     def dedup(self, threshold: float, dataset: str | None = None, split: str | None = None) -> Hits:
         """Groups of near-duplicate images (cosine >= `threshold`) among the store encoder's image vectors; see
         `dedup.guarded`. Loads no model: the encoder's tag is read from its files."""
-        from ravlm_core.query.dedup import near_duplicates
         from ravlm_core.encoders import describe_encoder
+        from ravlm_core.query.dedup import near_duplicates
 
         model_tag = describe_encoder(pinned_encoder(self.settings.encoder, self.settings.models_dir))[0]
         return near_duplicates(self.store, model_tag, threshold, dataset, split)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from ravlm_core.index import ann
-from ravlm_core.query.analytics import describe_tables
 from ravlm_core.locations import is_remote, join, read_text
-from ravlm_core.store import Store
+from ravlm_core.query.analytics import describe_tables
 from ravlm_core.schemas import ACTIVE, IMAGES, PREDICTION_TABLES, RUNS, RUNS_SCHEMA, image_vectors_table
+from ravlm_core.store import Store
 
 
 def record_run(store: Store, run_id: str, flow: str, name: str, state: str, message: str,

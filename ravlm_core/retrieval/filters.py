@@ -11,8 +11,8 @@ import pyarrow as pa
 
 from ravlm_core.errors import UserError
 from ravlm_core.retrieval.search import kb_filter, vector_sets_filter
-from ravlm_core.store import Store, sql_quote
 from ravlm_core.schemas import ACTIVE, IMAGES, IMAGES_SCHEMA
+from ravlm_core.store import Store, sql_quote
 
 # The listing columns a filter may name (`removed_at` is not one: removed rows are never searched).
 FILTER_COLUMNS = ("dataset", "split", "path", "uri", "caption", "format", "width", "height", "extra", "image_id",

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 
 from ravlm_core.config import Settings
-from ravlm_core.ids import text_id
 from ravlm_core.errors import UserError
+from ravlm_core.ids import text_id
 from ravlm_core.retrieval.search import Neighbours, sets_filter, vector_sets_filter, vectors_by_id
-from ravlm_core.store import Store
 from ravlm_core.schemas import IMAGES, QA, image_vectors_table, question_vectors_table, text_vectors_table
+from ravlm_core.store import Store
 
 # How sharply closer neighbours outvote farther ones (softmax temperature over cosine similarity).
 IMAGE_TAU = 0.05

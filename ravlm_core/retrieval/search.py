@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ravlm_core.index import ann
 from ravlm_core.contents import stored_values
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import signature_distance
-from ravlm_core.store import Store, sql_quote
+from ravlm_core.index import ann
 from ravlm_core.schemas import ACTIVE, membership_label
+from ravlm_core.store import Store, sql_quote
 from ravlm_core.vectors import unit_rows_np, vector_matrix
 
 # Queries per LanceDB call: one call answers many queries (rows carry `query_index`).

@@ -578,8 +578,8 @@ def _audit(event: str, args: tuple) -> None:
 def ingest_corpus(corpus: Corpus, store, data_dir: Path, shard_size: int = 8) -> Run:
     """The ingest steps on every dataset folder of the corpus into `store`, watching which files get opened."""
     global _opened
-    from tests.helpers.stores import ingest_folder
     from ravlm_core.schemas import CONTENTS, IMAGES, QA
+    from tests.helpers.stores import ingest_folder
 
     if not getattr(sys, "_ravlm_bad_inputs_hook", False):  # audit hooks cannot be removed: add it once
         sys.addaudithook(_audit)

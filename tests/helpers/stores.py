@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 
 from ravlm_core.config import Settings
 from ravlm_core.ingest.membership import ApplyResult, apply_plan
+from ravlm_core.ingest.records import BadRow
 from ravlm_core.ingest.scan import ScanResult, scan_source
 from ravlm_core.ingest.shards import load_shard, write_shard
-from ravlm_core.ingest.records import BadRow
 from ravlm_core.locations import join
 from ravlm_core.store import Store
 
