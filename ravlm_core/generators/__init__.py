@@ -26,7 +26,7 @@ MODEL_KINDS = ("blip", "vlm", "smallcap")
 KINDS = BUILTIN_KINDS + MODEL_KINDS
 TASKS = {"vqa": ("builtin-vote", "builtin-fusion", "blip", "vlm"),
          "caption": ("builtin-transfer", "blip", "vlm", "smallcap")}
-# The names earlier releases used for the baselines (`--variant`), still understood.
+# Short names of the baselines (the `variant` names their prediction rows carry), accepted as generator specs.
 ALIASES = {"voting": "builtin-vote", "vote": "builtin-vote", "fusion": "builtin-fusion",
            "consensus": "builtin-transfer", "transfer": "builtin-transfer"}
 
@@ -152,7 +152,8 @@ def generator_tag(spec: GeneratorSpec, weights: str | Path | None = None) -> str
     return f"{spec.kind}-{digest.hexdigest()}"
 
 
-# The names prediction rows, reports and earlier releases give the baselines, with and without retrieval.
+# The variant each baseline writes into prediction rows and reports, with and without retrieval: part of stored job
+# ids, so they stay fixed.
 _BUILTIN_VARIANTS = {("builtin-vote", True): "voting", ("builtin-fusion", True): "fusion",
                      ("builtin-fusion", False): "fusion-no-retrieval", ("builtin-transfer", True): "consensus",
                      ("builtin-transfer", False): "direct"}
