@@ -34,36 +34,37 @@ from ravlm_core.writer import BatchedWriter
 log = logging.getLogger(__name__)
 
 
-def run_caption_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob,
+def run_caption_part(store: Store, knowledge: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob,
                      k: int, device: str = "cpu", run_id: str = "") -> JobResult:
     """Caption the images of one part that `job` has not captioned yet."""
     members = left_to_do(store, CAPTION_PREDICTIONS, "member_id", part_members(store, dataset, split, part), job)
     if members.empty:
         return JobResult(job.job_id, part, 0, 0, 0)
     if job.spec.kind in MODEL_KINDS:
-        n_new, guarded = _generate_captions(store, kb, members, job, k, device, run_id)
+        n_new, guarded = _generate_captions(store, knowledge, members, job, k, device, run_id)
     else:
-        neighbours, predictions = _transfer_captions(store, kb, members["image_id"].tolist(), k, job.use_retrieval)
-        rows = caption_rows(job, kb, members, neighbours, predictions, run_id)
+        image_ids = members["image_id"].tolist()
+        neighbours, predictions = _transfer_captions(store, knowledge, image_ids, k, job.use_retrieval)
+        rows = caption_rows(job, knowledge, members, neighbours, predictions, run_id)
         n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
         guarded = sum(x > 0 for x in neighbours.guarded)
     log.info("caption[%s] %s/%s part %s: %d images", job.variant, dataset, split, part, len(members))
     return JobResult(job.job_id, part, len(members), n_new, guarded)
 
 
-def _transfer_captions(store: Store, kb: KnowledgeBase, image_ids: list[str], k: int,
+def _transfer_captions(store: Store, knowledge: KnowledgeBase, image_ids: list[str], k: int,
                        use_retrieval: bool) -> tuple[Neighbours, list[str]]:
     """Consensus caption transfer from the neighbours; without retrieval, the KB caption closest to the image."""
-    image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
-    kb_captions = sorted(set(kb.captions.values()))
-    caption_vectors = vectors_by_id(store, kb.text_table, [text_id(c) for c in kb_captions], "text_id")
+    image_vectors = vectors_by_id(store, knowledge.image_table, image_ids, "image_id")
+    kb_captions = sorted(set(knowledge.captions.values()))
+    caption_vectors = vectors_by_id(store, knowledge.text_table, [text_id(c) for c in kb_captions], "text_id")
     if not use_retrieval:
         n = len(image_ids)
         return (Neighbours([[] for _ in range(n)], [[] for _ in range(n)], [0] * n),
                 direct_captions(image_vectors, kb_captions, caption_vectors))
-    neighbours = search(store, kb.image_table, image_vectors, k, where=kb.where,
-                        guard=stored_guard(store, kb, image_ids))
-    return neighbours, consensus_captions(neighbours, kb.captions, dict(zip(kb_captions, caption_vectors)))
+    neighbours = search(store, knowledge.image_table, image_vectors, k, where=knowledge.where,
+                        guard=stored_guard(store, knowledge, image_ids))
+    return neighbours, consensus_captions(neighbours, knowledge.captions, dict(zip(kb_captions, caption_vectors)))
 
 
 def consensus_captions(neighbours: Neighbours, captions: dict[str, str],
@@ -96,7 +97,7 @@ def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_
     return [candidates[i] for i in (image_vectors @ candidate_vectors.T).argmax(1)]
 
 
-def _generate_captions(store: Store, kb: KnowledgeBase, members: pd.DataFrame, job: GenerationJob, k: int,
+def _generate_captions(store: Store, knowledge: KnowledgeBase, members: pd.DataFrame, job: GenerationJob, k: int,
                        device: str, run_id: str = "") -> tuple[int, int]:
     """Caption `members` (listed images) batch by batch; returns (new rows, items with a KB hit guarded)."""
     generator = cached_generator(job.spec, job.model_dir, device)
@@ -106,20 +107,20 @@ def _generate_captions(store: Store, kb: KnowledgeBase, members: pd.DataFrame, j
             started = time.perf_counter()
             image_ids = batch["image_id"].tolist()
             if job.use_retrieval:
-                vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
-                neighbours = search(store, kb.image_table, vectors, k, where=kb.where,
-                                    guard=stored_guard(store, kb, image_ids))
-                contexts = [[{"image_id": i, "caption": kb.captions.get(i), "score": s}
-                             for i, s in zip(ids, scores) if kb.captions.get(i)][: job.spec.context_items]
+                vectors = vectors_by_id(store, knowledge.image_table, image_ids, "image_id")
+                neighbours = search(store, knowledge.image_table, vectors, k, where=knowledge.where,
+                                    guard=stored_guard(store, knowledge, image_ids))
+                contexts = [[{"image_id": i, "caption": knowledge.captions.get(i), "score": s}
+                             for i, s in zip(ids, scores) if knowledge.captions.get(i)][: job.spec.context_items]
                             for ids, scores in zip(neighbours.ids, neighbours.scores)]
             else:
                 neighbours = no_neighbours(len(batch)).neighbours
                 contexts = [[] for _ in range(len(batch))]
-            requests = model_requests(store, kb, generator, image_ids, [None] * len(batch), contexts,
+            requests = model_requests(store, knowledge, generator, image_ids, [None] * len(batch), contexts,
                                  job.spec.context_images)
             read = time.perf_counter()
             generations = generator.generate(requests, "caption")
-            rows = caption_rows(job, kb, batch, neighbours, [g.text for g in generations], run_id,
+            rows = caption_rows(job, knowledge, batch, neighbours, [g.text for g in generations], run_id,
                                 [g.prompt for g in generations])
             writer.add(rows)
             guarded += sum(n > 0 for n in neighbours.guarded)
@@ -127,7 +128,7 @@ def _generate_captions(store: Store, kb: KnowledgeBase, members: pd.DataFrame, j
     return writer.new_rows, guarded
 
 
-def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours,
+def caption_rows(job: GenerationJob, knowledge: KnowledgeBase, members: pd.DataFrame, neighbours: Neighbours,
                  predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
     """The `caption_predictions` rows of one job over `members` (listed images), keyed by (job, listing)."""
 
@@ -139,49 +140,50 @@ def caption_rows(job: GenerationJob, kb: KnowledgeBase, members: pd.DataFrame, n
             "dataset": members["dataset"].tolist(), "split": members["split"].tolist(),
             "member_id": members["member_id"].tolist(), "image_id": members["image_id"].tolist(),
             "prediction": predictions, "reference": members["caption"].tolist(), "variant": [job.variant] * n,
-            "kb": [kb.label] * n, "neighbour_ids": neighbours.ids, "neighbour_scores": neighbours.scores,
-            "near_duplicates": neighbours.guarded, "model_tag": [kb.model_tag] * n,
+            "kb": [knowledge.label] * n, "neighbour_ids": neighbours.ids, "neighbour_scores": neighbours.scores,
+            "near_duplicates": neighbours.guarded, "model_tag": [knowledge.model_tag] * n,
             "generator": [job.tag] * n, "generator_spec": [job.spec_json()] * n, "prompt": prompts or [""] * n,
-            "kb_version": [kb.fingerprint] * n,
+            "kb_version": [knowledge.fingerprint] * n,
             "run_id": [run_id] * n, "created_at": [now] * n,
         },
         schema=CAPTION_PREDICTIONS_SCHEMA,
     )
 
 
-def train_smallcap_for(store: Store, kb: KnowledgeBase, k: int, out_root: Path, device: str = "cpu",
+def train_smallcap_for(store: Store, knowledge: KnowledgeBase, k: int, out_root: Path, device: str = "cpu",
                        config=None) -> Path:
     """Train (or reuse) the KB's SmallCap decoder on its captioned images, each prompted with the captions of
     its own neighbours, retrieved as inference will: never its own bytes or a near-duplicate of it."""
     from ravlm_core.generators.smallcap import META_FILE, SmallCapConfig, smallcap_dir, train_smallcap
 
     config = config or SmallCapConfig()
-    image_ids = sorted(kb.captions)
+    image_ids = sorted(knowledge.captions)
     if not image_ids:
-        raise UserError(f"knowledge base {kb.label} has no captions to train smallcap on: caption it, or name "
+        raise UserError(f"knowledge base {knowledge.label} has no captions to train smallcap on: caption it, or name "
                         f"another with --kb")
     # One example per (image, reference caption): COCO's five captions teach five ways to say it.
-    references = _kb_references(store, kb)
+    references = _kb_references(store, knowledge)
     examples = [(row, caption) for row, image_id in enumerate(image_ids)
-                for caption in dict.fromkeys([kb.captions[image_id], *references.get(image_id, [])])]
+                for caption in dict.fromkeys([knowledge.captions[image_id], *references.get(image_id, [])])]
     captions = [c for _, c in examples]
     data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
-    fingerprint = f"{kb.fingerprint}:k={k}:{data}"
+    fingerprint = f"{knowledge.fingerprint}:k={k}:{data}"
     if (smallcap_dir(out_root, fingerprint, config) / META_FILE).exists():  # before retrieval: idle nights
         return smallcap_dir(out_root, fingerprint, config)
-    vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")
-    guard = stored_guard(store, kb, image_ids)
-    neighbours = search(store, kb.image_table, vectors, k, where=kb.where, guard=guard,
+    vectors = vectors_by_id(store, knowledge.image_table, image_ids, "image_id")
+    guard = stored_guard(store, knowledge, image_ids)
+    neighbours = search(store, knowledge.image_table, vectors, k, where=knowledge.where, guard=guard,
                         exclude=None if guard.drop else image_ids)
-    shown = [list(dict.fromkeys(kb.captions[i] for i in ids if i in kb.captions)) for ids in neighbours.ids]
+    kb_captions = knowledge.captions
+    shown = [list(dict.fromkeys(kb_captions[i] for i in ids if i in kb_captions)) for ids in neighbours.ids]
     rows = [row for row, _ in examples]
     return train_smallcap(vectors[rows], [shown[r] for r in rows], captions, out_root, fingerprint, config, device)
 
 
-def _kb_references(store: Store, kb: KnowledgeBase) -> dict[str, list[str]]:
+def _kb_references(store: Store, knowledge: KnowledgeBase) -> dict[str, list[str]]:
     """image id -> every reference caption its listings in the KB's sets carry."""
     store.ensure_columns(IMAGES, IMAGES_SCHEMA)
-    rows = store.read(IMAGES, columns=["image_id", "captions"], where=sets_filter(kb.sets))
+    rows = store.read(IMAGES, columns=["image_id", "captions"], where=sets_filter(knowledge.sets))
     references: dict[str, list[str]] = {}
     for image_id, captions in zip(rows.column("image_id").to_pylist(), rows.column("captions").to_pylist()):
         references.setdefault(image_id, []).extend(captions or [])

@@ -109,14 +109,15 @@ def _load(spec: GeneratorSpec, model_dir: str | None, device: str):
     return timed_load(f"generator {spec.kind} {spec.model}", lambda: load_generator(spec, device=device))
 
 
-def model_requests(store: Store, kb: KnowledgeBase, generator, image_ids: list[str], questions: list[str | None],
-              contexts: list[list[dict]], context_images: int) -> list[Request]:
+def model_requests(store: Store, knowledge: KnowledgeBase, generator, image_ids: list[str],
+                   questions: list[str | None], contexts: list[list[dict]], context_images: int) -> list[Request]:
     """The batch's requests: pixels (or, for a generator that reads vectors, the KB encoder's image vectors)."""
     if getattr(generator, "needs_pixels", True):
         images = read_images(store, image_ids)
         pixels, vectors = [images[i] for i in image_ids], [None] * len(image_ids)
     else:
-        pixels, vectors = [None] * len(image_ids), list(vectors_by_id(store, kb.image_table, image_ids, "image_id"))
+        vectors = list(vectors_by_id(store, knowledge.image_table, image_ids, "image_id"))
+        pixels = [None] * len(image_ids)
     if context_images:
         shown = [n["image_id"] for context in contexts for n in context[:context_images]]
         thumbnails = read_thumbnails(store, shown)

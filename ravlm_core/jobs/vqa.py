@@ -66,21 +66,22 @@ def vqa_items(store: Store, dataset: str, split: str, part: str, questions: list
     return pd.DataFrame(rows, columns=ITEM_COLUMNS)
 
 
-def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob, k: int,
-                 device: str = "cpu", run_id: str = "", questions: list[str] | None = None) -> JobResult:
+def run_vqa_part(store: Store, knowledge: KnowledgeBase, dataset: str, split: str, part: str, job: GenerationJob,
+                 k: int, device: str = "cpu", run_id: str = "", questions: list[str] | None = None) -> JobResult:
     """Answer the questions about one part's images that `job` has not answered yet."""
     items = left_to_do(store, VQA_PREDICTIONS, "qa_id", vqa_items(store, dataset, split, part, questions), job)
     if items.empty:
         return JobResult(job.job_id, part, 0, 0, 0)
     if job.spec.kind in MODEL_KINDS:
-        n_new, guarded = _generate_answers(store, kb, items, job, k, device, run_id)
+        n_new, guarded = _generate_answers(store, knowledge, items, job, k, device, run_id)
     else:
-        retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k)
+        retrieved = retrieve_for_items(store, knowledge, items["image_id"].tolist(), items["question"].tolist(), k)
         answerer = None
         if job.spec.kind == "builtin-fusion":
-            answerer = timed_load(f"fusion answerer {job.model_dir}", lambda: FusionAnswerer(local_model(job.model_dir), device))
-        predictions = answer(kb, retrieved, job.variant, answerer)
-        rows = prediction_rows(job, kb, items, retrieved, predictions, run_id)
+            answerer = timed_load(f"fusion answerer {job.model_dir}",
+                                  lambda: FusionAnswerer(local_model(job.model_dir), device))
+        predictions = answer(knowledge, retrieved, job.variant, answerer)
+        rows = prediction_rows(job, knowledge, items, retrieved, predictions, run_id)
         n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
         guarded = sum(n > 0 for n in retrieved.neighbours.guarded)
     log.info("vqa[%s] %s/%s part %s: %d questions, %d with a near-duplicate left out", job.variant, dataset, split,
@@ -88,18 +89,18 @@ def run_vqa_part(store: Store, kb: KnowledgeBase, dataset: str, split: str, part
     return JobResult(job.job_id, part, len(items), n_new, guarded)
 
 
-def answer(kb: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
+def answer(knowledge: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
     """Answers for each item by `variant` ("voting", or "fusion" / "fusion-no-retrieval" with a trained answerer)."""
-    context = retrieved.context(kb)
+    context = retrieved.context(knowledge)
     if variant == "voting":
-        return vote_answers(context, kb.answers)
+        return vote_answers(context, knowledge.answers)
     if answerer is None:
         raise ValueError(f"variant {variant!r} needs a trained fusion answerer")
     return answerer.predict(retrieved.image_vectors, retrieved.question_vectors, context)
 
 
-def _generate_answers(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job: GenerationJob, k: int, device: str,
-                      run_id: str = "") -> tuple[int, int]:
+def _generate_answers(store: Store, knowledge: KnowledgeBase, items: pd.DataFrame, job: GenerationJob, k: int,
+                      device: str, run_id: str = "") -> tuple[int, int]:
     """Answer `items` (rows of `vqa_items`) batch by batch; returns (new rows, items with a KB hit guarded)."""
     generator = cached_generator(job.spec, job.model_dir, device)
     guarded = 0
@@ -108,15 +109,16 @@ def _generate_answers(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job:
             started = time.perf_counter()
             image_ids, questions = batch["image_id"].tolist(), batch["question"].tolist()
             if job.use_retrieval:
-                retrieved = retrieve_for_items(store, kb, image_ids, questions, k)
-                contexts = [vqa_context(kb, retrieved, i, job.spec.context_items) for i in range(len(batch))]
+                retrieved = retrieve_for_items(store, knowledge, image_ids, questions, k)
+                contexts = [vqa_context(knowledge, retrieved, i, job.spec.context_items) for i in range(len(batch))]
             else:
                 retrieved = no_neighbours(len(batch))
                 contexts = [[] for _ in range(len(batch))]
-            requests = model_requests(store, kb, generator, image_ids, questions, contexts, job.spec.context_images)
+            requests = model_requests(store, knowledge, generator, image_ids, questions, contexts,
+                                      job.spec.context_images)
             read = time.perf_counter()
             generations = generator.generate(requests, "vqa")
-            rows = prediction_rows(job, kb, batch, retrieved, [g.text for g in generations], run_id,
+            rows = prediction_rows(job, knowledge, batch, retrieved, [g.text for g in generations], run_id,
                                    [g.prompt for g in generations])
             writer.add(rows)
             guarded += sum(n > 0 for n in retrieved.neighbours.guarded)
@@ -124,43 +126,45 @@ def _generate_answers(store: Store, kb: KnowledgeBase, items: pd.DataFrame, job:
     return writer.new_rows, guarded
 
 
-def vqa_context(kb: KnowledgeBase, retrieved: Retrieved, item: int, limit: int) -> list[dict]:
+def vqa_context(knowledge: KnowledgeBase, retrieved: Retrieved, item: int, limit: int) -> list[dict]:
     """An item's neighbours for the prompt: caption, and the answers they got to the KB question matched to the
     item's (all their QA pairs when the question matched none closely)."""
     matched = int(retrieved.question_index[item])
-    fallback = retrieved.question_sim[item] < kb.config.question_match_min
+    fallback = retrieved.question_sim[item] < knowledge.config.question_match_min
     context = []
     for image_id, score in zip(retrieved.neighbours.ids[item], retrieved.neighbours.scores[item]):
-        questions, answers = kb.qa_by_image.get(image_id, (np.empty(0, int), np.empty(0, int)))
-        qa = [(kb.questions[q], kb.answers[a]) for q, a in zip(questions, answers) if fallback or q == matched]
-        context.append({"image_id": image_id, "caption": kb.captions.get(image_id), "qa": qa, "score": score})
+        questions, answers = knowledge.qa_by_image.get(image_id, (np.empty(0, int), np.empty(0, int)))
+        qa = [(knowledge.questions[q], knowledge.answers[a]) for q, a in zip(questions, answers)
+              if fallback or q == matched]
+        context.append({"image_id": image_id, "caption": knowledge.captions.get(image_id), "qa": qa, "score": score})
         if len(context) == limit:
             break
     return context
 
 
-def train_answerer(store: Store, kb: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
+def train_answerer(store: Store, knowledge: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
                    device: str = "cpu", config: FusionConfig | None = None) -> Path:
     """Train (or reuse) a fusion answerer on the KB's own QA pairs, retrieving for each as inference will:
     never its own image or a near-duplicate of it."""
     config = _with_retrieval(config, use_retrieval)
-    trained = trained_answerer(kb, k, out_root, use_retrieval, config)
+    trained = trained_answerer(knowledge, k, out_root, use_retrieval, config)
     if trained is not None:  # looked up before retrieving for every KB question: nights stay idle
         return trained
-    items = read_items(store, kb.sets, labelled=True)
+    items = read_items(store, knowledge.sets, labelled=True)
     if items.empty:
-        raise UserError(f"knowledge base {kb.label} has no question-answer pairs to train an answerer on: ingest "
-                        f"its dataset with questions, or name another with --kb")
-    retrieved = retrieve_for_items(store, kb, items["image_id"].tolist(), items["question"].tolist(), k, training=True)
-    labels = np.array([kb.answer_index(a) for a in items["answer"]])
-    return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(kb), labels,
-                        kb.answers, out_root, f"{kb.fingerprint}:k={k}", config, device)
+        raise UserError(f"knowledge base {knowledge.label} has no question-answer pairs to train an answerer on: "
+                        f"ingest its dataset with questions, or name another with --kb")
+    retrieved = retrieve_for_items(store, knowledge, items["image_id"].tolist(), items["question"].tolist(), k,
+                                   training=True)
+    labels = np.array([knowledge.answer_index(a) for a in items["answer"]])
+    return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(knowledge), labels,
+                        knowledge.answers, out_root, f"{knowledge.fingerprint}:k={k}", config, device)
 
 
-def trained_answerer(kb: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
+def trained_answerer(knowledge: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,
                      config: FusionConfig | None = None) -> Path | None:
     """The folder of the fusion answerer already trained for this KB, k and config; None when there is none."""
-    trained = fusion_dir(out_root, f"{kb.fingerprint}:k={k}", _with_retrieval(config, use_retrieval))
+    trained = fusion_dir(out_root, f"{knowledge.fingerprint}:k={k}", _with_retrieval(config, use_retrieval))
     return trained if (trained / "weights.safetensors").exists() else None
 
 
@@ -168,7 +172,7 @@ def _with_retrieval(config: FusionConfig | None, use_retrieval: bool) -> FusionC
     return FusionConfig(**{**(config or FusionConfig()).__dict__, "use_retrieval": use_retrieval})
 
 
-def prediction_rows(job: GenerationJob, kb: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
+def prediction_rows(job: GenerationJob, knowledge: KnowledgeBase, items: pd.DataFrame, retrieved: Retrieved,
                     predictions: list[str], run_id: str = "", prompts: list[str] | None = None) -> pa.Table:
     """The `vqa_predictions` rows of one job over `items`: what its generator answered, and the prompts its model
     received (empty for the builtin answerers)."""
@@ -184,15 +188,15 @@ def prediction_rows(job: GenerationJob, kb: KnowledgeBase, items: pd.DataFrame, 
             "job_id": [job.job_id] * n,
             "prediction": predictions,
             "variant": [job.variant] * n,
-            "kb": [kb.label] * n,
+            "kb": [knowledge.label] * n,
             "neighbour_ids": retrieved.neighbours.ids if uses_neighbours else empty,
             "neighbour_scores": retrieved.neighbours.scores if uses_neighbours else empty,
             "near_duplicates": retrieved.neighbours.guarded if uses_neighbours else [0] * n,
-            "model_tag": [kb.model_tag] * n,
+            "model_tag": [knowledge.model_tag] * n,
             "generator": [job.tag] * n,
             "generator_spec": [job.spec_json()] * n,
             "prompt": prompts or [""] * n,
-            "kb_version": [kb.fingerprint] * n,
+            "kb_version": [knowledge.fingerprint] * n,
             "run_id": [run_id] * n,
             "created_at": [now] * n,
         },

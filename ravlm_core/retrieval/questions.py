@@ -23,27 +23,27 @@ class Retrieved:
     question_sim: np.ndarray  # float32 [n_items]
     neighbours: Neighbours  # per item: nearest KB images asked the matched question (or plain image neighbours)
 
-    def context(self, kb: KnowledgeBase) -> np.ndarray:
-        return kb.votes(self.neighbours, self.question_index, self.question_sim, self.question_vectors)
+    def context(self, knowledge: KnowledgeBase) -> np.ndarray:
+        return knowledge.votes(self.neighbours, self.question_index, self.question_sim, self.question_vectors)
 
 
-def retrieve_for_items(store: Store, kb: KnowledgeBase, image_ids: list[str], questions: list[str], k: int,
+def retrieve_for_items(store: Store, knowledge: KnowledgeBase, image_ids: list[str], questions: list[str], k: int,
                        training: bool = False) -> Retrieved:
     """Look up the stored vectors of the items' images and questions, then retrieve (`retrieve_for_vectors`).
 
     With the leakage guard on, each item's own image (its bytes, under any name or dataset) and its near-duplicates
     are never retrieved; `training` items (the KB's own) always leave their own image out.
     """
-    image_vectors = vectors_by_id(store, kb.image_table, image_ids, "image_id")  # reads each distinct id once
-    question_vectors = vectors_by_id(store, kb.question_table, [text_id(q) for q in questions], "text_id")
-    guard = stored_guard(store, kb, image_ids)
-    return retrieve_for_vectors(store, kb, image_vectors, question_vectors, k, questions,
+    image_vectors = vectors_by_id(store, knowledge.image_table, image_ids, "image_id")  # reads each distinct id once
+    question_vectors = vectors_by_id(store, knowledge.question_table, [text_id(q) for q in questions], "text_id")
+    guard = stored_guard(store, knowledge, image_ids)
+    return retrieve_for_vectors(store, knowledge, image_vectors, question_vectors, k, questions,
                                 exclude=image_ids if training and not guard.drop else None, guard=guard)
 
 
-def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndarray, question_vectors: np.ndarray,
-                         k: int, questions: list[str] | None = None, exclude: list[str] | None = None,
-                         guard: Guard | None = None) -> Retrieved:
+def retrieve_for_vectors(store: Store, knowledge: KnowledgeBase, image_vectors: np.ndarray,
+                         question_vectors: np.ndarray, k: int, questions: list[str] | None = None,
+                         exclude: list[str] | None = None, guard: Guard | None = None) -> Retrieved:
     """Per item: match its question to a KB question (by vector, and by form when `questions` gives the texts),
     then search the k nearest KB images asked that question.
 
@@ -51,19 +51,19 @@ def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndar
     question matches no KB question closely (`kb.config.question_match_min`) get their plain nearest KB images.
     """
     n = len(image_vectors)
-    question_index, question_sim = kb.match_questions(question_vectors, questions)
-    fallback = question_sim < kb.config.question_match_min
+    question_index, question_sim = knowledge.match_questions(question_vectors, questions)
+    fallback = question_sim < knowledge.config.question_match_min
     ids: list[list[str]] = [[] for _ in range(n)]
     scores: list[list[float]] = [[] for _ in range(n)]
     dropped = [0] * n
     groups = [(np.flatnonzero(fallback), None)] + [
         (np.flatnonzero((question_index == q) & ~fallback), int(q)) for q in np.unique(question_index[~fallback])]
     for items, q in groups:
-        candidates = kb.images_asked(q) if q is not None and q >= 0 else None
+        candidates = knowledge.images_asked(q) if q is not None and q >= 0 else None
         if not len(items) or candidates == []:
             continue
-        where = kb.where if candidates is None else f"{kb.where} AND {in_list('image_id', candidates)}"
-        found = search(store, kb.image_table, image_vectors[items], k, where=where,
+        where = knowledge.where if candidates is None else f"{knowledge.where} AND {in_list('image_id', candidates)}"
+        found = search(store, knowledge.image_table, image_vectors[items], k, where=where,
                        exclude=[exclude[i] for i in items] if exclude is not None else None,
                        guard=_subset(guard, items), where_rows=None if candidates is None else len(candidates))
         for item, item_ids, item_scores, item_dropped in zip(items, found.ids, found.scores, found.guarded):
@@ -74,7 +74,8 @@ def retrieve_for_vectors(store: Store, kb: KnowledgeBase, image_vectors: np.ndar
 def _subset(guard: Guard | None, items: np.ndarray) -> Guard | None:
     if guard is None:
         return None
-    return Guard([guard.own_ids[i] for i in items], [guard.signatures[i] for i in items], guard.max_distance, guard.drop)
+    return Guard([guard.own_ids[i] for i in items], [guard.signatures[i] for i in items], guard.max_distance,
+                 guard.drop)
 
 
 def no_neighbours(n: int) -> Retrieved:

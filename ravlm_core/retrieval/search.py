@@ -220,8 +220,8 @@ def vectors_by_id(store: Store, table: str, ids: list[str], key: str) -> np.ndar
     return np.stack([found[i] for i in ids]).astype(np.float32)
 
 
-def stored_guard(store: Store, kb, image_ids: list[str]) -> Guard:
+def stored_guard(store: Store, knowledge, image_ids: list[str]) -> Guard:
     """The leakage guard for stored images: their own ids and pixel signatures."""
     signatures = signatures_of(store, image_ids)
-    return Guard(image_ids, [signatures.get(i) for i in image_ids], kb.config.near_duplicate_distance,
-                 drop=kb.config.leakage_guard)
+    return Guard(image_ids, [signatures.get(i) for i in image_ids], knowledge.config.near_duplicate_distance,
+                 drop=knowledge.config.leakage_guard)
