@@ -78,16 +78,20 @@ def compact(store: Store, keep_versions_days: float) -> dict[str, dict[str, int]
 
     out = {}
     for name in sorted(store.db.list_tables().tables):
-        table = store.table(name)
-        before = len(table.list_versions())
-        # Compaction and pruning only, then the non-vector indexes: `table.optimize()` would also merge the vector
-        # index's delta segments into a rewritten whole every night (ann.ensure_vector_index merges deltas itself).
-        dataset = table.to_lance()
-        dataset.optimize.compact_files()
-        dataset.cleanup_old_versions(older_than=timedelta(days=keep_versions_days))
-        table = store.table(name)
-        optimize_other_indexes(table)
-        out[name] = {"versions_before": before, "versions_after": len(table.list_versions())}
+        # Under the table's write lock: two runs compacting the same table at once (a scheduled nightly and an
+        # operator's) made Lance refuse the second rewrite ("Retryable commit conflict"), failing that run.
+        with store.write_lock(name):
+            table = store.table(name)
+            before = len(table.list_versions())
+            # Compaction and pruning only, then the non-vector indexes: `table.optimize()` would also merge the
+            # vector index's delta segments into a rewritten whole every night (ann.ensure_vector_index merges
+            # deltas itself).
+            dataset = table.to_lance()
+            dataset.optimize.compact_files()
+            dataset.cleanup_old_versions(older_than=timedelta(days=keep_versions_days))
+            table = store.table(name)
+            optimize_other_indexes(table)
+            out[name] = {"versions_before": before, "versions_after": len(table.list_versions())}
     removed = sum(v["versions_before"] - v["versions_after"] for v in out.values())
     log.info("compacted %d tables, %d old versions removed (keeping %.1f days)", len(out), removed,
              keep_versions_days)
