@@ -25,7 +25,6 @@ from ravlm_core.jobs.parts import (
     part_members,
 )
 from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
-from ravlm_core.retrieval.questions import no_neighbours
 from ravlm_core.retrieval.search import Neighbours, search, sets_filter, stored_guard, vectors_by_id
 from ravlm_core.schemas import CAPTION_PREDICTIONS, CAPTION_PREDICTIONS_SCHEMA, IMAGES, IMAGES_SCHEMA
 from ravlm_core.store import Store
@@ -59,9 +58,7 @@ def _transfer_captions(store: Store, knowledge: KnowledgeBase, image_ids: list[s
     kb_captions = sorted(set(knowledge.captions.values()))
     caption_vectors = vectors_by_id(store, knowledge.text_table, [text_id(c) for c in kb_captions], "text_id")
     if not use_retrieval:
-        n = len(image_ids)
-        return (Neighbours([[] for _ in range(n)], [[] for _ in range(n)], [0] * n),
-                direct_captions(image_vectors, kb_captions, caption_vectors))
+        return Neighbours.none(len(image_ids)), direct_captions(image_vectors, kb_captions, caption_vectors)
     neighbours = search(store, knowledge.image_table, image_vectors, k, where=knowledge.where,
                         guard=stored_guard(store, knowledge, image_ids))
     return neighbours, consensus_captions(neighbours, knowledge.captions, dict(zip(kb_captions, caption_vectors)))
@@ -114,10 +111,10 @@ def _generate_captions(store: Store, knowledge: KnowledgeBase, members: pd.DataF
                              for i, s in zip(ids, scores) if knowledge.captions.get(i)][: job.spec.context_items]
                             for ids, scores in zip(neighbours.ids, neighbours.scores)]
             else:
-                neighbours = no_neighbours(len(batch)).neighbours
+                neighbours = Neighbours.none(len(batch))
                 contexts = [[] for _ in range(len(batch))]
             requests = model_requests(store, knowledge, generator, image_ids, [None] * len(batch), contexts,
-                                 job.spec.context_images)
+                                      job.spec.context_images)
             read = time.perf_counter()
             generations = generator.generate(requests, "caption")
             rows = caption_rows(job, knowledge, batch, neighbours, [g.text for g in generations], run_id,

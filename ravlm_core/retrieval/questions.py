@@ -81,4 +81,4 @@ def _subset(guard: Guard | None, items: np.ndarray) -> Guard | None:
 def no_neighbours(n: int) -> Retrieved:
     empty = np.zeros((n, 0), np.float32)
     return Retrieved(empty, empty, np.full(n, -1), np.zeros(n, np.float32),
-                     Neighbours([[] for _ in range(n)], [[] for _ in range(n)], [0] * n))
+                     Neighbours.none(n))

@@ -46,6 +46,11 @@ class Neighbours:
     scores: list[list[float]]  # cosine similarity, same shape as ids
     guarded: list[int] = field(default_factory=list)  # [n_queries]: KB hits the leakage guard left out
 
+    @classmethod
+    def none(cls, n: int) -> Neighbours:
+        """What `n` queries get without retrieval: no neighbours, nothing guarded."""
+        return cls([[] for _ in range(n)], [[] for _ in range(n)], [0] * n)
+
 
 def kb_filter(dataset: str, split: str | None = None) -> str:
     """The SQL filter selecting the listed (not removed) rows of one dataset (split) in `images` / `qa`."""
