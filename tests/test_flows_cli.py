@@ -33,7 +33,7 @@ def flow_calls(monkeypatch):
     def record(ctx, flow, **parameters):
         inspect.signature(flow.fn).bind(**parameters, overrides=ctx.obj)  # every name is one the flow takes
         calls.append((flow.name, parameters))
-        return {"dataset": parameters.get("dataset"), "images_seen": 1, "added": 1, "changed": 0, "reannotated": 0,
+        return {"dataset": parameters.get("dataset"), "images_seen": 1, "captions": 1, "added": 1, "changed": 0, "reannotated": 0,
                 "removed": 0, "unchanged": 0, "new_images": 1, "dry_run": False,
                 "bad_rows": [{"ref": "manifest.csv row 2", "reason": "no such file"}] if "bad" in str(parameters)
                 else []}

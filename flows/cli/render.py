@@ -37,7 +37,8 @@ def summary(result: dict) -> None:
 
 def ingested(result: dict) -> None:
     verb = "would be" if result["dry_run"] else "were"
-    typer.echo(f"{result['dataset']}: {result['images_seen']} images listed; {result['added']} added, "
+    typer.echo(f"{result['dataset']}: {result['images_seen']} images listed with {result['captions']} captions; "
+               f"{result['added']} added, "
                f"{result['changed']} changed, {result['reannotated']} re-annotated, {result['removed']} removed, "
                f"{result['unchanged']} unchanged; {result['new_images']} new image files {verb} stored")
     if result["bad_rows"]:
