@@ -23,8 +23,8 @@ from ravlm_core.retrieval.filters import Filter, listed_in, listing_where, parse
 from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_config
 from ravlm_core.retrieval.questions import retrieve_for_vectors
 from ravlm_core.retrieval.search import Guard, search
-from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
-from ravlm_core.store import Store, chunks, in_list
+from ravlm_core.schemas import ACTIVE, IMAGES, IMAGES_SCHEMA, QA, image_vectors_table, text_vectors_table
+from ravlm_core.store import Store, chunks, in_list, sql_quote
 
 TARGETS = ("images", "texts")
 # Hits each leg of a hybrid search hands the reranker, so the fused top k can draw on both.
@@ -159,11 +159,13 @@ class Scope:
             return None
         from ravlm_core.ids import text_id
 
-        listed = store.read(IMAGES, columns=["member_id", "caption"], where=self.listings())
+        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
+        listed = store.read(IMAGES, columns=["member_id", "caption", "captions"], where=self.listings())
         if not listed.num_rows:
             return []
         members = set(listed.column("member_id").to_pylist())
         texts = {c for c in listed.column("caption").to_pylist() if c}
+        texts.update(c for several in listed.column("captions").to_pylist() for c in several or ())
         asked = store.read(QA, columns=["member_id", "question"], where=listing_where((), self.dataset, self.split))
         if asked.num_rows:
             texts |= {q for m, q in zip(*(asked.column(c).to_pylist() for c in ("member_id", "question")))
@@ -332,9 +334,13 @@ def _text_sources(store: Store, texts: list[str], scope: Scope) -> dict[str, dic
     if not texts:
         return {}
     uses: dict[str, list[tuple[str, dict]]] = {}
-    for row in store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "path", "caption"],
-                          where=f"{in_list('caption', texts)} AND {scope.listings()}").to_pylist():
-        uses.setdefault(row["caption"], []).append(("caption", row))
+    store.ensure_columns(IMAGES, IMAGES_SCHEMA)
+    wanted = set(texts)
+    named = f"({in_list('caption', texts)} OR array_has_any(captions, [{', '.join(map(sql_quote, texts))}]))"
+    for row in store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "path", "caption", "captions"],
+                          where=f"{named} AND {scope.listings()}").to_pylist():
+        for text in wanted.intersection([row["caption"], *(row["captions"] or ())]):
+            uses.setdefault(text, []).append(("caption", row))
     asked = store.read(QA, columns=["member_id", "question"],
                        where=f"{in_list('question', texts)} AND {listing_where((), scope.dataset, scope.split)}")
     if asked.num_rows:
