@@ -135,7 +135,7 @@ def test_a_generator_made_of_retrieval_is_not_applicable_without_it_and_nearest_
     rows = re.findall(r"<tr><td>caption</td><td>([^<]+)</td><td>cider</td><td>[^<]+</td><td>([^<]+)</td>", page)
     smallcap_without = caption["generators"]["smallcap"]["without_retrieval"]["cider"]
     assert rows == [("builtin-transfer", "n/a"), ("smallcap", f"{smallcap_without:.3f}"), ("nearest-caption", "n/a")]
-    assert "builtin-transfer without retrieval: not applicable (caption transfer copies" in page
+    assert "builtin-transfer without retrieval: not applicable — caption transfer copies" in page
     assert "nearest-caption: the knowledge-base caption whose text vector is nearest" in page
     md = report_markdown("transfer", shown, {"caption": "builtin-transfer"})
     assert "| Caption CIDEr-D | " in md and "| n/a | n/a |" in md and "not applicable" in md

@@ -155,4 +155,4 @@ def test_the_summaries_say_how_many_captions_and_what_has_no_run_without_retriev
     assert lines["caption cider"] == ["0.1700", "n/a"]
     assert lines["caption cider (nearest-caption)"] == ["0.0900", "n/a"]
     assert lines["text_to_image recall@1"][0] == "0.0500" and lines["text_to_image hit@1"][0] == "0.1600"
-    assert f"caption without retrieval: not applicable ({reason})." in out
+    assert f"caption without retrieval: not applicable — {reason}." in out

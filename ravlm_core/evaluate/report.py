@@ -119,7 +119,7 @@ def notes(results: dict, chosen: dict[str, str] | None = None) -> list[str]:
     for task in GENERATOR_METRICS:
         section = results.get(task, {})
         named = [((chosen or {}).get(task, task), section), *section.get("generators", {}).items()]
-        said += [f"{name} without retrieval: not applicable ({scores[WITHOUT].get('reason') or 'no such run'})."
+        said += [f"{name} without retrieval: not applicable — {scores[WITHOUT].get('reason') or 'no such run'}."
                  for name, scores in named if not applicable(scores)]
     if BASELINES["caption"][0] in results.get("caption", {}):
         said.append(NEAREST_CAPTION_NOTE)
@@ -218,16 +218,18 @@ def _plot_per_type(vqa_section: dict, path: Path) -> None:
 
 
 def _plot_ranks(retrieval: dict, path: Path) -> None:
-    """Recall@K (solid) and hit@K (dashed) against K, one colour per retrieval direction."""
+    """Recall@K (solid, dots) and hit@K (dashed, squares) against K, one colour per retrieval direction."""
     figure = _new_figure(5, 4)
     ax = figure.add_subplot()
     ks = set()
     for n, (direction, scores) in enumerate(retrieval.items()):
-        for metric, style in (("recall", "-"), ("hit", "--")):
+        # Hollow squares for hits, so the lines stay apart to the eye where each query has one relevant image.
+        for metric, style, marker in (("recall", "-", "o"), ("hit", "--", "s")):
             points = sorted((int(m.group(2)), value) for key, value in scores.items()
                             if (m := _RANK_KEY.match(key)) and m.group(1) == metric)
             if points:
-                ax.plot([k for k, _ in points], [v for _, v in points], style, marker="o", color=f"C{n}",
+                ax.plot([k for k, _ in points], [v for _, v in points], style, marker=marker, fillstyle="none"
+                        if metric == "hit" else "full", markersize=9 if metric == "hit" else 6, color=f"C{n}",
                         label=_plain(f"{direction.replace('_', ' ')} {metric}@K"))
                 ks.update(k for k, _ in points)
     ax.set_xticks(sorted(ks))

@@ -160,10 +160,10 @@ _BUILTIN_VARIANTS = {("builtin-vote", True): "voting", ("builtin-fusion", True):
                      ("builtin-nearest", True): "nearest-caption"}
 # Why a baseline has no run without retrieval: it is made of what retrieval finds.
 NO_RETRIEVAL_MODE = {
-    "builtin-vote": "voting counts the neighbours' answers, so without retrieval it has nothing to vote with "
-                    "(builtin-fusion runs without)",
+    "builtin-vote": "voting counts the neighbours' answers, so without retrieval it has nothing to vote with; "
+                    "builtin-fusion runs without",
     "builtin-transfer": "caption transfer copies the neighbours' captions, so without retrieval it has nothing to "
-                        "transfer (a model generator such as smallcap runs without)",
+                        "transfer; a model generator such as smallcap runs without",
     "builtin-nearest": "nearest-caption is itself a search of the knowledge base's captions",
 }
 
