@@ -23,7 +23,7 @@ from ravlm_core.retrieval.filters import Filter, listed_in, listing_where, parse
 from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_config
 from ravlm_core.retrieval.questions import retrieve_for_vectors
 from ravlm_core.retrieval.search import Guard, search
-from ravlm_core.schemas import ACTIVE, IMAGES, IMAGES_SCHEMA, QA, image_vectors_table, text_vectors_table
+from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
 from ravlm_core.store import Store, chunks, in_list, sql_quote
 
 TARGETS = ("images", "texts")
@@ -159,13 +159,11 @@ class Scope:
             return None
         from ravlm_core.ids import text_id
 
-        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
-        listed = store.read(IMAGES, columns=["member_id", "caption", "captions"], where=self.listings())
+        listed = store.read(IMAGES, columns=["member_id", *_caption_columns(store)], where=self.listings())
         if not listed.num_rows:
             return []
         members = set(listed.column("member_id").to_pylist())
-        texts = {c for c in listed.column("caption").to_pylist() if c}
-        texts.update(c for several in listed.column("captions").to_pylist() for c in several or ())
+        texts = {c for row in listed.select(_caption_columns(store)).to_pylist() for c in _captions_of(row)}
         asked = store.read(QA, columns=["member_id", "question"], where=listing_where((), self.dataset, self.split))
         if asked.num_rows:
             texts |= {q for m, q in zip(*(asked.column(c).to_pylist() for c in ("member_id", "question")))
@@ -334,12 +332,13 @@ def _text_sources(store: Store, texts: list[str], scope: Scope) -> dict[str, dic
     if not texts:
         return {}
     uses: dict[str, list[tuple[str, dict]]] = {}
-    store.ensure_columns(IMAGES, IMAGES_SCHEMA)
-    wanted = set(texts)
-    named = f"({in_list('caption', texts)} OR array_has_any(captions, [{', '.join(map(sql_quote, texts))}]))"
-    for row in store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "path", "caption", "captions"],
+    wanted, columns = set(texts), _caption_columns(store)
+    named = in_list("caption", texts)
+    if "captions" in columns:
+        named = f"({named} OR array_has_any(captions, [{', '.join(map(sql_quote, texts))}]))"
+    for row in store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "path", *columns],
                           where=f"{named} AND {scope.listings()}").to_pylist():
-        for text in wanted.intersection([row["caption"], *(row["captions"] or ())]):
+        for text in wanted.intersection(_captions_of(row)):
             uses.setdefault(text, []).append(("caption", row))
     asked = store.read(QA, columns=["member_id", "question"],
                        where=f"{in_list('question', texts)} AND {listing_where((), scope.dataset, scope.split)}")
@@ -360,6 +359,16 @@ def _text_sources(store: Store, texts: list[str], scope: Scope) -> dict[str, dic
                          "listings": len({row["member_id"] for _, row in found}),
                          **{key: first[key] for key in ("image_id", "dataset", "split", "path")}}
     return sources
+
+
+def _caption_columns(store: Store) -> list[str]:
+    """`caption`, and `captions` (all of a listing's) where the store has it: a search never adds a column."""
+    has = store.has(IMAGES) and "captions" in store.table(IMAGES).schema.names
+    return ["caption", "captions"] if has else ["caption"]
+
+
+def _captions_of(row: dict) -> list[str]:
+    return [c for c in [row["caption"], *(row.get("captions") or ())] if c]
 
 
 def _rounded(value: float | None) -> float | None:
