@@ -67,6 +67,8 @@ def novel_breakdown(store: Store, run_id: str) -> dict:
              for m, e in zip(extras.column("member_id").to_pylist(), extras.column("extra").to_pylist())}
     out = {}
     for label, job in labelled.items():
+        if job is None:  # caption transfer has no run without retrieval
+            continue
         rows = store.read(CAPTION_PREDICTIONS, columns=["member_id", "prediction", "reference"],
                           where=f"job_id = {sql_quote(job)}").to_pylist()
         for group, wanted in (("novel", True), ("seen", False)):

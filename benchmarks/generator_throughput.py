@@ -106,7 +106,8 @@ def builtin_rows(n: int, device: str) -> list[dict]:
             "builtin-vote": lambda s: vote_answers(context[s], answers),
             "builtin-fusion": lambda s: fusion.predict(images[s], questions[s], context[s]),
             "builtin-transfer": lambda s: consensus_captions(
-                Neighbours(neighbours.ids[s], neighbours.scores[s]), captions, caption_vectors),
+                Neighbours(neighbours.ids[s], neighbours.scores[s]), {i: [c] for i, c in captions.items()},
+                caption_vectors),
         }
         rows = []
         for kind, run in kinds.items():

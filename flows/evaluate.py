@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from flows.common import RUN_HOOKS, resolve_run_encoder, run_name, settings_from, task_runner
 from flows.jobs import caption_flow, retrieval_settings, vqa_flow
 from ravlm_core.evaluate.scoring import latest_eval_run, split_contents
-from ravlm_core.generators import GeneratorSpec
+from ravlm_core.generators import GeneratorSpec, without_retrieval
 from ravlm_core.jobs.parts import check_query_set
 from ravlm_core.retrieval.knowledge import parse_kb
 from ravlm_core.store import Store
@@ -26,8 +26,10 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     """Evaluate the query set `dataset`/`split` against the knowledge base `kb` (default: its train split).
 
     Each generator (specs, see ravlm_core.generators; default: DEFAULT_GENERATORS) runs with and without
-    retrieval; the first one of each task fills the `vqa` / `caption` keys, the others go
-    under `generators`, and VQA voting always runs as a baseline. Text→image retrieval is scored too. Metrics
+    retrieval, except those made of retrieval (caption transfer: its `without_retrieval` says "not applicable");
+    the first one of each task fills the `vqa` / `caption` keys, the others go under `generators`. VQA voting
+    and nearest-caption (the KB caption nearest the image) always run as baselines, under `voting` and
+    `nearest_caption`. Text→image retrieval is scored too (recall@K, hit@K, nDCG, MRR). Metrics
     are computed where the query set has ground truth; the result says where it has none. With `only_if_changed`
     (the nightly), a run whose jobs are those of the last evaluation and added no prediction returns that
     evaluation (`"unchanged": true`) instead of writing the same report again."""
@@ -55,11 +57,14 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     new_rows = 0
 
     def both(task: str, subflow, generator: str, **extra) -> None:
+        """With and without retrieval; a generator made of retrieval (caption transfer) has no run without, and
+        its `without` job is None (the report says "not applicable")."""
         nonlocal new_rows
-        results = {"with": subflow(**common, **extra, generator=generator, no_retrieval=False),
-                   "without": subflow(**common, **extra, generator=generator, no_retrieval=True)}
+        results = {"with": subflow(**common, **extra, generator=generator, no_retrieval=False)}
+        if without_retrieval(GeneratorSpec.parse(generator)) is None:
+            results["without"] = subflow(**common, **extra, generator=generator, no_retrieval=True)
         new_rows += sum(r["new_rows"] for r in results.values())
-        ids = {key: r["job_id"] for key, r in results.items()}
+        ids = {key: results[key]["job_id"] if key in results else None for key in ("with", "without")}
         if generator == chosen[task][0]:
             jobs[task], jobs[f"{task}_without_retrieval"] = ids["with"], ids["without"]
         else:
@@ -73,6 +78,9 @@ def eval_flow(dataset: str, split: str = "test", kb: list[str] | None = None, qu
     if has["captions"]:
         for generator in chosen["caption"]:
             both("caption", caption, generator)
+        # The KB caption nearest each image: a search of captions, reported beside transfer, never as "without".
+        nearest = caption(**common, generator="nearest-caption", no_retrieval=False)
+        jobs["caption_nearest"], new_rows = nearest["job_id"], new_rows + nearest["new_rows"]
     if only_if_changed and not new_rows:
         last = latest_eval_run(store, dataset, split)
         if last and json.loads(last["config"]).get("jobs") == jobs:

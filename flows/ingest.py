@@ -33,6 +33,8 @@ def ingest_flow(source: str, dataset: str, manifest: str | None = None, dry_run:
             counts.update({key: applied[key] for key in ("added", "changed", "reannotated", "removed")})
     for bad in bad_rows:
         logger.warning("skipped %s: %s", bad["ref"], bad["reason"])
-    logger.info("%s: %s%s", dataset, ", ".join(f"{v} {k}" for k, v in counts.items()), " (dry run)" if dry_run else "")
-    return {"dataset": dataset, "images_seen": scan["images_seen"], **counts, "new_images": scan["new_content"],
-            "dry_run": dry_run, "bad_rows": [{"ref": b["ref"], "reason": b["reason"]} for b in bad_rows]}
+    logger.info("%s: %d images with %d captions; %s%s", dataset, scan["images_seen"], scan["captions"],
+                ", ".join(f"{v} {k}" for k, v in counts.items()), " (dry run)" if dry_run else "")
+    return {"dataset": dataset, "images_seen": scan["images_seen"], "captions": scan["captions"], **counts,
+            "new_images": scan["new_content"], "dry_run": dry_run,
+            "bad_rows": [{"ref": b["ref"], "reason": b["reason"]} for b in bad_rows]}

@@ -88,7 +88,7 @@ def vqa_flow(dataset: str, split: str = "test", generator: str = "builtin-fusion
 def caption_flow(dataset: str, split: str = "test", generator: str = "builtin-transfer", kb: list[str] | None = None,
                  no_retrieval: bool = False, overrides: dict | None = None) -> dict:
     """Caption every image of `dataset`/`split` with `generator`, given its neighbours in the knowledge base `kb`
-    (or none with `no_retrieval`: for caption transfer, the KB caption whose text is closest to the image)."""
+    (or none with `no_retrieval`, which the baselines made of retrieval refuse: `generators.without_retrieval`)."""
     spec = _spec_for("caption", generator)
     settings = settings_from(overrides)
     device = settings.torch_device()

@@ -15,30 +15,34 @@ from ravlm_core.store import Store
 @task(cache_policy=NO_CACHE)
 def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs: dict[str, str], run_id: str,
                  reports_dir: str, config: dict) -> dict:
-    """`jobs` maps roles (vqa, vqa_without_retrieval, vqa_voting, caption, caption_without_retrieval) to job ids,
-    and `generators` → task → generator spec → {"with": job id, "without": job id} for further generators."""
+    """`jobs` maps roles (vqa, vqa_without_retrieval, vqa_voting, caption, caption_without_retrieval,
+    caption_nearest) to job ids, and `generators` → task → generator spec → {"with": job id, "without": job id} for
+    further generators; a `without` of None is a generator made of retrieval, reported as not applicable."""
     store = Store(store_uri)
+    score = {"vqa": scoring.vqa_job_metrics, "caption": scoring.caption_job_metrics}
+    chosen = {task: names[0] for task, names in config.get("generators", {}).items()}
+
+    def without(task: str, job: str | None, generator: str | None) -> dict:
+        return score[task](store, job) if job else scoring.not_applicable(generator)
+
     results: dict = {}
-    if "vqa" in jobs:
-        results["vqa"] = scoring.vqa_job_metrics(store, jobs["vqa"])
-        for role, key in (("vqa_without_retrieval", "without_retrieval"), ("vqa_voting", "voting")):
-            if role in jobs:
-                results["vqa"][key] = scoring.vqa_job_metrics(store, jobs[role])
+    for task, baseline in (("vqa", ("vqa_voting", "voting")), ("caption", ("caption_nearest", "nearest_caption"))):
+        if task not in jobs:
+            continue
+        results[task] = score[task](store, jobs[task])
+        if f"{task}_without_retrieval" in jobs:
+            results[task]["without_retrieval"] = without(task, jobs[f"{task}_without_retrieval"], chosen.get(task))
+        if jobs.get(baseline[0]):
+            results[task][baseline[1]] = score[task](store, jobs[baseline[0]])
+        # Further generators, each with and without retrieval, beside the chosen one.
+        others = jobs.get("generators", {}).get(task, {})
+        if others:
+            results[task]["generators"] = {name: {**score[task](store, ids["with"]),
+                                                  "without_retrieval": without(task, ids["without"], name)}
+                                           for name, ids in others.items()}
     text_to_image = scoring.text_to_image_metrics(store, model_tag, dataset, split)
     if text_to_image:
         results["retrieval"] = {"text_to_image": text_to_image}
-    if "caption" in jobs:
-        results["caption"] = scoring.caption_job_metrics(store, jobs["caption"])
-        if "caption_without_retrieval" in jobs:
-            results["caption"]["without_retrieval"] = scoring.caption_job_metrics(store, jobs["caption_without_retrieval"])
-    # Further generators, each with and without retrieval, beside the chosen one.
-    for kind, score in (("vqa", scoring.vqa_job_metrics), ("caption", scoring.caption_job_metrics)):
-        others = jobs.get("generators", {}).get(kind, {})
-        if others and kind in results:
-            results[kind]["generators"] = {name: {**score(store, ids["with"]),
-                                                  "without_retrieval": score(store, ids["without"])}
-                                           for name, ids in others.items()}
-    chosen = {task: names[0] for task, names in config.get("generators", {}).items()}
     examples = [example for task, table in (("vqa", VQA_PREDICTIONS), ("caption", CAPTION_PREDICTIONS)) if task in jobs
                 for example in scoring.job_examples(store, table, _labelled_jobs(task, jobs, chosen.get(task, task)))]
     title = f"ravlm eval: {dataset}/{split}"
@@ -53,8 +57,8 @@ def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs:
 def _labelled_jobs(task: str, jobs: dict, chosen: str) -> dict[str, str]:
     """label -> job id of every job of `task`, the chosen generator with retrieval first."""
     labelled = {chosen: jobs[task], f"{chosen} without retrieval": jobs.get(f"{task}_without_retrieval")}
-    if task == "vqa":
-        labelled["builtin-vote"] = jobs.get("vqa_voting")
+    labelled["builtin-vote" if task == "vqa" else "nearest-caption"] = jobs.get(
+        "vqa_voting" if task == "vqa" else "caption_nearest")
     for name, ids in jobs.get("generators", {}).get(task, {}).items():
         labelled.update({name: ids["with"], f"{name} without retrieval": ids["without"]})
     return {label: job for label, job in labelled.items() if job}

@@ -63,6 +63,18 @@ def test_texts_of_all_shards_are_embedded_once(store: Store, shards):
     assert (rerun.new_texts, rerun.new_questions) == (0, 0) and len(encoder.texts) == len(captions | asked)
 
 
+def test_every_caption_of_a_listing_is_embedded_not_only_the_first(store: Store, shards):
+    listing = store.read("images", columns=["member_id", "caption"]).to_pylist()[0]
+    extra = ["another way to say it", "and a third"]
+    store.table("images").update(where=f"member_id = '{listing['member_id']}'",
+                                 values={"captions": [listing["caption"], *extra]})
+    captions, _ = embed.listed_texts(store)
+    assert set(extra) <= set(captions) and listing["caption"] in captions
+    encoder = CountingEncoder()
+    embed.embed_texts(store, encoder)
+    assert set(extra) <= set(encoder.texts)
+
+
 def _stored_vectors(store: Store, tag: str) -> dict[str, np.ndarray]:
     table = store.read(image_vectors_table(tag), columns=["image_id", "vector"])
     return dict(zip(table.column("image_id").to_pylist(), np.array(table.column("vector").to_pylist())))

@@ -75,10 +75,14 @@ def test_retrieval_metrics_hand_case():
     m = retrieval_metrics(ranked, relevant)
 
     assert m["n_queries"] == 3
-    # First relevant ranks: 2, none, 1.
-    assert m["recall@1"] == pytest.approx(1 / 3)
-    assert m["recall@5"] == pytest.approx(2 / 3)
-    assert m["recall@10"] == pytest.approx(2 / 3)
+    # First relevant ranks: 2, none, 1: the share of queries with a hit.
+    assert m["hit@1"] == pytest.approx(1 / 3)
+    assert m["hit@5"] == pytest.approx(2 / 3)
+    assert m["hit@10"] == pytest.approx(2 / 3)
+    # The share of each query's relevant ids found: q3 has "q" at rank 1 and "v" only at rank 6.
+    assert m["recall@1"] == pytest.approx((0 + 0 + 1 / 2) / 3)
+    assert m["recall@5"] == pytest.approx((1 + 0 + 1 / 2) / 3)
+    assert m["recall@10"] == pytest.approx((1 + 0 + 1) / 3)
     assert m["mrr"] == pytest.approx((1 / 2 + 0 + 1) / 3)
     # nDCG@10, binary gains: q1 = (1/log2 3) / 1; q2 = 0; q3 = (1 + 1/log2 7) / (1 + 1/log2 3).
     q1 = 1 / math.log2(3)
@@ -90,7 +94,17 @@ def test_retrieval_ndcg_counts_relevant_ids_that_were_not_retrieved():
     # Only one of two relevant ids came back, at rank 1: the ideal DCG still has both.
     m = retrieval_metrics([["a", "x"]], [{"a", "b"}], ks=(1, 2))
     assert m["ndcg@10"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
-    assert set(m) == {"n_queries", "recall@1", "recall@2", "ndcg@10", "mrr"}
+    assert set(m) == {"n_queries", "recall@1", "recall@2", "hit@1", "hit@2", "ndcg@10", "mrr"}
+    assert (m["recall@2"], m["hit@2"]) == (0.5, 1.0)
+
+
+def test_recall_and_hits_part_when_a_query_has_more_relevant_ids_than_k():
+    # Five images carry the query's caption: one in the top 1 is a hit but a fifth of the recall.
+    m = retrieval_metrics([["a", "b", "x", "c"], ["y", "z"]], [{"a", "b", "c", "d", "e"}, {"z"}], ks=(1, 2, 4))
+    assert [m[f"hit@{k}"] for k in (1, 2, 4)] == [0.5, 1.0, 1.0]
+    assert m["recall@1"] == pytest.approx((1 / 5 + 0) / 2)
+    assert m["recall@2"] == pytest.approx((2 / 5 + 1) / 2)
+    assert m["recall@4"] == pytest.approx((3 / 5 + 1) / 2)
 
 
 # --- VQAv2 soft accuracy ---

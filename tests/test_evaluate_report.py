@@ -117,3 +117,33 @@ def test_headline_rows_and_markdown(results):
     assert f"| VQA accuracy | {acc_with:.3f} | {acc_without:.3f} |" in md
     assert "| text to image | mrr |" in md
     assert "No metrics" in report_markdown("Empty", {})
+
+
+def test_a_generator_made_of_retrieval_is_not_applicable_without_it_and_nearest_caption_has_its_own_row(
+        tmp_path, results):
+    refs = [["a red circle"], ["a blue square"]]
+    reason = "caption transfer copies the neighbours' captions, so without retrieval it has nothing to transfer"
+    caption = {**caption_metrics(["a red circle", "a blue square"], refs),
+               "without_retrieval": {"applicable": False, "reason": reason},
+               "nearest_caption": caption_metrics(["a red circle", "a circle"], refs),
+               "generators": {"smallcap": {**caption_metrics(["a red", "a blue"], refs),
+                                           "without_retrieval": caption_metrics(["a", "a"], refs)}}}
+    shown = {**results, "caption": caption}
+    cider = dict((row[0], row[1:]) for row in headline_rows(shown))["Caption CIDEr-D"]
+    assert cider == (f"{caption['cider']:.3f}", "n/a", "n/a")
+    page = write_report(tmp_path, "transfer", shown, [], chosen={"caption": "builtin-transfer"}).read_text()
+    rows = re.findall(r"<tr><td>caption</td><td>([^<]+)</td><td>cider</td><td>[^<]+</td><td>([^<]+)</td>", page)
+    smallcap_without = caption["generators"]["smallcap"]["without_retrieval"]["cider"]
+    assert rows == [("builtin-transfer", "n/a"), ("smallcap", f"{smallcap_without:.3f}"), ("nearest-caption", "n/a")]
+    assert "builtin-transfer without retrieval: not applicable — caption transfer copies" in page
+    assert "nearest-caption: the knowledge-base caption whose text vector is nearest" in page
+    md = report_markdown("transfer", shown, {"caption": "builtin-transfer"})
+    assert "| Caption CIDEr-D | " in md and "| n/a | n/a |" in md and "not applicable" in md
+
+
+def test_retrieval_tables_and_plot_carry_recall_and_hits(tmp_path, results):
+    ranks = results["retrieval"]["text_to_image"]
+    assert {"recall@1", "recall@2", "hit@1", "hit@2"} <= set(ranks)
+    page = write_report(tmp_path, "ranks", {"retrieval": results["retrieval"]}, []).read_text()
+    assert "<td>hit@2</td>" in page and "<td>recall@2</td>" in page
+    assert "share of a query&#x27;s relevant images found" in page

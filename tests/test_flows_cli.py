@@ -33,7 +33,7 @@ def flow_calls(monkeypatch):
     def record(ctx, flow, **parameters):
         inspect.signature(flow.fn).bind(**parameters, overrides=ctx.obj)  # every name is one the flow takes
         calls.append((flow.name, parameters))
-        return {"dataset": parameters.get("dataset"), "images_seen": 1, "added": 1, "changed": 0, "reannotated": 0,
+        return {"dataset": parameters.get("dataset"), "images_seen": 1, "captions": 1, "added": 1, "changed": 0, "reannotated": 0,
                 "removed": 0, "unchanged": 0, "new_images": 1, "dry_run": False,
                 "bad_rows": [{"ref": "manifest.csv row 2", "reason": "no such file"}] if "bad" in str(parameters)
                 else []}
@@ -135,3 +135,24 @@ def test_the_command_line_starts_without_prefect_torch_or_the_library():
                              "m.split('.')[0] in ('prefect', 'torch', 'lancedb', 'pyarrow', 'ravlm_core')))"],
                             capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == str(["ravlm_core", "ravlm_core.config", "ravlm_core.uris"])
+
+
+def test_the_summaries_say_how_many_captions_and_what_has_no_run_without_retrieval(capsys):
+    from flows.cli import render
+
+    render.ingested({"dataset": "flickr", "images_seen": 500, "captions": 2500, "added": 500, "changed": 0,
+                     "reannotated": 0, "removed": 0, "unchanged": 0, "new_images": 500, "dry_run": False,
+                     "bad_rows": []})
+    assert capsys.readouterr().out.startswith("flickr: 500 images listed with 2500 captions; 500 added")
+    reason = "caption transfer copies the neighbours' captions, so without retrieval it has nothing to transfer"
+    render.evaluation({"run_id": "r", "report": "index.html",
+                       "caption": {"cider": 0.17, "without_retrieval": {"applicable": False, "reason": reason},
+                                   "nearest_caption": {"cider": 0.09, "bleu4": 0.01}},
+                       "retrieval": {"text_to_image": {"recall@1": 0.05, "hit@1": 0.16, "mrr": 0.3}}})
+    out = capsys.readouterr().out
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]] for line in out.splitlines()
+             if line.count("│") >= 4}
+    assert lines["caption cider"] == ["0.1700", "n/a"]
+    assert lines["caption cider (nearest-caption)"] == ["0.0900", "n/a"]
+    assert lines["text_to_image recall@1"][0] == "0.0500" and lines["text_to_image hit@1"][0] == "0.1600"
+    assert f"caption without retrieval: not applicable — {reason}." in out

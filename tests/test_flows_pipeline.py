@@ -71,9 +71,15 @@ def test_eval_prints_the_nested_metrics_and_writes_the_report(run):
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
         assert 0.0 <= result["vqa"][key] <= 1.0
     assert set(result["vqa"]["per_question_type"]) == {"color", "shape", "yes/no"}
-    for key in ("recall@1", "recall@5", "recall@10"):
-        assert 0.0 <= result["retrieval"]["text_to_image"][key] <= 1.0
+    ranks = result["retrieval"]["text_to_image"]
+    for k in (1, 5, 10):
+        assert 0.0 <= ranks[f"recall@{k}"] <= ranks[f"hit@{k}"] <= 1.0  # a hit is at least one relevant image
     assert 0.0 <= result["caption"]["bleu4"] <= 1.0 and 0.0 <= result["caption"]["rouge_l"] <= 1.0
+    # Caption transfer is made of retrieval: no run without it, and nearest-caption under its own name.
+    assert result["caption"]["without_retrieval"]["applicable"] is False
+    assert "nothing to transfer" in result["caption"]["without_retrieval"]["reason"]
+    assert 0.0 <= result["caption"]["nearest_caption"]["bleu4"] <= 1.0
+    assert "cider" in result["caption"]["generators"]["smallcap"]["without_retrieval"]
     # Colour questions have 6 answers and shape questions 5: better than chance means retrieval and the
     # answerer learnt something from 48 training images.
     assert result["vqa"]["per_question_type"]["color"]["accuracy"] > 0.5
@@ -270,7 +276,7 @@ def test_demo_on_easy_vqa_meets_the_accuracy_bar_and_reruns_add_only_a_run_recor
     vqa = first["eval"]["vqa"]
     assert vqa["n"] == 9673 and vqa["accuracy"] >= 0.99  # the dataset author's CNN baseline: 0.938
     assert vqa["without_retrieval"]["n"] == 9673 and vqa["voting"]["accuracy"] >= 0.99
-    assert first["eval"]["retrieval"]["text_to_image"]["recall@10"] >= 0.9
+    assert first["eval"]["retrieval"]["text_to_image"]["hit@10"] >= 0.9
     store = Store(str(tmp_path / "data" / "lancedb"))
     before = table_counts(store)
     second = ravlm("demo")

@@ -41,9 +41,9 @@ def test_job_ids_come_from_the_same_inputs_as_before():
     job = _generation_job("vqa", "shapes", "test", GeneratorSpec.parse("builtin-vote"), True, "e6dd3ab10d989557",
                           None, 5, "q1?")
     assert (job.job_id, job.variant, job.tag) == ("vqa-8e5531d5ecca42b9", "voting", "builtin-vote-2b455b3cba7e")
-    direct = _generation_job("vqa", "shapes", "test", GeneratorSpec.parse("transfer"), False, "ff224219e9708fb9",
-                             None, 5, "q1?")
-    assert direct.job_id == "vqa-484eaf53f3b8d352"
+    bare = _generation_job("vqa", "shapes", "test", GeneratorSpec.parse("fusion"), False, "ff224219e9708fb9",
+                           None, 5, "q1?")
+    assert (bare.job_id, bare.variant) == ("vqa-eef9a5b264b17030", "fusion-no-retrieval")
 
 
 @pytest.mark.parametrize("value", [KB, ENCODER, RetrievalConfig(question_match_min=0.5), JOB])

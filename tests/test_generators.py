@@ -4,7 +4,7 @@ import json
 import pytest
 
 from ravlm_core.errors import UserError
-from ravlm_core.generators import GenerationJob, GeneratorSpec, generator_tag
+from ravlm_core.generators import GenerationJob, GeneratorSpec, generator_tag, without_retrieval
 from ravlm_core.generators.prompts import context_block, load_template, render
 
 
@@ -39,13 +39,19 @@ def test_bad_specs_are_one_line_user_errors(text, message):
         GeneratorSpec.parse(text)
 
 
-def test_jobs_name_their_variant_and_voting_needs_retrieval():
+def test_jobs_name_their_variant_and_the_baselines_made_of_retrieval_have_no_run_without():
     fusion = GeneratorSpec.parse("builtin-fusion")
     assert GenerationJob("j", fusion, "t", use_retrieval=False).variant == "fusion-no-retrieval"
-    assert GenerationJob("j", GeneratorSpec.parse("transfer"), "t", use_retrieval=False).variant == "direct"
+    assert GenerationJob("j", GeneratorSpec.parse("transfer"), "t").variant == "consensus"
+    assert GenerationJob("j", GeneratorSpec.parse("nearest-caption"), "t").variant == "nearest-caption"
     assert GenerationJob("j", GeneratorSpec.parse("vlm:/m"), "t", use_retrieval=False).variant == "vlm-no-retrieval"
-    with pytest.raises(UserError, match="nothing to vote with"):
-        GenerationJob("j", GeneratorSpec.parse("voting"), "t", use_retrieval=False)
+    for spec, why in (("voting", "nothing to vote with"), ("transfer", "nothing to transfer"),
+                      ("nearest-caption", "itself a search")):
+        with pytest.raises(UserError, match=f"has no --no-retrieval run: .*{why}"):
+            GenerationJob("j", GeneratorSpec.parse(spec), "t", use_retrieval=False)
+    assert without_retrieval(fusion) is None and without_retrieval(GeneratorSpec.parse("smallcap")) is None
+    assert GeneratorSpec.parse("nearest-caption").serves("caption")
+    assert not GeneratorSpec.parse("nearest-caption").serves("vqa")
     job = GenerationJob("j", GeneratorSpec.parse("vlm:/m,num_beams=2"), "t", True, "/w")
     assert GenerationJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
 

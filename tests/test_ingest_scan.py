@@ -252,3 +252,31 @@ def test_a_lost_or_damaged_shard_is_written_again_from_the_source_and_its_images
     vectors = set(store.read(image_vectors_table(encoder.tag), columns=["image_id"]).column("image_id").to_pylist())
     assert vectors == {i for (i,) in _rows(store, IMAGES, "image_id")} and encoder.images == N_TRAIN + N_TEST
     assert _ingest(source, store, tmp_path).new_content == 0  # repaired: the next night is idle again
+
+
+def test_every_caption_of_a_manifest_listing_an_image_on_several_rows_is_kept(tmp_path, store):
+    folder = tmp_path / "flickr"
+    folder.mkdir()
+    for n in range(2):
+        Image.new("RGB", (8, 8), (n * 90, 30, 0)).save(folder / f"{n}.png")
+    rows = ['{"image": "0.png", "caption": "a dog runs", "split": "train"}',
+            '{"image": "0.png", "caption": "a brown dog running", "split": "train"}',
+            '{"image": "0.png", "caption": "a dog runs", "split": "train"}',  # the same caption again: kept once
+            '{"image": "0.png", "question": "what runs?", "answer": "dog", "split": "train"}',  # no caption
+            '{"image": "1.png", "caption": "a red car", "split": "train"}']
+    (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    first = _ingest(folder, store, tmp_path, "flickr")
+    assert (first.added, first.captions, first.bad_rows) == (2, 3, [])
+    stored = {p: (c, cs) for p, c, cs in _rows(store, IMAGES, "path", "caption", "captions")}
+    assert stored == {"0.png": ("a dog runs", ["a dog runs", "a brown dog running"]),
+                      "1.png": ("a red car", ["a red car"])}
+    assert store.count(QA) == 1
+    versions = {t: store.table(t).version for t in (IMAGES, QA)}
+    again = _ingest(folder, store, tmp_path, "flickr")
+    assert (again.reannotated, again.unchanged) == (0, 2)
+    assert {t: store.table(t).version for t in versions} == versions
+    # One more caption row re-annotates that listing and no other.
+    (folder / "manifest.jsonl").write_text("\n".join([*rows, '{"image": "1.png", "caption": "a car", "split": "train"}']))
+    more = _ingest(folder, store, tmp_path, "flickr")
+    assert (more.reannotated, more.unchanged, more.captions) == (1, 1, 4)
+    assert dict(_rows(store, IMAGES, "path", "captions"))["1.png"] == ["a red car", "a car"]

@@ -32,6 +32,7 @@ from tests.helpers.shapes import make_shapes_dataset
 from tests.helpers.stores import ingest_folder
 
 HOSTILE = ['<img src=x onerror="alert(1)">', "</figcaption><script>alert('x')</script> & more"]
+SECOND_CAPTION = "the same turned figure, said a second way"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def shapes(tmp_path_factory):
         image = Image.open(tmp / "shapes" / "images" / f"train_{n:05d}.png").convert("RGB").rotate(90)
         image.save(hostile / f"h{n}.png")
         rows.append(json.dumps({"image": f"h{n}.png", "caption": caption, "split": "test"}))
+    rows.append(json.dumps({"image": "h1.png", "caption": SECOND_CAPTION, "split": "test"}))  # a row per caption
     (hostile / "manifest.jsonl").write_text("\n".join(rows) + "\n")
     data = tmp / "data"
     store = Store(str(data / "lancedb"))
@@ -93,6 +95,12 @@ def test_image_to_text_returns_the_images_own_caption_and_where_each_text_is_use
     # Within a filter, only texts of the listings that pass it come back, and are counted there.
     test_only = session.search(image=image_of(shapes, "test_00050.png"), k=5, target="texts", split="test")
     assert test_only and all(h["split"] == "test" for h in test_only)
+
+
+def test_every_caption_of_a_listing_is_searchable_and_traced_to_it_within_a_filter(shapes):
+    hits = shapes["session"].search(SECOND_CAPTION, k=3, target="texts", dataset="hostile")
+    second = next(h for h in hits if h["text"] == SECOND_CAPTION)
+    assert (second["kind"], second["listings"], second["path"], second["dataset"]) == ("caption", 1, "h1.png", "hostile")
 
 
 def test_where_filters_prefilter_so_a_selective_filter_still_returns_k(shapes):

@@ -130,8 +130,9 @@ def vqa(ctx: typer.Context, dataset: QuerySet = None, split: Split = "test", kb:
 
 
 def caption(ctx: typer.Context, dataset: QuerySet = None, split: Split = "test", kb: Kb = None,
-            generator: Annotated[str, typer.Option(help=GENERATOR_HELP + " Captions: builtin-transfer, smallcap, "
-                                                   "blip:MODEL, vlm:MODEL.")] = "builtin-transfer",
+            generator: Annotated[str, typer.Option(help=GENERATOR_HELP + " Captions: builtin-transfer, "
+                                                   "nearest-caption, smallcap, blip:MODEL, vlm:MODEL.")]
+            = "builtin-transfer",
             no_retrieval: NoRetrieval = False, as_json: Json = False,
             old_dataset: Annotated[Optional[str], deprecated("--dataset", "the DATASET argument")] = None) -> None:
     """Retrieval-augmented captions for every image of a query set, into `caption_predictions`."""

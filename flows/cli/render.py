@@ -37,7 +37,8 @@ def summary(result: dict) -> None:
 
 def ingested(result: dict) -> None:
     verb = "would be" if result["dry_run"] else "were"
-    typer.echo(f"{result['dataset']}: {result['images_seen']} images listed; {result['added']} added, "
+    typer.echo(f"{result['dataset']}: {result['images_seen']} images listed with {result['captions']} captions; "
+               f"{result['added']} added, "
                f"{result['changed']} changed, {result['reannotated']} re-annotated, {result['removed']} removed, "
                f"{result['unchanged']} unchanged; {result['new_images']} new image files {verb} stored")
     if result["bad_rows"]:
@@ -46,20 +47,30 @@ def ingested(result: dict) -> None:
 
 
 def evaluation(result: dict) -> None:
-    """The metrics with and without retrieval side by side; `demo` nests them under "eval"."""
+    """The metrics with and without retrieval side by side ("n/a" for a generator made of retrieval, with why);
+    `demo` nests them under "eval"."""
+    from ravlm_core.evaluate.report import NOT_APPLICABLE, applicable, notes
+
     result = result.get("eval", result)
     rows = []
     for section in ("vqa", "caption"):
+        scores = result.get(section, {})
         for key in ("accuracy", "macro_f1", "bleu4", "rouge_l", "cider"):
-            if key in result.get(section, {}):
-                without = result[section].get("without_retrieval", {}).get(key)
-                rows.append([f"{section} {key}", f"{result[section][key]:.4f}",
-                             "—" if without is None else f"{without:.4f}"])
-    if "voting" in result.get("vqa", {}):
-        rows.append(["vqa accuracy (neighbour voting)", f"{result['vqa']['voting']['accuracy']:.4f}", "—"])
+            if key in scores:
+                without = scores.get("without_retrieval", {}).get(key)
+                rows.append([f"{section} {key}", f"{scores[key]:.4f}", NOT_APPLICABLE if not applicable(scores)
+                             else "—" if without is None else f"{without:.4f}"])
+    for section, baseline, name in (("vqa", "voting", "neighbour voting"),
+                                    ("caption", "nearest_caption", "nearest-caption")):
+        for key, value in result.get(section, {}).get(baseline, {}).items():
+            if key in ("accuracy", "cider"):
+                rows.append([f"{section} {key} ({name})", f"{value:.4f}", NOT_APPLICABLE])
     for direction, scores in result.get("retrieval", {}).items():
-        rows += [[f"{direction} {m}", f"{v:.4f}", "—"] for m, v in scores.items() if m.startswith(("recall", "ndcg"))]
+        rows += [[f"{direction} {m}", f"{v:.4f}", "—"] for m, v in scores.items()
+                 if m.startswith(("recall", "hit", "ndcg"))]
     table(f"eval {result.get('run_id', '')}", ["metric", "with retrieval", "without retrieval"], rows)
+    for line in notes(result):
+        typer.echo(line)
     typer.echo(f"report: {result.get('report')}")
 
 

@@ -19,6 +19,7 @@ from ravlm_core.ingest.membership import memberships_of
 from ravlm_core.schemas import (
     ACTIVE,
     IMAGES,
+    IMAGES_SCHEMA,
     MEMBERSHIPS,
     QA,
     TEXT_VECTOR_COLUMNS,
@@ -57,12 +58,17 @@ class TextEmbedResult:
 
 
 def listed_texts(store: Store, datasets: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """Distinct captions and distinct questions of the listed images (of `datasets`, or all), sorted."""
+    """Distinct captions (every one of each listing: `caption` and all of `captions`) and distinct questions of the
+    listed images (of `datasets`, or all), sorted."""
     where = ACTIVE if not datasets else f"{ACTIVE} AND {in_list('dataset', datasets)}"
-    captions = store.read(IMAGES, columns=["caption"], where=f"{where} AND caption IS NOT NULL")
+    if store.has(IMAGES):
+        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
+    listings = store.read(IMAGES, columns=["caption", "captions"], where=where)
     questions = store.read(QA, columns=["question"], where=where)
     as_list = lambda table, column: table.column(column).to_pylist() if table.num_rows else []  # noqa: E731
-    return sorted(set(as_list(captions, "caption"))), sorted(set(as_list(questions, "question")))
+    captions = {c for c in as_list(listings, "caption") if c}
+    captions.update(c for several in as_list(listings, "captions") for c in several or () if c)
+    return sorted(captions), sorted(set(as_list(questions, "question")))
 
 
 def _vector_rows(keys: dict[str, list], vectors: np.ndarray, model_tag: str, schema: pa.Schema) -> pa.Table:

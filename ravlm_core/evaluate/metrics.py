@@ -10,7 +10,7 @@ import numpy as np
 
 from ravlm_core.evaluate.ptb_tokenize import coco_tokenize
 
-# nDCG is reported at this cutoff whatever `ks` asks for recall at.
+# nDCG is reported at this cutoff whatever `ks` asks for recall and hits at.
 NDCG_K = 10
 
 _WHITESPACE = re.compile(r"\s+")
@@ -230,16 +230,22 @@ def retrieval_metrics(
 ) -> dict:
     """Ranking quality of retrieved ids against the relevant set of each query.
 
-    recall@k is the fraction of queries with at least one relevant id in the top k (the usual
-    text-to-image R@K); ndcg@10 uses binary gains; mrr is the mean reciprocal rank of the first
-    relevant id (0 when none was retrieved). A query with an empty relevant set scores 0 throughout.
+    recall@k is recall as information retrieval defines it: the share of a query's relevant ids found in its top k,
+    averaged over queries (a query with more than k relevant ids cannot reach 1). hit@k is the share of queries
+    with at least one relevant id in the top k (what text-to-image papers often print as "R@K"). ndcg@10 uses
+    binary gains; mrr is the mean reciprocal rank of the first relevant id (0 when none was retrieved). A query
+    with an empty relevant set scores 0 throughout.
     """
     n = _check_lengths(ranked_ids=ranked_ids, relevant=relevant)
-    first_ranks = np.array([_first_relevant_rank(r, set(rel)) for r, rel in zip(ranked_ids, relevant)])
+    relevant = [set(rel) for rel in relevant]
+    first_ranks = np.array([_first_relevant_rank(r, rel) for r, rel in zip(ranked_ids, relevant)])
     scores: dict = {"n_queries": n}
     for k in ks:
-        scores[f"recall@{k}"] = float(np.mean(first_ranks <= k))
-    scores[f"ndcg@{NDCG_K}"] = _ndcg(ranked_ids, [set(rel) for rel in relevant])
+        scores[f"recall@{k}"] = float(np.mean([len(rel.intersection(r[:k])) / len(rel) if rel else 0.0
+                                               for r, rel in zip(ranked_ids, relevant)]))
+    for k in ks:
+        scores[f"hit@{k}"] = float(np.mean(first_ranks <= k))
+    scores[f"ndcg@{NDCG_K}"] = _ndcg(ranked_ids, relevant)
     scores["mrr"] = float(np.mean(1.0 / first_ranks))
     return scores
 

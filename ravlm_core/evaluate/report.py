@@ -11,9 +11,12 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # A results section holds the with-retrieval metrics itself (as `ravlm eval --json` prints them), and the
-# baseline under this key.
+# baseline under this key: its metrics, or {"applicable": false, "reason": ...} for a generator made of retrieval.
 WITHOUT = "without_retrieval"
 MISSING = "—"
+NOT_APPLICABLE = "n/a"
+# Baselines a section holds beside its generators: (results key, name shown); neither has a run without retrieval.
+BASELINES = {"vqa": ("voting", "builtin-vote"), "caption": ("nearest_caption", "nearest-caption")}
 # (results section, metric key, row label) for the side-by-side headline table, in display order.
 HEADLINE_METRICS = [
     ("vqa", "n", "VQA questions"),
@@ -32,9 +35,13 @@ HEADLINE_HEADER = ("Metric", "With retrieval", "Without retrieval", "Δ (with �
 GENERATOR_METRICS = {"vqa": ("accuracy", "soft_accuracy", "macro_f1"), "caption": ("cider", "bleu4", "rouge_l")}
 GENERATORS_HEADER = ("Task", "Generator", "Metric", "With retrieval", "Without retrieval", "Δ")
 RETRIEVAL_HEADER = ("Direction", "Metric", "Value")
+RETRIEVAL_NOTE = ("recall@K: the share of a query's relevant images found in the top K, averaged over queries; "
+                  "hit@K: the share of queries with at least one relevant image in the top K.")
+NEAREST_CAPTION_NOTE = ("nearest-caption: the knowledge-base caption whose text vector is nearest the image's, a "
+                        "search of captions; it is a retrieval baseline, not a run without retrieval.")
 # Confusion matrices with more labels than this are drawn without per-cell numbers, which would overlap.
 MAX_ANNOTATED_LABELS = 20
-_RECALL_KEY = re.compile(r"recall@(\d+)$")
+_RANK_KEY = re.compile(r"(recall|hit)@(\d+)$")
 
 
 @dataclass
@@ -56,6 +63,20 @@ def _format(value) -> str:
     return f"{value:.3f}"
 
 
+def applicable(scores: dict) -> bool:
+    """Whether a results section's generator has a run without retrieval (caption transfer and voting have none)."""
+    return scores.get(WITHOUT, {}).get("applicable", True)
+
+
+def _compared(with_value, scores: dict, key: str) -> tuple[str, str]:
+    """(without retrieval, delta) cells of one metric: n/a where there is no run without retrieval."""
+    if not applicable(scores):
+        return NOT_APPLICABLE, NOT_APPLICABLE
+    without_value = scores.get(WITHOUT, {}).get(key)
+    both = with_value is not None and without_value is not None
+    return _format(without_value), f"{with_value - without_value:+.3f}" if both and key != "n" else MISSING
+
+
 def headline_rows(results: dict) -> list[tuple[str, str, str, str]]:
     """(metric, with retrieval, without retrieval, delta) rows for the sections present in `results`."""
     rows = []
@@ -63,36 +84,48 @@ def headline_rows(results: dict) -> list[tuple[str, str, str, str]]:
         if section not in results:
             continue
         with_value = results[section].get(key)
-        without_value = results[section].get(WITHOUT, {}).get(key)
-        if with_value is None and without_value is None:
+        if with_value is None and results[section].get(WITHOUT, {}).get(key) is None:
             continue
-        both = with_value is not None and without_value is not None
-        delta = f"{with_value - without_value:+.3f}" if both and key != "n" else MISSING
-        rows.append((label, _format(with_value), _format(without_value), delta))
+        rows.append((label, _format(with_value), *_compared(with_value, results[section], key)))
     return rows
 
 
 def generator_rows(results: dict, chosen: dict[str, str] | None = None) -> list[tuple[str, ...]]:
     """(task, generator, metric, with, without, delta) for the chosen generator of each task (its metrics are the
-    section's own) and every other one under the section's `generators`; empty when only one ran."""
+    section's own), every other one under the section's `generators` and the task's baseline (voting,
+    nearest-caption); empty for a task with one generator and no baseline."""
     rows = []
     for task, metrics in GENERATOR_METRICS.items():
         section = results.get(task, {})
-        others = section.get("generators", {})
-        if not others:
+        named = [(name, scores) for name, scores in section.get("generators", {}).items()]
+        key, baseline = BASELINES[task]
+        if key in section:
+            named.append((baseline, {**section[key], WITHOUT: {"applicable": False}}))
+        if not named:
             continue
-        named = [((chosen or {}).get(task, "chosen"), section)] + list(others.items())
-        if task == "vqa" and "voting" in section:
-            named.append(("builtin-vote", {**section["voting"], WITHOUT: {}}))
-        for name, scores in named:
-            for key in metrics:
-                with_value, without_value = scores.get(key), scores.get(WITHOUT, {}).get(key)
-                if with_value is None and without_value is None:
+        for name, scores in [((chosen or {}).get(task, "chosen"), section), *named]:
+            for metric in metrics:
+                with_value = scores.get(metric)
+                if with_value is None and scores.get(WITHOUT, {}).get(metric) is None:
                     continue
-                both = with_value is not None and without_value is not None
-                rows.append((task, name, key, _format(with_value), _format(without_value),
-                             f"{with_value - without_value:+.3f}" if both else MISSING))
+                rows.append((task, name, metric, _format(with_value), *_compared(with_value, scores, metric)))
     return rows
+
+
+def notes(results: dict, chosen: dict[str, str] | None = None) -> list[str]:
+    """Plain sentences for what the tables cannot say in a cell: why a run without retrieval is n/a, what
+    nearest-caption and recall@K / hit@K are."""
+    said = []
+    for task in GENERATOR_METRICS:
+        section = results.get(task, {})
+        named = [((chosen or {}).get(task, task), section), *section.get("generators", {}).items()]
+        said += [f"{name} without retrieval: not applicable — {scores[WITHOUT].get('reason') or 'no such run'}."
+                 for name, scores in named if not applicable(scores)]
+    if BASELINES["caption"][0] in results.get("caption", {}):
+        said.append(NEAREST_CAPTION_NOTE)
+    if results.get("retrieval"):
+        said.append(RETRIEVAL_NOTE)
+    return said
 
 
 def retrieval_rows(results: dict) -> list[tuple[str, str, str]]:
@@ -121,6 +154,8 @@ def report_markdown(title: str, results: dict, chosen: dict[str, str] | None = N
         parts += ["## Generators", "", *_markdown_table(GENERATORS_HEADER, rows), ""]
     if rows := retrieval_rows(results):
         parts += ["## Retrieval", "", *_markdown_table(RETRIEVAL_HEADER, rows), ""]
+    if said := notes(results, chosen):
+        parts += [f"- {line}" for line in said] + [""]
     if len(parts) == 2:
         parts.append("No metrics were computed.")
     return "\n".join(parts).rstrip() + "\n"
@@ -162,7 +197,7 @@ def _plot_per_type(vqa_section: dict, path: Path) -> None:
     import numpy as np
 
     runs = [("with retrieval", vqa_section.get("per_question_type", {}))]
-    if WITHOUT in vqa_section:
+    if WITHOUT in vqa_section and applicable(vqa_section):
         runs.append(("without retrieval", vqa_section[WITHOUT].get("per_question_type", {})))
     types = sorted({qtype for _, per_type in runs for qtype in per_type})
     figure = _new_figure(max(5.0, 1.2 * len(types)), 4)
@@ -182,20 +217,26 @@ def _plot_per_type(vqa_section: dict, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def _plot_recall(retrieval: dict, path: Path) -> None:
-    """Recall@K against K, one line per retrieval direction."""
+def _plot_ranks(retrieval: dict, path: Path) -> None:
+    """Recall@K (solid, dots) and hit@K (dashed, squares) against K, one colour per retrieval direction."""
     figure = _new_figure(5, 4)
     ax = figure.add_subplot()
     ks = set()
-    for direction, scores in retrieval.items():
-        points = sorted((int(m.group(1)), value) for key, value in scores.items() if (m := _RECALL_KEY.match(key)))
-        ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=_plain(direction.replace("_", " ")))
-        ks.update(k for k, _ in points)
+    for n, (direction, scores) in enumerate(retrieval.items()):
+        # Hollow squares for hits, so the lines stay apart to the eye where each query has one relevant image.
+        for metric, style, marker in (("recall", "-", "o"), ("hit", "--", "s")):
+            points = sorted((int(m.group(2)), value) for key, value in scores.items()
+                            if (m := _RANK_KEY.match(key)) and m.group(1) == metric)
+            if points:
+                ax.plot([k for k, _ in points], [v for _, v in points], style, marker=marker, fillstyle="none"
+                        if metric == "hit" else "full", markersize=9 if metric == "hit" else 6, color=f"C{n}",
+                        label=_plain(f"{direction.replace('_', ' ')} {metric}@K"))
+                ks.update(k for k, _ in points)
     ax.set_xticks(sorted(ks))
     ax.set_xlabel("K")
-    ax.set_ylabel("recall@K")
+    ax.set_ylabel("recall@K, hit@K")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Retrieval recall@K")
+    ax.set_title("Retrieval recall@K and hit@K")
     ax.legend()
     figure.savefig(path, dpi=100)
 
@@ -210,9 +251,10 @@ def write_plots(out_dir: Path, results: dict) -> list[tuple[str, str]]:
     if vqa.get("per_question_type") or vqa.get(WITHOUT, {}).get("per_question_type"):
         _plot_per_type(vqa, out_dir / "per_type_accuracy.png")
         plots.append(("per_type_accuracy.png", "Accuracy per question type, with vs without retrieval"))
-    if any(_RECALL_KEY.match(key) for scores in results.get("retrieval", {}).values() for key in scores):
-        _plot_recall(results["retrieval"], out_dir / "recall_at_k.png")
-        plots.append(("recall_at_k.png", "Retrieval recall@K"))
+    if any(_RANK_KEY.match(key) for scores in results.get("retrieval", {}).values() for key in scores):
+        _plot_ranks(results["retrieval"], out_dir / "recall_at_k.png")
+        plots.append(("recall_at_k.png", "Retrieval recall@K (share of the relevant images found, solid) and hit@K "
+                                         "(share of queries with one, dashed)"))
     return plots
 
 
@@ -276,6 +318,8 @@ def write_report(out_dir: Path, title: str, results: dict, examples: list[Exampl
         sections.append("<h2>Generators, on the same items</h2>" + _html_table(GENERATORS_HEADER, rows))
     if rows := retrieval_rows(results):
         sections.append("<h2>Retrieval</h2>" + _html_table(RETRIEVAL_HEADER, rows))
+    if said := notes(results, chosen):
+        sections.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in said) + "</ul>")
     if plots := write_plots(out_dir, results):
         figures = "".join(
             f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption>'

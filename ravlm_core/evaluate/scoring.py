@@ -55,6 +55,15 @@ def vqa_job_metrics(store: Store, job: str) -> dict:
     return {**metrics, **leakage, "evaluated_items": len(labelled)}
 
 
+def not_applicable(generator: str | None) -> dict:
+    """What a report holds for a run a generator cannot make: the run without retrieval of a baseline made of
+    retrieval (caption transfer, voting), with the reason."""
+    from ravlm_core.generators import GeneratorSpec, without_retrieval
+
+    reason = without_retrieval(GeneratorSpec.parse(generator)) if generator else None
+    return {"applicable": False, "reason": reason or "this generator has no run without retrieval"}
+
+
 def caption_job_metrics(store: Store, job: str) -> dict:
     """coco-caption scores against every reference caption of each image (COCO: 5), or its one caption."""
     rows = _job_rows(store, CAPTION_PREDICTIONS, job, ["member_id", "prediction", "reference", "near_duplicates"])
@@ -69,16 +78,20 @@ def caption_job_metrics(store: Store, job: str) -> dict:
 
 
 def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str) -> dict | None:
-    """Recall@K / nDCG with each distinct caption of the split as a query over the split's images.
+    """Recall@K, hit@K, nDCG and MRR with each distinct caption of the split (every one of each image) as a query
+    over the split's images.
 
-    An image is relevant to a caption query when it carries that caption: on datasets where many images share a
-    caption (easy-VQA has 24 captions for 1,000 test images) any of them is a correct hit. None without captions.
+    An image is relevant to a caption query when any of its captions is that text: on datasets where many images
+    share a caption (easy-VQA has 24 captions for 1,000 test images) every one of them is relevant, and recall@K
+    counts how many of them the top K found. None without captions.
     """
-    images = store.read(IMAGES, columns=["image_id", "caption"], where=kb_filter(dataset, split))
+    store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
+    images = store.read(IMAGES, columns=["image_id", "caption", "captions"], where=kb_filter(dataset, split))
     relevant: dict[str, set[str]] = defaultdict(set)
-    for image_id, caption in zip(images.column("image_id").to_pylist(), images.column("caption").to_pylist()):
-        if caption:
-            relevant[caption].add(image_id)
+    columns = (images.column(c).to_pylist() for c in ("image_id", "caption", "captions"))
+    for image_id, caption, captions in zip(*columns):
+        for text in captions or ([caption] if caption else []):
+            relevant[text].add(image_id)
     if not relevant:
         return None
     queries = sorted(relevant)

@@ -20,15 +20,16 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-# The answerers and caption transfer that need no language model: baselines every report keeps.
-BUILTIN_KINDS = ("builtin-vote", "builtin-fusion", "builtin-transfer")
+# The answerers and caption baselines that need no language model: baselines every report keeps.
+# builtin-nearest: the KB caption whose text vector is nearest the image's (a search of the KB's captions).
+BUILTIN_KINDS = ("builtin-vote", "builtin-fusion", "builtin-transfer", "builtin-nearest")
 MODEL_KINDS = ("blip", "vlm", "smallcap")
 KINDS = BUILTIN_KINDS + MODEL_KINDS
 TASKS = {"vqa": ("builtin-vote", "builtin-fusion", "blip", "vlm"),
-         "caption": ("builtin-transfer", "blip", "vlm", "smallcap")}
+         "caption": ("builtin-transfer", "builtin-nearest", "blip", "vlm", "smallcap")}
 # Short names of the baselines (the `variant` names their prediction rows carry), accepted as generator specs.
 ALIASES = {"voting": "builtin-vote", "vote": "builtin-vote", "fusion": "builtin-fusion",
-           "consensus": "builtin-transfer", "transfer": "builtin-transfer"}
+           "consensus": "builtin-transfer", "transfer": "builtin-transfer", "nearest-caption": "builtin-nearest"}
 
 
 @dataclass(frozen=True)
@@ -156,15 +157,28 @@ def generator_tag(spec: GeneratorSpec, weights: str | Path | None = None) -> str
 # ids, so they stay fixed.
 _BUILTIN_VARIANTS = {("builtin-vote", True): "voting", ("builtin-fusion", True): "fusion",
                      ("builtin-fusion", False): "fusion-no-retrieval", ("builtin-transfer", True): "consensus",
-                     ("builtin-transfer", False): "direct"}
+                     ("builtin-nearest", True): "nearest-caption"}
+# Why a baseline has no run without retrieval: it is made of what retrieval finds.
+NO_RETRIEVAL_MODE = {
+    "builtin-vote": "voting counts the neighbours' answers, so without retrieval it has nothing to vote with; "
+                    "builtin-fusion runs without",
+    "builtin-transfer": "caption transfer copies the neighbours' captions, so without retrieval it has nothing to "
+                        "transfer; a model generator such as smallcap runs without",
+    "builtin-nearest": "nearest-caption is itself a search of the knowledge base's captions",
+}
+
+
+def without_retrieval(spec: GeneratorSpec) -> str | None:
+    """None when the generator runs without retrieval, else why it cannot (the reports say it as "n/a")."""
+    return NO_RETRIEVAL_MODE.get(spec.kind)
 
 
 def generation_variant(spec: GeneratorSpec, use_retrieval: bool) -> str:
-    """`fusion`, `voting`, `consensus`, `direct`, `fusion-no-retrieval` for the baselines; the kind for models,
-    suffixed `-no-retrieval` when they run without. Part of the job id, so known before the job is."""
+    """`fusion`, `voting`, `consensus`, `nearest-caption`, `fusion-no-retrieval` for the baselines; the kind for
+    models, suffixed `-no-retrieval` when they run without. Part of the job id, so known before the job is."""
     if spec.kind in BUILTIN_KINDS:
         if (spec.kind, use_retrieval) not in _BUILTIN_VARIANTS:
-            raise UserError(f"{spec.kind} without retrieval has nothing to vote with: use builtin-fusion")
+            raise UserError(f"{spec.kind} has no --no-retrieval run: {without_retrieval(spec)}")
         return _BUILTIN_VARIANTS[(spec.kind, use_retrieval)]
     return spec.kind if use_retrieval else f"{spec.kind}-no-retrieval"
 

@@ -56,7 +56,8 @@ def open_manifest(folder: Path, manifest: Path) -> tuple[list[SourceRecord], lis
         if reason:
             image = row.get("image")
             bad.append(BadRow(ref, reason, PurePosixPath(image).as_posix() if isinstance(image, str) else None))
-    log.info("%s: %d rows, %d images, %d bad rows", manifest, len(rows), len(records), len(bad))
+    log.info("%s: %d rows, %d images, %d captions, %d bad rows", manifest, len(rows), len(records),
+             sum(len(r.captions) for r in records.values()), len(bad))
     if not records:
         # Never read a manifest that yields nothing as "every image was removed".
         first = f" (first: {bad[0].ref}: {bad[0].reason})" if bad else ""
@@ -89,7 +90,11 @@ def _add_row(folder: Path, ref: str, row: dict, records: dict[str, SourceRecord]
     record = records.setdefault(key, SourceRecord(ref, folder / key, key, split, None, []))
     if record.split != split:
         return f"{image} is in split {record.split!r} at {record.ref} but {split!r} here: give each image one split"
-    record.caption = record.caption or caption
+    # A row that repeats an image with another caption (one row per caption, as Flickr8k and COCO exports
+    # come) adds that caption: every distinct one is kept in row order, the first is `caption`.
+    if caption is not None and caption not in record.captions:
+        record.captions.append(caption)
+    record.caption = record.captions[0] if record.captions else None
     if question is not None:
         record.qa.append(QAPair(question, answer, values["question_type"]))
     for column, value in row.items():

@@ -39,7 +39,8 @@ class SourceRecord:
     split: str
     caption: str | None  # the first reference caption
     qa: list[QAPair] = field(default_factory=list)
-    # Every reference caption when the source has several (COCO: 5), `caption` first; empty otherwise.
+    # Every distinct reference caption, `caption` first: COCO's five, a manifest's one per row naming the image;
+    # empty where a reader gives `caption` alone (easy-VQA).
     captions: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # the manifest's other columns (first value seen per column)
 

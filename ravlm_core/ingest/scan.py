@@ -52,6 +52,7 @@ class ScanResult:
     content_path: str  # new image contents to write into shards ("" when none)
     shards: list[str]
     images_seen: int  # listings whose file could be read
+    captions: int  # reference captions of those listings (a COCO image or a manifest's rows for it give several)
     added: int
     changed: int  # new bytes at a known path
     reannotated: int  # same bytes, new split / caption / QA / extra columns
@@ -108,9 +109,11 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
     new_content = _new_content(listed, plan, known, lost)
     shard_of = _assign_shards(new_content, shard_size)
     counts = {change: sum(row["change"] == change for row in plan) for change in (ADDED, CHANGED, REANNOTATED, REMOVED)}
-    result = ScanResult(dataset, "", "", sorted(set(shard_of.values())), len(listed), counts[ADDED], counts[CHANGED],
-                        counts[REANNOTATED], counts[REMOVED], len(listed) - counts[ADDED] - counts[CHANGED]
-                        - counts[REANNOTATED], len(new_content), bad_rows + unreadable)
+    n_captions = sum(len(_captions(record)) for record, _ in listed)
+    result = ScanResult(dataset, "", "", sorted(set(shard_of.values())), len(listed), n_captions, counts[ADDED],
+                        counts[CHANGED], counts[REANNOTATED], counts[REMOVED],
+                        len(listed) - counts[ADDED] - counts[CHANGED] - counts[REANNOTATED], len(new_content),
+                        bad_rows + unreadable)
     if not dry_run and (plan or new_content):
         folder = join(staging_dir, dataset)
         digest = _plan_digest([f"{r['member_id']}:{r['image_id']}:{r.get('annotation')}" for r in plan] + sorted(lost))
@@ -124,9 +127,10 @@ def scan_source(source: str, dataset: str, staging_dir: Path, store: Store, shar
             result.content_path = str(join(folder, f"content-{digest}.parquet"))
             write_parquet_atomically(result.content_path, CONTENT_PLAN_SCHEMA,
                                      [pa.Table.from_pylist(rows, CONTENT_PLAN_SCHEMA)])
-    log.info("%s: %d listed; %d added, %d changed, %d re-annotated, %d removed, %d unchanged; %d new images in %d "
-             "shards; %d bad rows", dataset, result.images_seen, result.added, result.changed, result.reannotated,
-             result.removed, result.unchanged, result.new_content, len(result.shards), len(result.bad_rows))
+    log.info("%s: %d listed with %d captions; %d added, %d changed, %d re-annotated, %d removed, %d unchanged; %d new "
+             "images in %d shards; %d bad rows", dataset, result.images_seen, result.captions, result.added,
+             result.changed, result.reannotated, result.removed, result.unchanged, result.new_content,
+             len(result.shards), len(result.bad_rows))
     return result
 
 
@@ -154,7 +158,7 @@ def _stored_members(store: Store, dataset: str) -> dict[str, dict]:
 def _plan_row(dataset: str, record: SourceRecord, image_id: str, stored: dict | None) -> dict:
     qa = [{**vars(pair), "answers": list(pair.answers)} for pair in _distinct_qa(record.qa)]
     extra = json.dumps(record.extra, sort_keys=True) if record.extra else None
-    captions = record.captions or ([record.caption] if record.caption else [])
+    captions = _captions(record)
     annotation = annotation_of(record.split, record.caption, record.extra, qa, captions)
     if stored is None or not stored["active"]:
         change = ADDED
@@ -168,6 +172,10 @@ def _plan_row(dataset: str, record: SourceRecord, image_id: str, stored: dict | 
             "old_image_id": stored["image_id"] if stored and change == CHANGED else None, "change": change,
             "dataset": dataset, "split": record.split, "path": record.relpath, "uri": str(record.path),
             "caption": record.caption, "captions": captions, "extra": extra, "annotation": annotation, "qa": qa}
+
+
+def _captions(record: SourceRecord) -> list[str]:
+    return record.captions or ([record.caption] if record.caption else [])
 
 
 def _distinct_qa(pairs):

@@ -1,5 +1,5 @@
 """The retrieval-augmented captioning job over one part of a query set: consensus caption transfer from the nearest
-KB images, or a model generator (BLIP, a chat VLM, SmallCap) prompted with their captions."""
+KB images, the nearest KB caption, or a model generator (BLIP, a chat VLM, SmallCap) prompted with their captions."""
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +43,7 @@ def run_caption_part(store: Store, knowledge: KnowledgeBase, dataset: str, split
         n_new, guarded = _generate_captions(store, knowledge, members, job, k, device, run_id)
     else:
         image_ids = members["image_id"].tolist()
-        neighbours, predictions = _transfer_captions(store, knowledge, image_ids, k, job.use_retrieval)
+        neighbours, predictions = _builtin_captions(store, knowledge, image_ids, k, job.spec.kind)
         rows = caption_rows(job, knowledge, members, neighbours, predictions, run_id)
         n_new = store.upsert(CAPTION_PREDICTIONS, rows, "pred_id")
         guarded = sum(x > 0 for x in neighbours.guarded)
@@ -51,44 +51,50 @@ def run_caption_part(store: Store, knowledge: KnowledgeBase, dataset: str, split
     return JobResult(job.job_id, part, len(members), n_new, guarded)
 
 
-def _transfer_captions(store: Store, knowledge: KnowledgeBase, image_ids: list[str], k: int,
-                       use_retrieval: bool) -> tuple[Neighbours, list[str]]:
-    """Consensus caption transfer from the neighbours; without retrieval, the KB caption closest to the image."""
+def _builtin_captions(store: Store, knowledge: KnowledgeBase, image_ids: list[str], k: int,
+                      kind: str) -> tuple[Neighbours, list[str]]:
+    """Consensus caption transfer from the neighbours (builtin-transfer), or the KB caption nearest the image in
+    the shared space (builtin-nearest: a search of captions, not of images, so no image neighbours)."""
     image_vectors = vectors_by_id(store, knowledge.image_table, image_ids, "image_id")
-    kb_captions = sorted(set(knowledge.captions.values()))
+    references = {i: knowledge.references_of(i) for i in knowledge.captions}
+    kb_captions = sorted({c for texts in references.values() for c in texts})
     caption_vectors = vectors_by_id(store, knowledge.text_table, [text_id(c) for c in kb_captions], "text_id")
-    if not use_retrieval:
-        return Neighbours.none(len(image_ids)), direct_captions(image_vectors, kb_captions, caption_vectors)
+    if kind == "builtin-nearest":
+        return Neighbours.none(len(image_ids)), nearest_captions(image_vectors, kb_captions, caption_vectors)
     neighbours = search(store, knowledge.image_table, image_vectors, k, where=knowledge.where,
                         guard=stored_guard(store, knowledge, image_ids))
-    return neighbours, consensus_captions(neighbours, knowledge.captions, dict(zip(kb_captions, caption_vectors)))
+    return neighbours, consensus_captions(neighbours, references, dict(zip(kb_captions, caption_vectors)))
 
 
-def consensus_captions(neighbours: Neighbours, captions: dict[str, str],
+def consensus_captions(neighbours: Neighbours, references: dict[str, list[str]],
                        caption_vectors: dict[str, np.ndarray]) -> list[str]:
     """For each image, the neighbours' caption that agrees most with all neighbours' captions.
 
     Consensus re-ranking (Devlin et al., 2015): a caption that many close neighbours roughly share beats the
-    one caption of the single nearest image, which may be an outlier. Agreement is cosine similarity of caption
-    vectors, each neighbour weighted by how close its image is.
+    one caption of the single nearest image, which may be an outlier. The candidates are every caption of every
+    neighbour (`references`: image id -> its captions; COCO and Flickr give five); a candidate's agreement with a
+    neighbour is its mean cosine to that neighbour's captions, and neighbours count by how close their image is
+    (softmax at IMAGE_TAU), so an image with five captions weighs as much as one with a single caption.
     """
     out = []
     for ids, scores in zip(neighbours.ids, neighbours.scores):
-        pairs = [(captions[i], s) for i, s in zip(ids, scores) if i in captions]
+        pairs = [(references[i], s) for i, s in zip(ids, scores) if references.get(i)]
         if not pairs:
             out.append("")
             continue
-        texts = [t for t, _ in pairs]
-        weights = np.exp((np.array([s for _, s in pairs]) - max(s for _, s in pairs)) / IMAGE_TAU)
-        candidates = list(dict.fromkeys(texts))
+        similarity = np.array([s for _, s in pairs])
+        weights = np.exp((similarity - similarity.max()) / IMAGE_TAU)  # [n_neighbours]
+        candidates = list(dict.fromkeys(c for texts, _ in pairs for c in texts))
         cand = np.stack([caption_vectors[t] for t in candidates])  # [n_candidates, d]
-        refs = np.stack([caption_vectors[t] for t in texts])  # [n_neighbours, d]
-        out.append(candidates[int(np.argmax((cand @ refs.T) @ weights))])
+        # [n_candidates, n_neighbours]: mean cosine to each neighbour's captions.
+        agreement = np.stack([(cand @ np.stack([caption_vectors[t] for t in texts]).T).mean(1)
+                              for texts, _ in pairs], 1)
+        out.append(candidates[int(np.argmax(agreement @ weights))])
     return out
 
 
-def direct_captions(image_vectors: np.ndarray, candidates: list[str], candidate_vectors: np.ndarray) -> list[str]:
-    """The no-neighbour baseline: for each image, the known caption whose text vector is closest to it."""
+def nearest_captions(image_vectors: np.ndarray, candidates: list[str], candidate_vectors: np.ndarray) -> list[str]:
+    """For each image, the known caption whose text vector is closest to it (the nearest-caption baseline)."""
     if not candidates:
         return [""] * len(image_vectors)
     return [candidates[i] for i in (image_vectors @ candidate_vectors.T).argmax(1)]
@@ -107,9 +113,11 @@ def _generate_captions(store: Store, knowledge: KnowledgeBase, members: pd.DataF
                 vectors = vectors_by_id(store, knowledge.image_table, image_ids, "image_id")
                 neighbours = search(store, knowledge.image_table, vectors, k, where=knowledge.where,
                                     guard=stored_guard(store, knowledge, image_ids))
-                contexts = [[{"image_id": i, "caption": knowledge.captions.get(i), "score": s}
-                             for i, s in zip(ids, scores) if knowledge.captions.get(i)][: job.spec.context_items]
-                            for ids, scores in zip(neighbours.ids, neighbours.scores)]
+                # `caption` is what BLIP / VLM prompts show; `captions` all of the neighbour's, for generators
+                # that show more (SmallCap).
+                contexts = [[{"image_id": i, "caption": knowledge.captions[i], "captions": knowledge.references_of(i),
+                              "score": s} for i, s in zip(ids, scores) if knowledge.captions.get(i)]
+                            [: job.spec.context_items] for ids, scores in zip(neighbours.ids, neighbours.scores)]
             else:
                 neighbours = Neighbours.none(len(batch))
                 contexts = [[] for _ in range(len(batch))]

@@ -24,7 +24,7 @@ from ravlm_core.retrieval.knowledge import KnowledgeBase, parse_kb, retrieval_co
 from ravlm_core.retrieval.questions import retrieve_for_vectors
 from ravlm_core.retrieval.search import Guard, search
 from ravlm_core.schemas import ACTIVE, IMAGES, QA, image_vectors_table, text_vectors_table
-from ravlm_core.store import Store, chunks, in_list
+from ravlm_core.store import Store, chunks, in_list, sql_quote
 
 TARGETS = ("images", "texts")
 # Hits each leg of a hybrid search hands the reranker, so the fused top k can draw on both.
@@ -159,11 +159,11 @@ class Scope:
             return None
         from ravlm_core.ids import text_id
 
-        listed = store.read(IMAGES, columns=["member_id", "caption"], where=self.listings())
+        listed = store.read(IMAGES, columns=["member_id", *_caption_columns(store)], where=self.listings())
         if not listed.num_rows:
             return []
         members = set(listed.column("member_id").to_pylist())
-        texts = {c for c in listed.column("caption").to_pylist() if c}
+        texts = {c for row in listed.select(_caption_columns(store)).to_pylist() for c in _captions_of(row)}
         asked = store.read(QA, columns=["member_id", "question"], where=listing_where((), self.dataset, self.split))
         if asked.num_rows:
             texts |= {q for m, q in zip(*(asked.column(c).to_pylist() for c in ("member_id", "question")))
@@ -332,9 +332,14 @@ def _text_sources(store: Store, texts: list[str], scope: Scope) -> dict[str, dic
     if not texts:
         return {}
     uses: dict[str, list[tuple[str, dict]]] = {}
-    for row in store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "path", "caption"],
-                          where=f"{in_list('caption', texts)} AND {scope.listings()}").to_pylist():
-        uses.setdefault(row["caption"], []).append(("caption", row))
+    wanted, columns = set(texts), _caption_columns(store)
+    named = in_list("caption", texts)
+    if "captions" in columns:
+        named = f"({named} OR array_has_any(captions, [{', '.join(map(sql_quote, texts))}]))"
+    for row in store.read(IMAGES, columns=["member_id", "image_id", "dataset", "split", "path", *columns],
+                          where=f"{named} AND {scope.listings()}").to_pylist():
+        for text in wanted.intersection(_captions_of(row)):
+            uses.setdefault(text, []).append(("caption", row))
     asked = store.read(QA, columns=["member_id", "question"],
                        where=f"{in_list('question', texts)} AND {listing_where((), scope.dataset, scope.split)}")
     if asked.num_rows:
@@ -354,6 +359,16 @@ def _text_sources(store: Store, texts: list[str], scope: Scope) -> dict[str, dic
                          "listings": len({row["member_id"] for _, row in found}),
                          **{key: first[key] for key in ("image_id", "dataset", "split", "path")}}
     return sources
+
+
+def _caption_columns(store: Store) -> list[str]:
+    """`caption`, and `captions` (all of a listing's) where the store has it: a search never adds a column."""
+    has = store.has(IMAGES) and "captions" in store.table(IMAGES).schema.names
+    return ["caption", "captions"] if has else ["caption"]
+
+
+def _captions_of(row: dict) -> list[str]:
+    return [c for c in [row["caption"], *(row.get("captions") or ())] if c]
 
 
 def _rounded(value: float | None) -> float | None:

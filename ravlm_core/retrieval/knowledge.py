@@ -25,7 +25,14 @@ from ravlm_core.config import Settings
 from ravlm_core.errors import UserError
 from ravlm_core.ids import text_id
 from ravlm_core.retrieval.search import Neighbours, sets_filter, vector_sets_filter, vectors_by_id
-from ravlm_core.schemas import IMAGES, QA, image_vectors_table, question_vectors_table, text_vectors_table
+from ravlm_core.schemas import (
+    IMAGES,
+    IMAGES_SCHEMA,
+    QA,
+    image_vectors_table,
+    question_vectors_table,
+    text_vectors_table,
+)
 from ravlm_core.store import Store
 
 # How sharply closer neighbours outvote farther ones (softmax temperature over cosine similarity).
@@ -133,6 +140,9 @@ class KnowledgeBase:
     captions: dict[str, str]  # image_id -> caption
     fingerprint: str  # changes whenever the KB's content changes
     config: RetrievalConfig = field(default_factory=RetrievalConfig)
+    # image_id -> every reference caption its listings in the KB carry (COCO, a manifest with a row per caption),
+    # `captions[image_id]` first; images with one caption only may be left out (`references_of` fills them in).
+    references: dict[str, list[str]] = field(default_factory=dict)
     _answer_index: dict[str, int] = field(default_factory=dict, repr=False)
     _images_by_question: dict[int, list[str]] = field(default_factory=dict, repr=False)
     _question_forms: np.ndarray | None = field(default=None, repr=False)
@@ -157,6 +167,13 @@ class KnowledgeBase:
     @property
     def label(self) -> str:
         return kb_label(self.sets)
+
+    def references_of(self, image_id: str) -> list[str]:
+        """Every caption of a KB image, its `caption` first; [] for an image without one."""
+        if image_id in self.references:
+            return self.references[image_id]
+        caption = self.captions.get(image_id)
+        return [caption] if caption else []
 
     def answer_index(self, answer: str) -> int:
         """Index of an answer in the vocabulary, -1 when the KB never saw it."""
@@ -247,7 +264,10 @@ def load_knowledge_base(store: Store, model_tag: str, question_tag: str, sets: l
     where = sets_filter(sets)
     qa = store.read(QA, columns=["image_id", "question", "answer"], where=f"{where} AND answer IS NOT NULL")
     qa = qa.to_pandas() if qa.num_rows else pd.DataFrame(columns=["image_id", "question", "answer"])
-    images = store.read(IMAGES, columns=["image_id", "dataset", "split", "caption"], where=where).to_pandas()
+    if store.has(IMAGES):
+        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
+    columns = ["image_id", "dataset", "split", "caption", "captions"]
+    images = store.read(IMAGES, columns=columns, where=where).to_pandas()
     if not images.empty:  # a stable order, so the same KB always gives the same captions and fingerprint
         images = images.sort_values(["image_id", "dataset", "split"], kind="stable")
     found = set(zip(images.get("dataset", []), images.get("split", [])))
@@ -266,10 +286,24 @@ def load_knowledge_base(store: Store, model_tag: str, question_tag: str, sets: l
     }
     vectors = vectors_by_id(store, question_vectors_table(question_tag), [text_id(q) for q in questions], "text_id")
     captions = {i: c for i, c in zip(images["image_id"], images["caption"]) if isinstance(c, str) and c}
+    references = _references(images, captions)
     digest = hashlib.blake2b(digest_size=8)
+    # References count only where an image has more than its one caption, so a KB of one caption per image keeps
+    # its fingerprint (and its trained answerers and jobs) from before references existed.
     parts = (CONTEXT_VERSION, IMAGE_TAU, QUESTION_TAU, config, model_tag, question_tag, kb_label(sets),
-             *sorted(qa_by_image), *questions, *answers, *sorted(captions.items()))
+             *sorted(qa_by_image), *questions, *answers, *sorted(captions.items()), *sorted(references.items()))
     for part in parts:
         digest.update(str(part).encode() + b"\x1f")
     return KnowledgeBase(sets, model_tag, question_tag, answers, questions, vectors, qa_by_image, captions,
-                         digest.hexdigest(), config)
+                         digest.hexdigest(), config, references)
+
+
+def _references(images: pd.DataFrame, captions: dict[str, str]) -> dict[str, list[str]]:
+    """image id -> its distinct captions over all its KB listings (`captions[id]` first), for images with more
+    than one; the listings come in the stable order `load_knowledge_base` sorted them into."""
+    found: dict[str, dict[str, None]] = {}
+    for image_id, several in zip(images["image_id"], images["captions"]):
+        if image_id in captions and several is not None and len(several):
+            found.setdefault(image_id, {captions[image_id]: None}).update(
+                dict.fromkeys(c for c in several if isinstance(c, str) and c))
+    return {image_id: list(texts) for image_id, texts in found.items() if len(texts) > 1}

@@ -26,6 +26,7 @@ class IngestSummary:
 
     dataset: str
     images_seen: int
+    captions: int
     added: int
     changed: int
     reannotated: int
@@ -60,8 +61,8 @@ def _summarize(scan: ScanResult, applied: ApplyResult | None, bad_rows: list[Bad
                dry_run: bool = False) -> IngestSummary:
     """The applied counts when a plan was applied, else what the scan found."""
     counts = applied or scan
-    return IngestSummary(scan.dataset, scan.images_seen, counts.added, counts.changed, counts.reannotated,
-                         counts.removed, scan.unchanged, scan.new_content, bad_rows, dry_run)
+    return IngestSummary(scan.dataset, scan.images_seen, scan.captions, counts.added, counts.changed,
+                         counts.reannotated, counts.removed, scan.unchanged, scan.new_content, bad_rows, dry_run)
 
 
 def damage_an_image(shard: str) -> None:
