@@ -46,6 +46,7 @@ from ravlm_core.store import Store, sql_quote  # noqa: E402
 log = logging.getLogger("real_photos")
 DEFAULT_GENERATORS = ("builtin-transfer", "smallcap")
 EXAMPLES = 10
+NEAREST = "nearest-caption"
 CONSTANT_CAPTION = "A dog runs through the grass ."
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -84,6 +85,8 @@ def caption_jobs(store: Store, run_id: str) -> dict[str, dict[str, str | None]]:
     if jobs.get("caption"):
         first = (config.get("generators", {}).get("caption") or DEFAULT_GENERATORS)[0]
         out.setdefault(first, {"with": jobs["caption"], "without": jobs.get("caption_without_retrieval")})
+    if jobs.get("caption_nearest"):  # the KB caption nearest the image vector: a baseline eval always runs
+        out[NEAREST] = {"with": jobs["caption_nearest"], "without": None}
     return out
 
 
@@ -193,7 +196,7 @@ def main() -> None:
     refs = references(store, query, args.query_split)
     jobs = caption_jobs(store, result["run_id"])
     per_generator, written = {}, {}
-    for name in generators:
+    for name in [*generators, NEAREST]:
         ids = jobs.get(name, {})
         with_retrieval, without = predictions(store, ids.get("with")), predictions(store, ids.get("without"))
         written[f"{name} (with retrieval)"] = with_retrieval
