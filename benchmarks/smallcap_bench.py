@@ -6,7 +6,9 @@
 `--holdout N` (for choosing settings) takes N images of the KB split out of the KB and captions them against the
 rest; `--query DATASET:SPLIT` captions that set against the whole KB (report it once per final configuration).
 Retrieval is exact cosine k-NN over the store's image vectors, leave-one-out inside the KB as training does.
-`--set` overrides SmallCapConfig fields (`--set n_layer=2 --set tune=all`), `--beams` and `--decode` the
+Held-out scores overstate: the built-in encoder's heads trained on every KB caption, so a held-out KB image's
+vector has seen its own captions (most of all without retrieval); compare configurations with them, not with
+test scores. `--set` overrides SmallCapConfig fields (`--set n_layer=2 --set tune=all`), `--beams` and `--decode` the
 decoding. Prints CIDEr-D / BLEU-4 / ROUGE-L with and without retrieval, the share of captions repeating a
 bigram three or more times, training and captioning seconds, and a few examples.
 """
