@@ -11,6 +11,12 @@ vector has seen its own captions (most of all without retrieval); compare config
 test scores. `--set` overrides SmallCapConfig fields (`--set n_layer=2 --set tune=all`), `--beams` and `--decode` the
 decoding. Prints CIDEr-D / BLEU-4 / ROUGE-L with and without retrieval, the share of captions repeating a
 bigram three or more times, training and captioning seconds, and a few examples.
+
+Measured at the defaults (k=4, 3 beams), flickr8k-dev, the built-in encoder of the time: 80 held-out train images
+CIDEr-D 0.460 with retrieval / 0.438 without (a count embedding that drowned the words, since fixed); the 100 test
+images against all 400 train images 0.278 / 0.270 (BLEU-4 0.094 / 0.098, ROUGE-L 0.365 / 0.369), no caption
+repeating a bigram; caption transfer scores 0.170 there. Training on the 2,000 captions: 576 CPU seconds on a
+2-core machine shared with other jobs (1,263 s wall).
 """
 from __future__ import annotations
 
