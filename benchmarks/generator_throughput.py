@@ -73,14 +73,14 @@ def time_model(generator, reqs: list[Request], task: str, batch_size: int) -> fl
 
 def smallcap_folder(root: Path, device: str) -> Path:
     """A SmallCap decoder at the default config, briefly trained on synthetic captions (timing, not quality)."""
-    from ravlm_core.generators.smallcap import SmallCapConfig, train_smallcap
+    from ravlm_core.generators.smallcap import SmallCapConfig
+    from ravlm_core.generators.smallcap_train import train_smallcap
 
     rng = random.Random(1)
     captions = [f"a drawing of a {rng.choice(COLORS)} {rng.choice(SHAPES)}" for _ in range(64)]
     vectors = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
-    neighbours = [captions[(i + 1) % 64 : (i + 1) % 64 + 5] for i in range(64)]
-    return train_smallcap(vectors, neighbours, captions, root, "throughput", SmallCapConfig(epochs=1, min_steps=1),
-                          device)
+    neighbours = [[[c] for c in captions[(i + 1) % 64 : (i + 1) % 64 + 5]] for i in range(64)]  # one caption each
+    return train_smallcap(vectors, neighbours, captions, root, "throughput", SmallCapConfig(epochs=1), device)
 
 
 def builtin_rows(n: int, device: str) -> list[dict]:

@@ -25,7 +25,7 @@ from ravlm_core.schemas import (
     question_vectors_table,
     vector_schema,
 )
-from tests.helpers.random_models import make_blip, make_vlm
+from tests.helpers.random_models import make_bert, make_blip, make_vlm
 from tests.helpers.stores import ingest_folder
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30)}
@@ -205,7 +205,8 @@ def test_smallcap_trains_on_the_kb_and_captions_with_and_without_retrieval(kb_st
     from ravlm_core.generators.smallcap import SmallCapConfig
 
     store, kb, _ = kb_store
-    config = SmallCapConfig(n_embd=32, n_layer=1, n_head=2, epochs=40, batch_size=4, lr=3e-3, context_dropout=0.3)
+    config = SmallCapConfig(base=str(make_bert(tmp_path / "bert")), n_layer=2, cross_layers=2, epochs=40, batch_size=4,
+                            lr=3e-3, context_dropout=0.3)
     folder = captioning.train_smallcap_for(store, kb, 2, tmp_path, "cpu", config)
     assert captioning.train_smallcap_for(store, kb, 2, tmp_path, "cpu", config) == folder  # cached
     assert not list(folder.glob("*.bin")) and (folder / "model.safetensors").is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,19 @@ from ravlm_core.jobs.parts import (
     part_members,
 )
 from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
-from ravlm_core.retrieval.search import Neighbours, search, sets_filter, stored_guard, vectors_by_id
-from ravlm_core.schemas import CAPTION_PREDICTIONS, CAPTION_PREDICTIONS_SCHEMA, IMAGES, IMAGES_SCHEMA
+from ravlm_core.retrieval.search import (
+    Neighbours,
+    search,
+    sets_filter,
+    stored_guard,
+    vectors_by_id,
+)
+from ravlm_core.schemas import (
+    CAPTION_PREDICTIONS,
+    CAPTION_PREDICTIONS_SCHEMA,
+    IMAGES,
+    IMAGES_SCHEMA,
+)
 from ravlm_core.store import Store
 from ravlm_core.writer import BatchedWriter
 
@@ -138,7 +149,7 @@ def caption_rows(job: GenerationJob, knowledge: KnowledgeBase, members: pd.DataF
     """The `caption_predictions` rows of one job over `members` (listed images), keyed by (job, listing)."""
 
     n = len(members)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return pa.Table.from_pydict(
         {
             "pred_id": pred_ids(job.job_id, members["member_id"].tolist()), "job_id": [job.job_id] * n,
@@ -159,7 +170,8 @@ def train_smallcap_for(store: Store, knowledge: KnowledgeBase, k: int, out_root:
                        config=None) -> Path:
     """Train (or reuse) the KB's SmallCap decoder on its captioned images, each prompted with the captions of
     its own neighbours, retrieved as inference will: never its own bytes or a near-duplicate of it."""
-    from ravlm_core.generators.smallcap import META_FILE, SmallCapConfig, smallcap_dir, train_smallcap
+    from ravlm_core.generators.smallcap import META_FILE, SmallCapConfig
+    from ravlm_core.generators.smallcap_train import smallcap_dir, train_smallcap
 
     config = config or SmallCapConfig()
     image_ids = sorted(knowledge.captions)
@@ -168,8 +180,7 @@ def train_smallcap_for(store: Store, knowledge: KnowledgeBase, k: int, out_root:
                         f"another with --kb")
     # One example per (image, reference caption): COCO's five captions teach five ways to say it.
     references = _kb_references(store, knowledge)
-    examples = [(row, caption) for row, image_id in enumerate(image_ids)
-                for caption in dict.fromkeys([knowledge.captions[image_id], *references.get(image_id, [])])]
+    examples = [(row, caption) for row, image_id in enumerate(image_ids) for caption in references[image_id]]
     captions = [c for _, c in examples]
     data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
     fingerprint = f"{knowledge.fingerprint}:k={k}:{data}"
@@ -179,17 +190,19 @@ def train_smallcap_for(store: Store, knowledge: KnowledgeBase, k: int, out_root:
     guard = stored_guard(store, knowledge, image_ids)
     neighbours = search(store, knowledge.image_table, vectors, k, where=knowledge.where, guard=guard,
                         exclude=None if guard.drop else image_ids)
-    kb_captions = knowledge.captions
-    shown = [list(dict.fromkeys(kb_captions[i] for i in ids if i in kb_captions)) for ids in neighbours.ids]
+    # Per image, per neighbour every caption of it: the context inference shows.
+    shown = [[references[i] for i in ids if i in references] for ids in neighbours.ids]
     rows = [row for row, _ in examples]
     return train_smallcap(vectors[rows], [shown[r] for r in rows], captions, out_root, fingerprint, config, device)
 
 
 def _kb_references(store: Store, knowledge: KnowledgeBase) -> dict[str, list[str]]:
-    """image id -> every reference caption its listings in the KB's sets carry."""
+    """image id -> its distinct captions: the KB's caption first, then every reference its listings in the KB's
+    sets carry."""
     store.ensure_columns(IMAGES, IMAGES_SCHEMA)
     rows = store.read(IMAGES, columns=["image_id", "captions"], where=sets_filter(knowledge.sets))
-    references: dict[str, list[str]] = {}
+    references = {image_id: [caption] for image_id, caption in knowledge.captions.items()}
     for image_id, captions in zip(rows.column("image_id").to_pylist(), rows.column("captions").to_pylist()):
-        references.setdefault(image_id, []).extend(captions or [])
-    return references
+        if image_id in references:
+            references[image_id].extend(captions or [])
+    return {image_id: list(dict.fromkeys(c for c in captions if c)) for image_id, captions in references.items()}

@@ -417,3 +417,17 @@ def make_qwen2vl(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def make_bert(folder: Path, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny random BERT encoder saved as sentence-transformers ships all-MiniLM-L6-v2: BertModel weights
+    (safetensors, no MLM head) and a WordPiece tokenizer; SmallCap warm-starts its decoder from such a folder."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = _bert_tokenizer(vocab_size=1024)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=hidden * 2, max_position_embeddings=256)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
