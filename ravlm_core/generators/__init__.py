@@ -32,6 +32,11 @@ ALIASES = {"voting": "builtin-vote", "vote": "builtin-vote", "fusion": "builtin-
            "consensus": "builtin-transfer", "transfer": "builtin-transfer", "nearest-caption": "builtin-nearest"}
 
 
+# SmallCap's small decoder writes better with a few beams (benchmarks/smallcap_bench.py used 3); the model
+# generators keep greedy decoding unless asked, as their checkpoints' cards suggest for captions.
+DEFAULT_BEAMS = {"smallcap": 3}
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     """What generates, and how: every field is part of the generator's tag, so a change makes a new job."""
@@ -41,7 +46,7 @@ class GeneratorSpec:
     # A template name from `prompts.TEMPLATES`, or a text file; its text (hashed) is part of the tag.
     prompt: str = "default"
     max_new_tokens: int = 24
-    num_beams: int = 1  # 1: greedy
+    num_beams: int = 0  # 0: the kind's default (DEFAULT_BEAMS); 1: greedy
     batch_size: int = 8
     context_items: int = 5  # retrieved neighbours whose captions / answers go into the prompt
     context_images: int = 0  # vlm: that many neighbours' thumbnails go in as extra images
@@ -50,6 +55,8 @@ class GeneratorSpec:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise UserError(f"unknown generator kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.num_beams == 0:  # resolved here, so the tag names the beams that actually ran
+            object.__setattr__(self, "num_beams", DEFAULT_BEAMS.get(self.kind, 1))
         if self.kind in ("blip", "vlm") and not self.model:
             raise UserError(f"generator {self.kind} needs a model: --generator {self.kind}:FOLDER_OR_HUB_ID")
         for name in ("max_new_tokens", "num_beams", "batch_size"):

@@ -40,6 +40,9 @@ class Decoding:
     no_repeat_ngram_size: int = 3
     repetition_penalty: float = 1.2
     length_penalty: float = 1.0
+    # Pieces before the end may be written: without it an undertrained decoder's best hypothesis can be the empty
+    # one (a single log-probability beats any longer sum), and a caption job would store "".
+    min_tokens: int = 2
 
 
 def base_folder(config: SmallCapConfig) -> Path:
@@ -240,6 +243,8 @@ def beam_search(model: SmallCap, memory: torch.Tensor, memory_mask: torch.Tensor
         logits[:, vocab] = model.logits(states, vocab)[:, 0].float()  # [b*beams, V]
         for process in processors:
             logits = process(seqs, logits)
+        if step < decoding.min_tokens:
+            logits[:, end] = float("-inf")
         logp = torch.log_softmax(logits, -1)
         total = (scores.view(-1, 1) + logp).view(b, -1)  # [b, beams * V]
         top, index = total.topk(2 * beams, dim=1)

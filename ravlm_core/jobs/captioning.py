@@ -28,15 +28,12 @@ from ravlm_core.retrieval.knowledge import IMAGE_TAU, KnowledgeBase
 from ravlm_core.retrieval.search import (
     Neighbours,
     search,
-    sets_filter,
     stored_guard,
     vectors_by_id,
 )
 from ravlm_core.schemas import (
     CAPTION_PREDICTIONS,
     CAPTION_PREDICTIONS_SCHEMA,
-    IMAGES,
-    IMAGES_SCHEMA,
 )
 from ravlm_core.store import Store
 from ravlm_core.writer import BatchedWriter
@@ -179,7 +176,7 @@ def train_smallcap_for(store: Store, knowledge: KnowledgeBase, k: int, out_root:
         raise UserError(f"knowledge base {knowledge.label} has no captions to train smallcap on: caption it, or name "
                         f"another with --kb")
     # One example per (image, reference caption): COCO's five captions teach five ways to say it.
-    references = _kb_references(store, knowledge)
+    references = {image_id: knowledge.references_of(image_id) for image_id in image_ids}
     examples = [(row, caption) for row, image_id in enumerate(image_ids) for caption in references[image_id]]
     captions = [c for _, c in examples]
     data = hashlib.blake2b("\x1f".join(captions).encode(), digest_size=8).hexdigest()  # the references too
@@ -194,15 +191,3 @@ def train_smallcap_for(store: Store, knowledge: KnowledgeBase, k: int, out_root:
     shown = [[references[i] for i in ids if i in references] for ids in neighbours.ids]
     rows = [row for row, _ in examples]
     return train_smallcap(vectors[rows], [shown[r] for r in rows], captions, out_root, fingerprint, config, device)
-
-
-def _kb_references(store: Store, knowledge: KnowledgeBase) -> dict[str, list[str]]:
-    """image id -> its distinct captions: the KB's caption first, then every reference its listings in the KB's
-    sets carry."""
-    store.ensure_columns(IMAGES, IMAGES_SCHEMA)
-    rows = store.read(IMAGES, columns=["image_id", "captions"], where=sets_filter(knowledge.sets))
-    references = {image_id: [caption] for image_id, caption in knowledge.captions.items()}
-    for image_id, captions in zip(rows.column("image_id").to_pylist(), rows.column("captions").to_pylist()):
-        if image_id in references:
-            references[image_id].extend(captions or [])
-    return {image_id: list(dict.fromkeys(c for c in captions if c)) for image_id, captions in references.items()}
