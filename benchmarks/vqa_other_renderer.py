@@ -70,6 +70,7 @@ def scored(store: Store, run_id: str) -> dict:
 
 def build_store(out: Path, source: Path, manifest: Path) -> tuple[Runner, dict]:
     """Ingest easy-VQA and the rendered set (as `manifest` lists it) into out/data, and embed."""
+    out.mkdir(parents=True, exist_ok=True)  # Prefect's ephemeral server cannot create its database otherwise
     run = Runner(out)
     run.ravlm("ingest_easy_vqa", "ingest", EASY)
     run.ravlm("ingest_other", "ingest", str(source), "--dataset", OTHER, "--manifest", str(manifest))
