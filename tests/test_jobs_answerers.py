@@ -7,7 +7,7 @@ import pytest
 
 from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
 from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, question_form
-from ravlm_core.retrieval.questions import retrieve_for_vectors
+from ravlm_core.retrieval.questions import Retrieved, retrieve_for_vectors
 from ravlm_core.retrieval.search import Neighbours
 from ravlm_core.schemas import MEMBERSHIPS, vector_schema
 from tests.helpers.vectors import unit_rows
@@ -154,3 +154,29 @@ def test_fusion_learns_from_retrieved_context_and_round_trips(tmp_path):
     again = train_fusion(images[train], questions[train], context[train], labels[train], answers, tmp_path, "fp", config)
     assert again == with_dir and (with_dir / "weights.safetensors").stat().st_mtime_ns == mtime
     assert json.loads((with_dir / "answerer.json").read_text())["answers"] == answers
+
+
+def test_allowed_answers_are_those_the_kb_gave_the_matched_question():
+    # q0 "what colour?" got red / green, q1 "is it red?" got yes / no; an item matched to nothing keeps all.
+    qa = {"a": (np.array([0, 1]), np.array([0, 2])), "b": (np.array([0, 1]), np.array([1, 3]))}
+    kb = _kb(np.eye(2, dtype=np.float32), qa, ["red", "green", "yes", "no"])
+    retrieved = Retrieved(np.zeros((3, 4), np.float32), np.zeros((3, 2), np.float32), np.array([0, 1, -1]),
+                          np.array([0.7, 1.0, 0.0], np.float32), Neighbours.none(3))
+    assert retrieved.allowed_answers(kb).tolist() == [[True, True, False, False], [False, False, True, True],
+                                                      [True, True, True, True]]
+
+
+def test_fusion_answers_only_among_the_allowed_answers(tmp_path):
+    # Trained to answer "yes" to nearly everything, the answerer still picks among the allowed answers, by its
+    # own scores; an item with nothing allowed is answered as without a mask (not by argmax over all -inf).
+    rng = np.random.default_rng(5)
+    n, answers = 400, ["yes", "red", "green"]
+    images, questions = unit_rows(rng, n, 8), unit_rows(rng, n, 8)
+    labels = np.where(rng.random(n) < 0.9, 0, rng.integers(1, 3, n))
+    model = FusionAnswerer(train_fusion(images, questions, np.zeros((n, 4), np.float32), labels, answers, tmp_path,
+                                        "fp", FusionConfig(epochs=4, hidden=32)))
+    context = np.zeros((3, 4), np.float32)
+    allowed = np.array([[False, True, True], [False, False, True], [False, False, False]])
+    got = model.predict(images[:3], questions[:3], context, allowed)
+    assert got[0] in ("red", "green") and got[1] == "green"
+    assert got[2] == model.predict(images[2:3], questions[2:3], context[2:3])[0] != "yes"  # not all -inf: index 0

@@ -77,8 +77,13 @@ class FusionAnswerer:
     def name(self) -> str:
         return self.model_dir.name
 
-    def predict(self, images: np.ndarray, questions: np.ndarray, context: np.ndarray) -> list[str]:
-        """Answers for float32 images [n, di], questions [n, dq], context [n, dc] (ignored without retrieval)."""
+    def predict(self, images: np.ndarray, questions: np.ndarray, context: np.ndarray,
+                allowed: np.ndarray | None = None) -> list[str]:
+        """Answers for float32 images [n, di], questions [n, dq], context [n, dc] (ignored without retrieval).
+
+        `allowed` (bool [n, n_answers], optional) restricts each item to the answers its question can take: a
+        question worded unlike any the answerer trained on otherwise drifts to the commonest answers ("yes" to
+        "which colour is the figure?"). An item with nothing allowed keeps every answer."""
         torch = self._torch
         if not self.config.use_retrieval:
             context = np.zeros_like(context)
@@ -87,7 +92,12 @@ class FusionAnswerer:
             for start in range(0, len(images), 4096):
                 batch = [torch.from_numpy(np.ascontiguousarray(a[start : start + 4096])).to(self.device)
                          for a in (images, questions, context)]
-                out.extend(self.answers[i] for i in self.net(*batch).argmax(1).tolist())
+                logits = self.net(*batch)
+                if allowed is not None:
+                    mask = torch.from_numpy(allowed[start : start + 4096]).to(self.device)
+                    mask[~mask.any(1)] = True
+                    logits = logits.masked_fill(~mask, float("-inf"))
+                out.extend(self.answers[i] for i in logits.argmax(1).tolist())
         return out
 
 

@@ -96,7 +96,8 @@ def answer(knowledge: KnowledgeBase, retrieved: Retrieved, variant: str, answere
         return vote_answers(context, knowledge.answers)
     if answerer is None:
         raise ValueError(f"variant {variant!r} needs a trained fusion answerer")
-    return answerer.predict(retrieved.image_vectors, retrieved.question_vectors, context)
+    return answerer.predict(retrieved.image_vectors, retrieved.question_vectors, context,
+                            retrieved.allowed_answers(knowledge))
 
 
 def _generate_answers(store: Store, knowledge: KnowledgeBase, items: pd.DataFrame, job: GenerationJob, k: int,

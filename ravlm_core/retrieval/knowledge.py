@@ -41,7 +41,7 @@ IMAGE_TAU = 0.05
 QUESTION_TAU = 0.05
 # Part of every KB fingerprint: bump it when retrieval or `votes` change meaning, so job ids and trained
 # answerers that depend on them are recomputed rather than reused.
-CONTEXT_VERSION = "question-form-3"
+CONTEXT_VERSION = "answer-masks-4"
 
 
 def _setting(name: str):

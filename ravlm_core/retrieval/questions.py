@@ -26,6 +26,17 @@ class Retrieved:
     def context(self, knowledge: KnowledgeBase) -> np.ndarray:
         return knowledge.votes(self.neighbours, self.question_index, self.question_sim, self.question_vectors)
 
+    def allowed_answers(self, knowledge: KnowledgeBase) -> np.ndarray:
+        """bool [n_items, n_answers]: the answers the KB ever gave the question matched to each item (a colour
+        question takes colours, a yes/no question yes or no); all of them for an item that matched none."""
+        given = np.zeros((len(knowledge.questions), len(knowledge.answers)), bool)
+        for questions, answers in knowledge.qa_by_image.values():
+            given[questions, answers] = True
+        out = np.ones((len(self.question_index), len(knowledge.answers)), bool)
+        matched = (self.question_index >= 0) & (self.question_sim >= knowledge.config.question_match_min)
+        out[matched] = given[self.question_index[matched]]
+        return out
+
 
 def retrieve_for_items(store: Store, knowledge: KnowledgeBase, image_ids: list[str], questions: list[str], k: int,
                        training: bool = False) -> Retrieved:
