@@ -26,6 +26,7 @@ class SmallCapConfig:
     context_pieces: int = 48  # memory slots for them at most, the most used first
     max_caption_tokens: int = 32
     epochs: int = 8
+    max_steps: int = 256  # optimiser steps at most (2,000 captions x 8 epochs at batch 64)
     batch_size: int = 64
     lr: float = 2e-3
     context_dropout: float = 0.25  # share of training examples that see no retrieved captions
