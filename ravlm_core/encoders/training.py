@@ -73,9 +73,7 @@ def train_builtin_encoder(
         ValueError: an image has no non-empty caption, or images and captions differ in number.
         TypeError: an item of `images` is not a PIL image.
     """
-    import torch
-
-    from ravlm_core.encoders.align import HeadConfig, train_heads
+    from ravlm_core.encoders.align import HeadConfig
     from ravlm_core.encoders.backbones import TRAINING_RESAMPLE, ImagePreprocessing
 
     captions = _checked_captions(captions)
@@ -131,8 +129,9 @@ def fit_heads(image_views, text_features, image_captions: list[list[int]], confi
     if held:
         kept = sorted(set(range(len(image_captions))) - set(held))
         held_views, held_captions = image_views[held, 0], [image_captions[i] for i in held]
-        score = lambda heads: _selection_score(  # noqa: E731
-            retrieval_recall(heads, held_views, text_features, held_captions))
+        # The heads train on `device` while these features stay on the CPU: measured where the heads are.
+        score = lambda heads: _selection_score(retrieval_recall(  # noqa: E731
+            heads, *_on_device_of(heads, held_views, text_features), held_captions))
         heads, _, best_epoch = train_heads(image_views[kept], text_features, *_pairs(image_captions, kept), config,
                                            device, validate=score, patience=patience)
         heldout_recall = retrieval_recall(heads, held_views, text_features, held_captions)
@@ -173,7 +172,7 @@ def retrieval_recall(heads, image_features, text_features, image_captions: list[
     for image, per_image in enumerate(image_captions):
         relevant[[row[c] for c in per_image], image] = True
     with torch.no_grad():
-        scores = heads.embed_texts(text_features[queries]) @ heads.embed_images(image_features).T  # [Q, M]
+        scores = (heads.embed_texts(text_features[queries]) @ heads.embed_images(image_features).T).cpu()  # [Q, M]
     out = {}
     for direction, matrix, truth in (("t2i", scores, relevant), ("i2t", scores.T, relevant.T)):
         order = matrix.argsort(dim=1, descending=True)
@@ -183,6 +182,11 @@ def retrieval_recall(heads, image_features, text_features, image_captions: list[
             out[f"{direction}_recall@{k}"] = round((top / truth.sum(1)).mean().item(), 4)
             out[f"{direction}_hit@{k}"] = round((top > 0).float().mean().item(), 4)
     return out
+
+
+def _on_device_of(heads, *tensors):
+    device = next(heads.parameters()).device
+    return [tensor.to(device) for tensor in tensors]
 
 
 def _selection_score(recall: dict[str, float]) -> float:
