@@ -15,7 +15,7 @@ from ravlm_core.contents import read_shard
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import decode_image
 from ravlm_core.locations import is_remote, join, local_models, publish, pulled, read_text, write_text
-from ravlm_core.schemas import ACTIVE, CONTENTS, IMAGES
+from ravlm_core.schemas import ACTIVE, CONTENTS, IMAGES, IMAGES_SCHEMA
 from ravlm_core.store import Store, chunks, in_list, sql_quote
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ def alignment_pairs(store: Store, split: str,
                     limit: int = MAX_ALIGNMENT_IMAGES) -> tuple[list[Image.Image], list[list[str]]]:
     """Decoded images and all their captions (`captions`, else `caption`) for every captioned image of `split` (all
     datasets), up to `limit` images. An image listed in several datasets gets the captions of every listing."""
+    if store.has(IMAGES):
+        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store written before it existed
     rows = store.read(IMAGES, columns=["image_id", "caption", "captions"],
                       where=f"split = {sql_quote(split)} AND {ACTIVE}")
     captions_of: dict[str, list[str]] = defaultdict(list)
