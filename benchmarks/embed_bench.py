@@ -102,7 +102,7 @@ def ingest_photos(work: Path, n: int, side: int, shard_size: int, easy: bool = F
 
 
 def builtin_encoder(work: Path, device: str, image_size: int = 128) -> str:
-    from ravlm_core.encoders.builtin import train_builtin_encoder
+    from ravlm_core.encoders.training import train_builtin_encoder
 
     make_photos(work / "train", 64, 64, seed=1)
     images = [Image.open(path).convert("RGB") for path in sorted((work / "train").glob("*.jpg"))]

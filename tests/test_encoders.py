@@ -219,7 +219,7 @@ def test_folded_network_computes_the_package_network():
 
 @pytest.fixture(scope="module")
 def builtin_folder(tmp_path_factory):
-    from ravlm_core.encoders.builtin import train_builtin_encoder
+    from ravlm_core.encoders.training import train_builtin_encoder
 
     images = _colour_images(8, seed=3)
     return train_builtin_encoder(images, ["a red square", "a blue circle"] * 4, tmp_path_factory.mktemp("models"),

@@ -66,6 +66,7 @@ def test_status_reads_the_tables_and_the_pinned_encoder(session):
     assert rows == {"images": 16, "contents": 16, "qa": 125, f"{MODEL_TAG}__image_vectors": 16,
                     f"{MODEL_TAG}__text_vectors": 54}
     assert status["encoder"]["model_tag"] == MODEL_TAG
+    assert status["encoder"]["train_recall"] is None and status["encoder"]["heldout_recall"] is None  # not measured
     assert status["images_without_vectors"]["count"] == 0
 
 

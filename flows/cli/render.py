@@ -118,10 +118,23 @@ def tables(found: dict) -> None:
             table(name, ["column", "type"], [[c, kind] for c, kind in described["schema"].items()])
 
 
+def encoder_recall(encoder: dict) -> str:
+    """One line: the built-in heads' recall on their training images beside the held-out ones (overfitting shows)."""
+    def figures(recall: dict | None) -> str:
+        if not recall:
+            return "n/a (too few images to hold any out)"
+        return ", ".join(f"{d}@{k} {recall[f'{d}_recall@{k}']:.3f}" for d in ("t2i", "i2t") for k in (1, 10))
+
+    return (f"  recall (IR) train: {figures(encoder['train_recall'])}; held-out ({encoder['heldout_images']} images, "
+            f"epoch {encoder['best_epoch']}): {figures(encoder['heldout_recall'])}")
+
+
 def status(result: dict) -> None:
     typer.echo(f"store {result['store']}")
     encoder = result["encoder"]
     typer.echo(f"encoder {encoder['model_tag'] if encoder else 'none pinned yet (run ravlm embed)'}")
+    if encoder and encoder.get("train_recall"):
+        typer.echo(encoder_recall(encoder))
     table("tables", ["table", "rows", "version", "indexes"],
           [[n, t["rows"], t["version"], ", ".join(t["indexes"])] for n, t in result["tables"].items()])
     indexes = result.get("vector_indexes") or {}

@@ -15,15 +15,15 @@ from ravlm_core.contents import read_shard
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import decode_image
 from ravlm_core.locations import is_remote, join, local_models, publish, pulled, read_text, write_text
-from ravlm_core.schemas import ACTIVE, CONTENTS, IMAGES
+from ravlm_core.schemas import ACTIVE, CONTENTS, IMAGES, IMAGES_SCHEMA
 from ravlm_core.store import Store, chunks, in_list, sql_quote
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUILTIN = "builtin"
-# Caption pairs used to train the built-in heads; more adds little for frozen towers and costs decode time.
-MAX_ALIGNMENT_PAIRS = 20_000
+# Captioned images used to train the built-in heads; more adds little for frozen towers and costs decode time.
+MAX_ALIGNMENT_IMAGES = 20_000
 
 
 def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str, *, split: str = "train",
@@ -47,9 +47,10 @@ def resolve_encoder(spec: str, store: Store, models_dir: str | Path, device: str
     if not images:
         raise UserError(f"no captioned '{split}' images in {store.uri} to train the built-in encoder on: "
                         "ingest a dataset with captions first (e.g. `ravlm ingest easy-vqa`)")
-    from ravlm_core.encoders.builtin import train_builtin_encoder
+    from ravlm_core.encoders.training import train_builtin_encoder
 
-    log.info("training the built-in encoder's alignment heads on %d image-caption pairs", len(images))
+    log.info("training the built-in encoder's alignment heads on %d images, %d captions", len(images),
+             sum(map(len, captions)))
     model_dir = train_builtin_encoder(images, captions, local_models(models_dir), device=device)
     from ravlm_core.encoders.builtin import BuiltinEncoder
     from ravlm_core.encoders.text_query import export_text_query
@@ -86,16 +87,24 @@ def _pinned_builtin(models_dir: str | Path) -> str | None:
     return pinned if Path(pinned).exists() else None
 
 
-def alignment_pairs(store: Store, split: str, limit: int = MAX_ALIGNMENT_PAIRS) -> tuple[list[Image.Image], list[str]]:
-    """Decoded images and their captions for every captioned image of `split` (all datasets), up to `limit`."""
-    rows = store.read(IMAGES, columns=["image_id", "caption"],
-                      where=f"split = {sql_quote(split)} AND caption IS NOT NULL AND {ACTIVE}")
-    caption_of = dict(sorted(zip(*(rows.column(c).to_pylist() for c in ("image_id", "caption"))))) if rows.num_rows else {}
-    by_shard: dict[str, dict[str, str]] = defaultdict(dict)
-    for ids in chunks(sorted(caption_of)):
+def alignment_pairs(store: Store, split: str,
+                    limit: int = MAX_ALIGNMENT_IMAGES) -> tuple[list[Image.Image], list[list[str]]]:
+    """Decoded images and all their captions (`captions`, else `caption`) for every captioned image of `split` (all
+    datasets), up to `limit` images. An image listed in several datasets gets the captions of every listing."""
+    if store.has(IMAGES):
+        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store written before it existed
+    rows = store.read(IMAGES, columns=["image_id", "caption", "captions"],
+                      where=f"split = {sql_quote(split)} AND {ACTIVE}")
+    captions_of: dict[str, list[str]] = defaultdict(list)
+    for image_id, caption, captions in zip(*(rows.column(c).to_pylist() for c in ("image_id", "caption", "captions"))):
+        given = [c for c in (captions or [caption]) if c and c.strip()]
+        captions_of[image_id].extend(c for c in given if c not in captions_of[image_id])
+    captions_of = {image_id: given for image_id, given in sorted(captions_of.items()) if given}
+    by_shard: dict[str, dict[str, list[str]]] = defaultdict(dict)
+    for ids in chunks(sorted(captions_of)):
         shards = store.read(CONTENTS, columns=["image_id", "shard"], where=in_list("image_id", ids))
         for image_id, shard in zip(*(shards.column(c).to_pylist() for c in ("image_id", "shard"))):
-            by_shard[shard][image_id] = caption_of[image_id]
+            by_shard[shard][image_id] = captions_of[image_id]
     images, captions = [], []
     for shard, wanted in sorted(by_shard.items()):
         table = read_shard(shard, ["image_id", "image"])

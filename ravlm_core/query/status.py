@@ -66,16 +66,21 @@ def vector_indexes(store: Store) -> dict[str, dict]:
 
 
 def _pinned_encoder(models_dir: str | Path) -> dict | None:
-    """The pinned built-in encoder's folder and tag, read from its files where they live (a bucket included)
-    without downloading the model: status stays cheap. A pin to a folder that is gone still shows its name."""
+    """The pinned built-in encoder's folder, tag and training recall (text→image and image→text on its training
+    images and on the held-out ones; None for encoders trained before they were measured), read from its files where
+    they live (a bucket included) without downloading the model: status stays cheap. A pin to a folder that is gone
+    still shows its name."""
     pin = read_text(join(models_dir, "builtin.json"))
     if pin is None:
         return None
     pinned = json.loads(pin)["model_dir"]
     folder = join(models_dir, pinned) if is_remote(models_dir) else Path(pinned)  # a bucket's pin is relative
     spec = read_text(join(folder, "encoder.json"))
-    tag = json.loads(spec).get("tag") if spec else None
-    return {"model_dir": str(folder), "model_tag": tag or Path(pinned).name}
+    fields = json.loads(spec) if spec else {}
+    training = fields.get("training") or {}
+    return {"model_dir": str(folder), "model_tag": fields.get("tag") or Path(pinned).name,
+            "best_epoch": training.get("best_epoch"), "heldout_images": training.get("heldout_images"),
+            "train_recall": training.get("train_recall"), "heldout_recall": training.get("heldout_recall")}
 
 
 def _images_without_vectors(store: Store, model_tag: str) -> dict:
