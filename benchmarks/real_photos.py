@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 

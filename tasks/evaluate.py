@@ -26,19 +26,19 @@ def evaluate_run(store_uri: str, model_tag: str, dataset: str, split: str, jobs:
         return score[task](store, job) if job else scoring.not_applicable(generator)
 
     results: dict = {}
-    for task, baseline in (("vqa", ("vqa_voting", "voting")), ("caption", ("caption_nearest", "nearest_caption"))):
-        if task not in jobs:
+    for kind, baseline in (("vqa", ("vqa_voting", "voting")), ("caption", ("caption_nearest", "nearest_caption"))):
+        if kind not in jobs:
             continue
-        results[task] = score[task](store, jobs[task])
-        if f"{task}_without_retrieval" in jobs:
-            results[task]["without_retrieval"] = without(task, jobs[f"{task}_without_retrieval"], chosen.get(task))
+        results[kind] = score[kind](store, jobs[kind])
+        if f"{kind}_without_retrieval" in jobs:
+            results[kind]["without_retrieval"] = without(kind, jobs[f"{kind}_without_retrieval"], chosen.get(kind))
         if jobs.get(baseline[0]):
-            results[task][baseline[1]] = score[task](store, jobs[baseline[0]])
+            results[kind][baseline[1]] = score[kind](store, jobs[baseline[0]])
         # Further generators, each with and without retrieval, beside the chosen one.
-        others = jobs.get("generators", {}).get(task, {})
+        others = jobs.get("generators", {}).get(kind, {})
         if others:
-            results[task]["generators"] = {name: {**score[task](store, ids["with"]),
-                                                  "without_retrieval": without(task, ids["without"], name)}
+            results[kind]["generators"] = {name: {**score[kind](store, ids["with"]),
+                                                  "without_retrieval": without(kind, ids["without"], name)}
                                            for name, ids in others.items()}
     text_to_image = scoring.text_to_image_metrics(store, model_tag, dataset, split)
     if text_to_image:
