@@ -95,6 +95,8 @@ def alignment_pairs(store: Store, split: str,
         store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store written before it existed
     rows = store.read(IMAGES, columns=["image_id", "caption", "captions"],
                       where=f"split = {sql_quote(split)} AND {ACTIVE}")
+    if not rows.num_rows:  # no images table yet reads as an empty table without columns
+        return [], []
     captions_of: dict[str, list[str]] = defaultdict(list)
     for image_id, caption, captions in zip(*(rows.column(c).to_pylist() for c in ("image_id", "caption", "captions"))):
         given = [c for c in (captions or [caption]) if c and c.strip()]
