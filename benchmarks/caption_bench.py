@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cross_kb import Runner  # noqa: E402
+from benchmarks.cross_kb import Runner, measure_defaults  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
 from ravlm_core.schemas import CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES
 from ravlm_core.store import Store, sql_quote  # noqa: E402
@@ -88,10 +87,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the store a previous run left in --out")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for key in [k for k in os.environ if k.startswith("RAVLM_")]:
-        log.warning("ignoring %s: the benchmark measures the defaults", key)
-        del os.environ[key]
+    measure_defaults()
     out = args.out.resolve()
     if not args.reuse:
         for sub in ("data", "reports", "prefect", "shapes-src", "shapes-evs-src"):

@@ -61,6 +61,14 @@ NEGATION = re.compile(r"\b(?:not|no|lack|lacks|without|other than)\b|n't")
 HISTOGRAM_EDGES = [0.0, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0001]
 
 
+def measure_defaults() -> None:
+    """Log to stderr and drop every RAVLM_* variable: a benchmark measures the defaults a new user gets."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for key in [k for k in os.environ if k.startswith("RAVLM_")]:
+        log.warning("ignoring %s: the benchmark measures the defaults", key)
+        del os.environ[key]
+
+
 class Runner:
     """Runs CLI commands as a user would (fresh Prefect home under --out) and keeps them for the report."""
 
@@ -369,11 +377,8 @@ def main() -> None:
                         help="keep what a previous run with the same sizes left in --out (else start afresh)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    measure_defaults()
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    for key in [k for k in os.environ if k.startswith("RAVLM_")]:
-        log.warning("ignoring %s: the benchmark measures the defaults", key)
-        del os.environ[key]
     out = args.out.resolve()
     source = out / f"{QUERY}-src"
     if not args.reuse:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cross_kb import Runner  # noqa: E402
+from benchmarks.cross_kb import Runner, measure_defaults  # noqa: E402
 from ravlm_core.evaluate.metrics import caption_metrics  # noqa: E402
 from ravlm_core.schemas import CAPTION_PREDICTIONS, EVAL_RUNS, IMAGES  # noqa: E402
 from ravlm_core.store import Store, sql_quote  # noqa: E402
@@ -169,10 +168,7 @@ def main() -> None:
     parser.add_argument("--query-split", default="test")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for key in [k for k in os.environ if k.startswith("RAVLM_")]:
-        log.warning("ignoring %s: the benchmark measures the defaults", key)
-        del os.environ[key]
+    measure_defaults()
     generators = args.generator or list(DEFAULT_GENERATORS)
     data, out = args.data.resolve(), args.out.resolve()
     for sub in ("data", "reports", "prefect"):

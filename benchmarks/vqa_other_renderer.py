@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -29,7 +28,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cross_kb import Runner, eval_jobs  # noqa: E402
+from benchmarks.cross_kb import Runner, eval_jobs, measure_defaults  # noqa: E402
 from benchmarks.render_other_shapes import render  # noqa: E402
 from ravlm_core.config import Settings  # noqa: E402
 from ravlm_core.retrieval.knowledge import question_form  # noqa: E402
@@ -93,10 +92,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the stores a previous run left in --out")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for key in [k for k in os.environ if k.startswith("RAVLM_")]:
-        log.warning("ignoring %s: the benchmark measures the defaults", key)
-        del os.environ[key]
+    measure_defaults()
     out = args.out.resolve()
     if not args.reuse:
         for sub in ("own", "cross", "src"):
