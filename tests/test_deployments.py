@@ -195,6 +195,9 @@ def test_prefect_deploy_all_from_the_repo_then_a_process_worker_runs_a_stage_wit
     run = _wait("the worker's ingest run to finish", lambda: _finished(api, queued["id"]), 300, every=3)
     assert run["state_type"] == "COMPLETED", (tmp / "worker.log").read_text()[-3000:]
     assert Store(str(tmp / "worker-data" / "lancedb")).count(IMAGES) == 32
-    logs = api.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [queued["id"]]}}, "limit": 200})
-    assert any(e["name"] == "ravlm_core.ingest.scan" and "new images" in e["message"] for e in logs), [
-        (e["name"], e["message"][:80]) for e in logs]
+    # The run's log lines reach the API in batches, some after its state says COMPLETED: wait for the library's.
+    def scan_logged():
+        logs = api.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [queued["id"]]}}, "limit": 200})
+        return any(e["name"] == "ravlm_core.ingest.scan" and "new images" in e["message"] for e in logs)
+
+    _wait("the library's ingest log line in the run's logs", scan_logged, 60)
