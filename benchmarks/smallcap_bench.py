@@ -92,7 +92,8 @@ def main() -> None:
 
     def fields(cls, pairs):
         types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
-        return cls(**{k: types[k](v) for k, v in (p.split("=", 1) for p in pairs)})
+        parse = lambda k, v: v.lower() in ("1", "true", "yes") if types[k] is bool else types[k](v)  # noqa: E731
+        return cls(**{k: parse(k, v) for k, v in (p.split("=", 1) for p in pairs)})
 
     config, decoding = fields(SmallCapConfig, args.set), fields(Decoding, args.decode)
     store = Store(str(Path(args.data_dir) / "lancedb"))

@@ -2,6 +2,8 @@
 safetensors and loaded through the generator's own loader."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,8 @@ def test_it_writes_only_word_pieces_the_kb_captions_use(reader, bert):
 
 def test_the_model_is_safetensors_and_a_foreign_folder_is_refused(reader, bert, tmp_path):
     assert not list(reader.glob("*.bin")) and (reader / "model.safetensors").is_file()
+    consensus = json.loads((reader / "consensus.json").read_text())  # n-gram frequencies of the 8 distinct captions
+    assert consensus["n_docs"] == 8 and consensus["frequencies"][str(_ids(reader, "circle")[0])] == 4
     with pytest.raises(UserError, match="not a SmallCap decoder"):
         _generator(bert)
     with pytest.raises(UserError, match="smallcap writes captions"):
@@ -99,3 +103,9 @@ def test_the_model_is_safetensors_and_a_foreign_folder_is_refused(reader, bert, 
     with pytest.raises(UserError, match="tune"):
         train_smallcap(np.ones((1, 8), np.float32), [[]], ["a dog"], tmp_path, "x",
                        SmallCapConfig(base=str(bert), tune="some"))
+
+
+def _ids(folder, text):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)(text, add_special_tokens=False)["input_ids"]

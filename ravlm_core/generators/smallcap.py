@@ -26,16 +26,19 @@ from ravlm_core.generators import (
     generator_tag,
     torch_dtype,
 )
+from ravlm_core.generators.ngram_consensus import ConsensusScorer
 from ravlm_core.generators.prompts import context_block, load_template, render
 from ravlm_core.generators.smallcap_model import (
     Decoding,
     SmallCap,
     SmallCapConfig,
     beam_search,
+    caption_ids,
     context_bags,
 )
 
 META_FILE = "smallcap.json"
+CONSENSUS_FILE = "consensus.json"  # the KB captions' n-gram document frequencies (`ngram_consensus`)
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -79,6 +82,8 @@ class SmallCapGenerator:
         self.spec, self.device, self.decoding = spec, device, decoding or Decoding()
         self.template = load_template("smallcap", spec.prompt, "caption")
         self.tag = generator_tag(spec, folder)
+        frequencies = json.loads((folder / CONSENSUS_FILE).read_text()) if (folder / CONSENSUS_FILE).is_file() else {}
+        self.consensus = ConsensusScorer(frequencies.get("frequencies", {}), frequencies.get("n_docs", 1))
 
     def generate(self, requests: list[Request], task: str) -> list[Generation]:
         if task != "caption":
@@ -93,7 +98,10 @@ class SmallCapGenerator:
         with torch.inference_mode():
             memory, mask = self.model.memory(vectors.to(self.device, self.dtype), pieces.to(self.device),
                                              counts.to(self.device))
-        ids = beam_search(self.model, memory, mask, self.tokenizer.cls_token_id, self.tokenizer.sep_token_id,
-                          self.vocab, self.spec.num_beams, self.spec.max_new_tokens, self.decoding)
+        hypotheses = beam_search(self.model, memory, mask, self.tokenizer.cls_token_id, self.tokenizer.sep_token_id,
+                                 self.vocab, self.spec.num_beams, self.spec.max_new_tokens, self.decoding)
+        retrieved = [caption_ids(self.tokenizer, s, self.config.max_caption_tokens) if self.decoding.consensus else []
+                     for s in shown]
+        ids = [self.consensus.choose(h, r) for h, r in zip(hypotheses, retrieved)]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [Generation(t.strip(), p) for t, p in zip(texts, prompts)]

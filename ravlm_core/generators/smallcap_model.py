@@ -44,6 +44,9 @@ class Decoding:
     # Pieces before the end may be written: without it an undertrained decoder's best hypothesis can be the empty
     # one (a single log-probability beats any longer sum), and a caption job would store "".
     min_tokens: int = 2
+    # Of the finished hypotheses, write the one the retrieved captions agree with most (`ngram_consensus`); the
+    # most probable one where nothing was retrieved, or with False.
+    consensus: bool = True
 
 
 def base_folder(config: SmallCapConfig) -> Path:
@@ -219,9 +222,11 @@ def context_bags(tokenizer, contexts: list[list[str]], limit: int) -> tuple[torc
 
 @torch.inference_mode()
 def beam_search(model: SmallCap, memory: torch.Tensor, memory_mask: torch.Tensor, start: int, end: int,
-                vocab: torch.Tensor, beams: int, max_tokens: int, decoding: Decoding) -> list[list[int]]:
-    """Per item the best finished sequence (ids after `start`, without `end`), scored by log-probability over
-    length ** length_penalty; only pieces in `vocab` (ids) are written, and only their logits are computed.
+                vocab: torch.Tensor, beams: int, max_tokens: int,
+                decoding: Decoding) -> list[list[tuple[float, list[int]]]]:
+    """Per item its finished sequences (ids after `start`, without `end`), best first, each with its score: the
+    log-probability over length ** length_penalty. At least `beams` of them unless the search ran out of
+    hypotheses; only pieces in `vocab` (ids) are written, and only their logits are computed.
     transformers' own processors ban repeated n-grams and penalise repeated pieces."""
     from transformers import (
         NoRepeatNGramLogitsProcessor,
@@ -269,4 +274,4 @@ def beam_search(model: SmallCap, memory: torch.Tensor, memory_mask: torch.Tensor
         scores = next_scores
         if all(len(d) >= beams for d in done) or bool(torch.isinf(scores).all()):
             break
-    return [max(d)[1] if d else [] for d in done]
+    return [sorted(d, key=lambda hypothesis: -hypothesis[0]) or [(0.0, [])] for d in done]

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ravlm_core.generators.smallcap import META_FILE, WEIGHTS_FILE, context_captions
+from ravlm_core.generators.ngram_consensus import document_frequencies
+from ravlm_core.generators.smallcap import CONSENSUS_FILE, META_FILE, WEIGHTS_FILE, context_captions
 from ravlm_core.generators.smallcap_model import (
     SmallCapConfig,
     caption_ids,
@@ -106,6 +107,8 @@ def train_smallcap(image_vectors: np.ndarray, neighbour_captions: list[list[list
     with written_whole(model_dir) as folder:
         save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE)
         tokenizer.save_pretrained(folder)
+        frequencies, n_docs = document_frequencies(ids[:-1] for ids in dict.fromkeys(map(tuple, targets)))
+        (folder / CONSENSUS_FILE).write_text(json.dumps({"n_docs": n_docs, "frequencies": frequencies}))
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
     return model_dir
 
