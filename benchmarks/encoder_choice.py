@@ -112,7 +112,8 @@ def t2i(recall: dict) -> dict:
 def measure(candidate: str, train, test, seeds: int, defaults: dict) -> dict:
     model, size, aug, *hidden = candidate.split(":")
     size, views = int(size), defaults["views"] if aug == "aug" else 0
-    defaults = {**defaults, "hidden": int(hidden[0]) if hidden else defaults["hidden"]}
+    widths = (int(hidden[0]),) if hidden else tuple(defaults["hidden"])  # the default: every candidate width
+    defaults = {**defaults, "hidden": widths[0]}
     network = backbone(model, size)
     train_views, seconds = features(network, size, train[0], views, seed=0)
     test_views, _ = features(network, size, test[0], 0, seed=0)
@@ -123,13 +124,14 @@ def measure(candidate: str, train, test, seeds: int, defaults: dict) -> dict:
     runs = []
     for seed in range(seeds):
         fit = fit_heads(train_views, train_text, train_ids, HeadConfig(**{**config.__dict__, "seed": seed}),
-                        defaults["holdout"], defaults["patience"])
+                        defaults["holdout"], defaults["patience"], widths=widths)
         test_recall = retrieval_recall(fit.heads, test_views[:, 0], test_text, test_ids)
         runs.append({"heldout": t2i(fit.heldout_recall), "test": t2i(test_recall), "train": t2i(fit.train_recall),
-                     "best_epoch": fit.best_epoch})
+                     "best_epoch": fit.best_epoch, "hidden": fit.hidden})
     mean = lambda part: {k: round(float(np.mean([r[part][k] for r in runs])), 4) for k in runs[0][part]}  # noqa: E731
     return {"candidate": candidate, "feature_s_per_image": round(seconds, 4), "heldout": mean("heldout"),
-            "test": mean("test"), "train": mean("train"), "best_epochs": [r["best_epoch"] for r in runs]}
+            "test": mean("test"), "train": mean("train"), "best_epochs": [r["best_epoch"] for r in runs],
+            "hidden": [r["hidden"] for r in runs]}
 
 
 def choose(results: list[dict], tolerance: float) -> dict:
@@ -143,7 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="COCO-captions folder or manifest .jsonl")
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES,
-                        help="model:size:aug|none[:hidden], comma-separated (hidden 0: linear heads)")
+                        help="model:size:aug|none[:hidden], comma-separated (hidden 0: linear heads; left out: the "
+                             "encoder's own choice among its candidate widths)")
     parser.add_argument("--kb-split", default="train")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--seeds", type=int, default=3, help="held-out splits and head initialisations per candidate")
@@ -176,7 +179,7 @@ def _row(r: dict) -> str:
 
     return (f"{r['candidate']:<18} {r['feature_s_per_image'] * 1000:7.1f} ms/img | held-out R@1/5/10 H@1/5/10 "
             f"{figures('heldout')} | test {figures('test')} | train R@1 {r['train']['t2i_recall@1']:.3f} | "
-            f"epochs {r['best_epochs']}")
+            f"epochs {r['best_epochs']} | hidden {r['hidden']}")
 
 
 if __name__ == "__main__":

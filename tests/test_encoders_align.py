@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from ravlm_core.errors import UserError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 # 32 px keeps the backbone pass to a fraction of a second; augmented views have tests of their own.
-FAST = dict(image_size=32, epochs=30, batch_size=32, views=0)
+FAST = dict(image_size=32, epochs=30, batch_size=32, views=0, hidden=512)
 # Heads shaped like the default built-in ones (hidden 512, dim 256), trained briefly.
 TRAINED_SHAPES = HeadConfig(dim=256, hidden=512, epochs=2, batch_size=8, lr=2e-3, weight_decay=1e-4, seed=0)
 
@@ -375,3 +376,18 @@ def test_status_shows_train_and_held_out_recall(trained, tmp_path):
     line = encoder_recall(encoder)
     assert f"held-out (10 images, epoch {training.best_epoch})" in line
     assert f"t2i@1 {training.heldout_recall['t2i_recall@1']:.3f}" in line
+
+
+def test_the_head_width_is_chosen_on_held_out_recall(data, tmp_path, caplog):
+    from ravlm_core.encoders.training import HIDDEN_MARGIN
+
+    images, captions = data
+    with caplog.at_level("INFO", logger="ravlm_core.encoders.training"):
+        folder = train_builtin_encoder(images, captions, tmp_path, **dict(FAST, hidden=(512, 0)))
+    scores = {int(m[0]): float(m[1]) for m in re.findall(r"hidden width (\d+): held-out score ([\d.]+)", caplog.text)}
+    assert set(scores) == {512, 0}
+    expected = 0 if scores[0] > scores[512] + HIDDEN_MARGIN else 512
+    assert read_spec(folder).training.hidden == expected
+    assert _precision_at_16(load_encoder(folder), images, captions) == 1.0
+    linear = train_builtin_encoder(images, captions, tmp_path, **dict(FAST, hidden=0))
+    assert read_spec(linear).training.hidden == 0 and load_encoder(linear).embed_texts(["a red square"]).shape == (1, 256)

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from ravlm_core.generators.ngram_consensus import ConsensusScorer, document_frequencies, ngram_counts
+from ravlm_core.generators.ngram_consensus import (
+    ConsensusScorer,
+    document_frequencies,
+    ngram_counts,
+)
 
 # Word-piece ids as the decoder writes them: 1 "a", 2 "dog", 3 "runs", 4 "on", 5 "grass", 6 "man", 7 "sits".
 DOG_ON_GRASS, DOG, MAN_SITS = [1, 2, 3, 4, 1, 5], [1, 2], [1, 6, 7]

@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from ravlm_core.generators.ngram_consensus import document_frequencies
-from ravlm_core.generators.smallcap import CONSENSUS_FILE, META_FILE, WEIGHTS_FILE, context_captions
+from ravlm_core.generators.smallcap import (
+    CONSENSUS_FILE,
+    META_FILE,
+    WEIGHTS_FILE,
+    context_captions,
+)
 from ravlm_core.generators.smallcap_model import (
     SmallCapConfig,
     caption_ids,
