@@ -84,11 +84,13 @@ class Store:
         found = set(self.read(name, columns=[key], where=where).column(key).to_pylist())
         return found if ids is None else found & set(ids)
 
-    def read(self, name: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
-        """A whole table (or the rows matching a SQL `where`) as Arrow; empty when the table does not exist."""
+    def read(self, name: str, columns: list[str] | None = None, where: str | None = None,
+             schema: pa.Schema | None = None) -> pa.Table:
+        """A whole table (or the rows matching a SQL `where`) as Arrow; empty when the table does not exist.
+        With the table's `schema`, columns a store written by an older release lacks are added first (null)."""
         if not self.has(name):
             return pa.table({})
-        query = self.table(name).search().limit(None)
+        query = (self.ensure_columns(name, schema) if schema is not None else self.table(name)).search().limit(None)
         if columns is not None:
             query = query.select(columns)
         if where is not None:
@@ -111,10 +113,9 @@ def read_lists(store: Store, table: str, schema: pa.Schema, key: str, column: st
     """key -> the non-empty list in `column` (every caption, every human answer) of these rows."""
     if not store.has(table) or not ids:
         return {}
-    store.ensure_columns(table, schema)  # a store from before the column existed
     found = {}
     for part in chunks(sorted(set(ids))):
-        rows = store.read(table, columns=[key, column], where=in_list(key, part))
+        rows = store.read(table, columns=[key, column], where=in_list(key, part), schema=schema)
         found.update({k: v for k, v in zip(rows.column(key).to_pylist(), rows.column(column).to_pylist()) if v})
     return found
 

@@ -91,10 +91,8 @@ def alignment_pairs(store: Store, split: str,
                     limit: int = MAX_ALIGNMENT_IMAGES) -> tuple[list[Image.Image], list[list[str]]]:
     """Decoded images and all their captions (`captions`, else `caption`) for every captioned image of `split` (all
     datasets), up to `limit` images. An image listed in several datasets gets the captions of every listing."""
-    if store.has(IMAGES):
-        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store written before it existed
     rows = store.read(IMAGES, columns=["image_id", "caption", "captions"],
-                      where=f"split = {sql_quote(split)} AND {ACTIVE}")
+                      where=f"split = {sql_quote(split)} AND {ACTIVE}", schema=IMAGES_SCHEMA)
     if not rows.num_rows:  # no images table yet reads as an empty table without columns
         return [], []
     captions_of: dict[str, list[str]] = defaultdict(list)

@@ -61,9 +61,7 @@ def listed_texts(store: Store, datasets: list[str] | None = None) -> tuple[list[
     """Distinct captions (every one of each listing: `caption` and all of `captions`) and distinct questions of the
     listed images (of `datasets`, or all), sorted."""
     where = ACTIVE if not datasets else f"{ACTIVE} AND {in_list('dataset', datasets)}"
-    if store.has(IMAGES):
-        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
-    listings = store.read(IMAGES, columns=["caption", "captions"], where=where)
+    listings = store.read(IMAGES, columns=["caption", "captions"], where=where, schema=IMAGES_SCHEMA)
     questions = store.read(QA, columns=["question"], where=where)
     as_list = lambda table, column: table.column(column).to_pylist() if table.num_rows else []  # noqa: E731
     captions = {c for c in as_list(listings, "caption") if c}

@@ -85,8 +85,8 @@ def text_to_image_metrics(store: Store, model_tag: str, dataset: str, split: str
     share a caption (easy-VQA has 24 captions for 1,000 test images) every one of them is relevant, and recall@K
     counts how many of them the top K found. None without captions.
     """
-    store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
-    images = store.read(IMAGES, columns=["image_id", "caption", "captions"], where=kb_filter(dataset, split))
+    images = store.read(IMAGES, columns=["image_id", "caption", "captions"], where=kb_filter(dataset, split),
+                        schema=IMAGES_SCHEMA)
     relevant: dict[str, set[str]] = defaultdict(set)
     columns = (images.column(c).to_pylist() for c in ("image_id", "caption", "captions"))
     for image_id, caption, captions in zip(*columns):
@@ -107,8 +107,8 @@ def job_examples(store: Store, table: str, jobs: dict[str, str], n: int = 8) -> 
 
     vqa = table == VQA_PREDICTIONS
     key, truth = ("qa_id", "answer") if vqa else ("member_id", "reference")
-    store.ensure_columns(table, VQA_PREDICTIONS_SCHEMA if vqa else CAPTION_PREDICTIONS_SCHEMA)  # `prompt` in an older store
-    rows = store.read(table, where=f"job_id = {sql_quote(next(iter(jobs.values())))}").to_pylist()
+    rows = store.read(table, where=f"job_id = {sql_quote(next(iter(jobs.values())))}",
+                      schema=VQA_PREDICTIONS_SCHEMA if vqa else CAPTION_PREDICTIONS_SCHEMA).to_pylist()  # `prompt`
     rows.sort(key=lambda r: (r["prediction"] == r[truth], r[key]))
     rows = rows[:n]
     keys = [r[key] for r in rows]

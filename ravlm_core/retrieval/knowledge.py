@@ -264,10 +264,8 @@ def load_knowledge_base(store: Store, model_tag: str, question_tag: str, sets: l
     where = sets_filter(sets)
     qa = store.read(QA, columns=["image_id", "question", "answer"], where=f"{where} AND answer IS NOT NULL")
     qa = qa.to_pandas() if qa.num_rows else pd.DataFrame(columns=["image_id", "question", "answer"])
-    if store.has(IMAGES):
-        store.ensure_columns(IMAGES, IMAGES_SCHEMA)  # `captions` in a store from before it existed
     columns = ["image_id", "dataset", "split", "caption", "captions"]
-    images = store.read(IMAGES, columns=columns, where=where).to_pandas()
+    images = store.read(IMAGES, columns=columns, where=where, schema=IMAGES_SCHEMA).to_pandas()
     if not images.empty:  # a stable order, so the same KB always gives the same captions and fingerprint
         images = images.sort_values(["image_id", "dataset", "split"], kind="stable")
     found = set(zip(images.get("dataset", []), images.get("split", [])))
