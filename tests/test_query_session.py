@@ -257,15 +257,16 @@ def test_cli_search_mistakes_are_one_line(shapes, capsys, monkeypatch):
 
 
 def test_cli_dedup_over_the_stored_vectors(shapes, tmp_path, capsys, monkeypatch):
-    code, out, _ = cli(shapes, capsys, monkeypatch, "dedup", "--threshold", "0.99", "--dataset", "shapes", "--json")
+    # Same-class shapes sit close in the learnt space; how close depends on the heads (linear ones spread them more).
+    code, out, _ = cli(shapes, capsys, monkeypatch, "dedup", "--threshold", "0.95", "--dataset", "shapes", "--json")
     rows = json.loads(out)
-    assert code == 0 and rows and all(r["similarity"] >= 0.99 and r["dataset"] == "shapes" for r in rows)
+    assert code == 0 and rows and all(r["similarity"] >= 0.95 and r["dataset"] == "shapes" for r in rows)
     groups = {}
     for row in rows:
         groups.setdefault(row["group"], []).append(row)
     assert all(len(members) == members[0]["size"] >= 2 for members in groups.values())
     page = tmp_path / "dups.html"
-    code, _, _ = cli(shapes, capsys, monkeypatch, "dedup", "--threshold", "0.99", "--dataset", "shapes",
+    code, _, _ = cli(shapes, capsys, monkeypatch, "dedup", "--threshold", "0.95", "--dataset", "shapes",
                      "--output-format", "html", "-o", str(page))
     assert code == 0 and page.read_text().count("<img") == len(rows)
     for threshold in ("0", "1.5", "-0.2"):
