@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from ravlm_core.config import Settings  # noqa: E402
 from ravlm_core.ids import text_id  # noqa: E402
 from ravlm_core.jobs.answerers import FusionAnswerer  # noqa: E402
-from ravlm_core.jobs.vqa import answer, read_items, train_answerer  # noqa: E402
+from ravlm_core.jobs.vqa import answer, looks_of, read_items, train_answerer  # noqa: E402
 from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, load_knowledge_base  # noqa: E402
 from ravlm_core.retrieval.questions import retrieve_for_items
 from ravlm_core.retrieval.search import search, stored_guard, vectors_by_id  # noqa: E402
@@ -246,10 +246,11 @@ def _sweep_row(store: Store, kb: KnowledgeBase, items: pd.DataFrame, captions: d
     """One threshold (`kb.config`): each variant's predictions, as the `vqa` flow makes them, and their scores."""
     image_ids, questions = items["image_id"].tolist(), items["question"].tolist()
     found = retrieve_for_items(store, kb, image_ids, questions, k)
+    looks = looks_of(store, image_ids)
     variants = {
-        "fusion": answer(kb, found, "fusion", fusion),
+        "fusion": answer(kb, found, "fusion", fusion, looks),
         "voting": answer(kb, found, "voting", None),
-        "fusion_without_retrieval": answer(kb, found, "fusion", no_retrieval),
+        "fusion_without_retrieval": answer(kb, found, "fusion", no_retrieval, looks),
     }
     frames = {name: annotate(items.assign(prediction=p), captions) for name, p in variants.items()}
     threshold = kb.config.question_match_min

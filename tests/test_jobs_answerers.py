@@ -5,7 +5,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, train_fusion, vote_answers
+from ravlm_core.jobs.answerers import (
+    APPEARANCE_RANKS,
+    FusionAnswerer,
+    FusionConfig,
+    appearance,
+    train_fusion,
+    vote_answers,
+)
 from ravlm_core.retrieval.knowledge import KnowledgeBase, RetrievalConfig, question_form
 from ravlm_core.retrieval.questions import Retrieved, retrieve_for_vectors
 from ravlm_core.retrieval.search import Neighbours
@@ -180,3 +187,76 @@ def test_fusion_answers_only_among_the_allowed_answers(tmp_path):
     got = model.predict(images[:3], questions[:3], context, allowed)
     assert got[0] in ("red", "green") and got[1] == "green"
     assert got[2] == model.predict(images[2:3], questions[2:3], context[2:3])[0] != "yes"  # not all -inf: index 0
+
+
+def _signature(rng, colour, background, shape_pixels: int) -> bytes:
+    """A 16x16 RGB signature: `shape_pixels` pixels of `colour` at random places on `background`."""
+    pixels = np.tile(np.array(background, np.uint8), (256, 1))
+    pixels[rng.choice(256, shape_pixels, replace=False)] = colour
+    return pixels.tobytes()
+
+
+def test_appearance_is_the_images_colours_by_brightness_rank_wherever_they_are():
+    rng = np.random.default_rng(6)
+    dark_gray, light = (90, 90, 95), (230, 220, 240)
+    one, moved = _signature(rng, dark_gray, light, 100), _signature(rng, dark_gray, light, 100)
+    black = _signature(rng, (30, 28, 26), light, 100)
+    looks = appearance([one, moved, black, None])
+    assert looks.shape == (4, 3 * APPEARANCE_RANKS) and looks.dtype == np.float32
+    assert np.array_equal(looks[0], looks[1])  # the same colours elsewhere in the image look the same
+    ranked = looks[0].reshape(APPEARANCE_RANKS, 3)
+    assert ranked[0] == pytest.approx(np.array(dark_gray) / 255) and ranked[-1] == pytest.approx(np.array(light) / 255)
+    assert np.abs(looks[2] - looks[0]).max() > 0.2 and not looks[3].any()  # black is not gray; no signature: 0
+
+
+def test_fusion_reads_the_appearance_the_image_vector_lacks(tmp_path):
+    # The answer is the shade of the image's shape; the image vectors carry nothing about it (random), as a
+    # caption-trained vector folds shades together. Only an answerer given `looks` can answer, and it must be
+    # given them again when it predicts.
+    rng = np.random.default_rng(7)
+    n, answers = 1200, ["gray", "black"]
+    labels = rng.integers(0, 2, n)
+    shades = {0: (100, 100, 104), 1: (40, 36, 34)}
+    looks = appearance([_signature(rng, np.array(shades[int(y)]) + rng.integers(-8, 9, 3),
+                                   rng.integers(200, 256, 3), int(rng.integers(40, 180))) for y in labels])
+    images, questions, context = unit_rows(rng, n, 16), np.tile(unit_rows(rng, 1, 16), (n, 1)), np.zeros((n, 3))
+    context = context.astype(np.float32)
+    train, test = slice(0, 1000), slice(1000, n)
+    truth = np.array(answers)[labels[test]]
+
+    def accuracy(config: FusionConfig) -> float:
+        model = FusionAnswerer(train_fusion(images[train], questions[train], context[train], labels[train], answers,
+                                            tmp_path, "fp", config, looks=looks[train]))
+        return np.mean(np.array(model.predict(images[test], questions[test], context[test], looks=looks[test])) == truth)
+
+    assert accuracy(FusionConfig(epochs=30, hidden=64)) > 0.95
+    assert accuracy(FusionConfig(epochs=30, hidden=64, appearance=False)) < 0.7
+    reads = FusionAnswerer(train_fusion(images[train], questions[train], context[train], labels[train], answers,
+                                        tmp_path, "fp", FusionConfig(epochs=30, hidden=64), looks=looks[train]))
+    with pytest.raises(ValueError, match="appearance"):
+        reads.predict(images[test], questions[test], context[test])
+
+
+def test_context_dropout_is_the_share_of_training_rows_answered_without_neighbours(tmp_path):
+    # Training contexts always name the answer; the image carries it too. Given contexts that name a wrong answer,
+    # an answerer that always saw its context (dropout 0) follows it; one that never did (1.0) reads the image.
+    rng = np.random.default_rng(8)
+    n, answers = 2400, ["red", "green", "blue"]
+    labels = rng.integers(0, 3, n)
+    centres = unit_rows(rng, 3, 16)
+    images = (centres[labels] + 0.3 * rng.standard_normal((n, 16))).astype(np.float32)
+    questions = np.tile(unit_rows(rng, 1, 16), (n, 1))
+    context = np.zeros((n, 4), np.float32)
+    context[np.arange(n), labels] = 1.0
+    train, test = slice(0, 2000), slice(2000, n)
+    misleading = np.zeros((n - 2000, 4), np.float32)
+    misleading[np.arange(n - 2000), (labels[test] + 1) % 3] = 1.0
+    truth = np.array(answers)[labels[test]]
+
+    def accuracy(dropout: float) -> float:
+        config = FusionConfig(epochs=6, hidden=32, image_dropout=0.0, context_dropout=dropout)
+        model = FusionAnswerer(train_fusion(images[train], questions[train], context[train], labels[train], answers,
+                                            tmp_path, "fp", config))
+        return np.mean(np.array(model.predict(images[test], questions[test], misleading)) == truth)
+
+    assert accuracy(0.0) < 0.5 and accuracy(1.0) > 0.85

@@ -14,7 +14,14 @@ import pyarrow as pa
 from ravlm_core.errors import UserError
 from ravlm_core.generators import MODEL_KINDS, GenerationJob
 from ravlm_core.ids import pred_ids, qa_id_of
-from ravlm_core.jobs.answerers import FusionAnswerer, FusionConfig, fusion_dir, train_fusion, vote_answers
+from ravlm_core.jobs.answerers import (
+    FusionAnswerer,
+    FusionConfig,
+    appearance,
+    fusion_dir,
+    train_fusion,
+    vote_answers,
+)
 from ravlm_core.jobs.parts import (
     JobResult,
     batches,
@@ -29,7 +36,7 @@ from ravlm_core.locations import local_model
 from ravlm_core.model_files import timed_load
 from ravlm_core.retrieval.knowledge import KnowledgeBase
 from ravlm_core.retrieval.questions import Retrieved, no_neighbours, retrieve_for_items
-from ravlm_core.retrieval.search import sets_filter
+from ravlm_core.retrieval.search import sets_filter, signatures_of
 from ravlm_core.schemas import QA, QA_SCHEMA, VQA_PREDICTIONS, VQA_PREDICTIONS_SCHEMA
 from ravlm_core.store import Store
 from ravlm_core.writer import BatchedWriter
@@ -80,7 +87,7 @@ def run_vqa_part(store: Store, knowledge: KnowledgeBase, dataset: str, split: st
         if job.spec.kind == "builtin-fusion":
             answerer = timed_load(f"fusion answerer {job.model_dir}",
                                   lambda: FusionAnswerer(local_model(job.model_dir), device))
-        predictions = answer(knowledge, retrieved, job.variant, answerer)
+        predictions = answer(knowledge, retrieved, job.variant, answerer, looks_of(store, items["image_id"]))
         rows = prediction_rows(job, knowledge, items, retrieved, predictions, run_id)
         n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
         guarded = sum(n > 0 for n in retrieved.neighbours.guarded)
@@ -89,15 +96,24 @@ def run_vqa_part(store: Store, knowledge: KnowledgeBase, dataset: str, split: st
     return JobResult(job.job_id, part, len(items), n_new, guarded)
 
 
-def answer(knowledge: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None) -> list[str]:
-    """Answers for each item by `variant` ("voting", or "fusion" / "fusion-no-retrieval" with a trained answerer)."""
+def answer(knowledge: KnowledgeBase, retrieved: Retrieved, variant: str, answerer: FusionAnswerer | None,
+           looks: np.ndarray | None = None) -> list[str]:
+    """Answers for each item by `variant` ("voting", or "fusion" / "fusion-no-retrieval" with a trained answerer,
+    which reads the items' `looks` (`looks_of`) when it was trained with them)."""
     context = retrieved.context(knowledge)
     if variant == "voting":
         return vote_answers(context, knowledge.answers)
     if answerer is None:
         raise ValueError(f"variant {variant!r} needs a trained fusion answerer")
     return answerer.predict(retrieved.image_vectors, retrieved.question_vectors, context,
-                            retrieved.allowed_answers(knowledge))
+                            retrieved.allowed_answers(knowledge), looks)
+
+
+def looks_of(store: Store, image_ids) -> np.ndarray:
+    """float32 [n, da]: the `appearance` of each image, from the pixel signatures ingest stored."""
+    image_ids = list(image_ids)
+    signatures = signatures_of(store, set(image_ids))
+    return appearance([signatures.get(i) for i in image_ids])
 
 
 def _generate_answers(store: Store, knowledge: KnowledgeBase, items: pd.DataFrame, job: GenerationJob, k: int,
@@ -159,7 +175,8 @@ def train_answerer(store: Store, knowledge: KnowledgeBase, k: int, out_root: Pat
                                    training=True)
     labels = np.array([knowledge.answer_index(a) for a in items["answer"]])
     return train_fusion(retrieved.image_vectors, retrieved.question_vectors, retrieved.context(knowledge), labels,
-                        knowledge.answers, out_root, f"{knowledge.fingerprint}:k={k}", config, device)
+                        knowledge.answers, out_root, f"{knowledge.fingerprint}:k={k}", config, device,
+                        looks_of(store, items["image_id"]))
 
 
 def trained_answerer(knowledge: KnowledgeBase, k: int, out_root: Path, use_retrieval: bool,

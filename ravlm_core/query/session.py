@@ -16,7 +16,7 @@ from ravlm_core.config import Settings
 from ravlm_core.embed.pinning import BUILTIN, pinned_encoder
 from ravlm_core.errors import UserError
 from ravlm_core.imaging import ImageRejected, open_rgb, signature
-from ravlm_core.jobs.answerers import FusionAnswerer, vote_answers
+from ravlm_core.jobs.answerers import FusionAnswerer, appearance, vote_answers
 from ravlm_core.model_files import timed_load
 from ravlm_core.query.results import Hits
 from ravlm_core.retrieval.filters import Filter, listed_in, listing_where, parse_filters
@@ -392,7 +392,8 @@ def ask(store: Store, kb: KnowledgeBase, encoder, question_encoder, answerer: Fu
               "voting": vote_answers(context, kb.answers)[0],
               "near_duplicates": retrieved.neighbours.guarded[0]}
     if answerer is not None:
-        result["answer"] = answerer.predict(image_vector, question_vector, context)[0]
+        result["answer"] = answerer.predict(image_vector, question_vector, context,
+                                            looks=appearance([signature(pixels)]))[0]
     neighbours = retrieved.neighbours
     result["neighbours"] = describe_images(store, neighbours.ids[0][:5], neighbours.scores[0][:5])
     return result
