@@ -152,7 +152,8 @@ def fit_heads(image_views, text_features, image_captions: list[list[int]], confi
             candidate = dataclasses.replace(config, hidden=width)
             heads, _, epoch = train_heads(image_views[kept], text_features, *_pairs(image_captions, kept), candidate,
                                           device, validate=score, patience=patience)
-            recall, value = retrieval_recall(heads, held_views, text_features, held_captions), score(heads)
+            recall = retrieval_recall(heads, held_views, text_features, held_captions)  # heads come back on the CPU
+            value = _selection_score(recall)
             log.info("built-in encoder: hidden width %d: held-out score %.4f at epoch %d", width, value, epoch)
             if best is None or value > best[0] + HIDDEN_MARGIN:
                 best = (value, width, epoch, recall)

@@ -53,16 +53,20 @@ class ConsensusScorer:
 
     def agreement(self, candidate: Sequence[int], retrieved: Sequence[Sequence[int]]) -> float:
         """Mean over the retrieved captions and over n of the n-gram vectors' cosine, in [0, 1]; 0 without any."""
-        if not retrieved:
-            return 0.0
-        mine = self._vectors(candidate)
-        total = 0.0
-        for other in map(self._vectors, retrieved):
-            total += sum(sum(v * b.get(g, 0.0) for g, v in a.items()) for a, b in zip(mine, other)) / MAX_N
-        return total / len(retrieved)
+        return _mean_cosine(self._vectors(candidate), [self._vectors(r) for r in retrieved])
 
     def choose(self, hypotheses: Sequence[tuple[float, list[int]]], retrieved: Sequence[Sequence[int]]) -> list[int]:
         """The hypothesis (score, ids) most in agreement with `retrieved`; the best-scored one without any."""
         if not retrieved:
             return hypotheses[0][1]
-        return max(hypotheses, key=lambda h: self.agreement(h[1], retrieved) + LM_WEIGHT * h[0])[1]
+        theirs = [self._vectors(r) for r in retrieved]  # once per item, not once per hypothesis
+        return max(hypotheses, key=lambda h: _mean_cosine(self._vectors(h[1]), theirs) + LM_WEIGHT * h[0])[1]
+
+
+def _mean_cosine(mine: list[dict[str, float]], theirs: list[list[dict[str, float]]]) -> float:
+    """Unit n-gram vectors (per n) of one caption against those of each other caption: the mean cosine over the
+    others and over n; 0 without others."""
+    if not theirs:
+        return 0.0
+    total = sum(sum(v * b.get(g, 0.0) for g, v in a.items()) for other in theirs for a, b in zip(mine, other))
+    return total / (MAX_N * len(theirs))

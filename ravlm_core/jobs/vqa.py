@@ -83,11 +83,12 @@ def run_vqa_part(store: Store, knowledge: KnowledgeBase, dataset: str, split: st
         n_new, guarded = _generate_answers(store, knowledge, items, job, k, device, run_id)
     else:
         retrieved = retrieve_for_items(store, knowledge, items["image_id"].tolist(), items["question"].tolist(), k)
-        answerer = None
-        if job.spec.kind == "builtin-fusion":
+        answerer, looks = None, None
+        if job.spec.kind == "builtin-fusion":  # voting reads neither the answerer nor the images' appearance
             answerer = timed_load(f"fusion answerer {job.model_dir}",
                                   lambda: FusionAnswerer(local_model(job.model_dir), device))
-        predictions = answer(knowledge, retrieved, job.variant, answerer, looks_of(store, items["image_id"]))
+            looks = looks_of(store, items["image_id"])
+        predictions = answer(knowledge, retrieved, job.variant, answerer, looks)
         rows = prediction_rows(job, knowledge, items, retrieved, predictions, run_id)
         n_new = store.upsert(VQA_PREDICTIONS, rows, "pred_id")
         guarded = sum(n > 0 for n in retrieved.neighbours.guarded)
