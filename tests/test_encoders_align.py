@@ -15,13 +15,20 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ravlm_core.encoders import load_encoder, train_builtin_encoder
-from ravlm_core.encoders.align import HeadConfig, multi_positive_loss, positive_mask, train_heads
+from ravlm_core.encoders.align import (
+    AlignmentHeads,
+    HeadConfig,
+    HeadShape,
+    multi_positive_loss,
+    positive_mask,
+    train_heads,
+)
 from ravlm_core.encoders.builtin import BuiltinEncoder, BuiltinSpec, compute_tag, read_spec
 from ravlm_core.errors import UserError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 # 32 px keeps the backbone pass to a fraction of a second; augmented views have tests of their own.
-FAST = dict(image_size=32, epochs=30, batch_size=32, views=0, hidden=512)
+FAST = dict(image_size=32, epochs=30, batch_size=32, views=0, heads=HeadShape(hidden=512), dim=256)
 # Heads shaped like the default built-in ones (hidden 512, dim 256), trained briefly.
 TRAINED_SHAPES = HeadConfig(dim=256, hidden=512, epochs=2, batch_size=8, lr=2e-3, weight_decay=1e-4, seed=0)
 
@@ -132,6 +139,29 @@ def test_train_heads_is_deterministic_for_a_seed():
     third, _, _ = train_heads(*features, dataclasses.replace(SMALL, seed=1))
     assert _same(first, second) and not torch.equal(first.image[0].weight, third.image[0].weight)
     assert len(losses) == 6 and kept == 6 and losses[-1] < losses[0]
+
+
+def test_image_dropout_is_seeded_leaves_the_callers_rng_alone_and_only_acts_in_training():
+    features = _random_features()
+    dropped = dataclasses.replace(SMALL, image_dropout=0.5)
+    before = torch.random.get_rng_state()
+    first, _, _ = train_heads(*features, dropped)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    second, _, _ = train_heads(*features, dropped)
+    plain, _, _ = train_heads(*features, SMALL)
+    assert _same(first, second) and not _same(first, plain)
+    views = features[0][:, 0]
+    torch.testing.assert_close(first.embed_images(views), first.embed_images(views))  # eval mode: no dropout
+    assert not torch.equal(first.train().embed_images(views), first.embed_images(views))
+
+
+def test_a_residual_text_head_starts_as_the_sentence_encoders_own_space():
+    texts = torch.randn(5, 6)
+    heads = AlignmentHeads(12, 6, 0, 6, text_head="residual")
+    torch.testing.assert_close(heads.embed_texts(texts), torch.nn.functional.normalize(texts, dim=1))
+    assert set(heads.state_dict()) == set(AlignmentHeads(12, 6, 0, 6).state_dict())  # a Linear's keys and shapes
+    with pytest.raises(ValueError, match="width 6"):
+        AlignmentHeads(12, 6, 0, 8, text_head="residual")
 
 
 def test_train_heads_keeps_the_best_validated_epoch_and_stops_after_patience():
@@ -257,7 +287,7 @@ def test_specs_written_before_the_recall_fields_keep_their_tag(trained):
     spec = read_spec(trained)
     legacy = spec.model_copy(update={"training": spec.training.model_copy(update={
         name: None for name in ("n_images", "views", "augmentation", "holdout", "heldout_images", "best_epoch",
-                                "train_recall", "heldout_recall")})})
+                                "train_recall", "heldout_recall", "text_head", "image_dropout")})})
     fields = json.loads(legacy.model_dump_json())
     for name in list(fields["training"]):
         if fields["training"][name] is None and name != "final_loss":
@@ -378,16 +408,23 @@ def test_status_shows_train_and_held_out_recall(trained, tmp_path):
     assert f"t2i@1 {training.heldout_recall['t2i_recall@1']:.3f}" in line
 
 
-def test_the_head_width_is_chosen_on_held_out_recall(data, tmp_path, caplog):
-    from ravlm_core.encoders.training import HIDDEN_MARGIN
+def test_the_heads_are_chosen_on_held_out_recall_and_a_residual_text_head_round_trips(data, tmp_path, caplog):
+    from ravlm_core.encoders.training import HEAD_MARGIN
 
     images, captions = data
+    candidates = (HeadShape(hidden=512), HeadShape(), HeadShape(text_head="residual", image_dropout=0.7))
     with caplog.at_level("INFO", logger="ravlm_core.encoders.training"):
-        folder = train_builtin_encoder(images, captions, tmp_path, **dict(FAST, hidden=(512, 0)))
-    scores = {int(m[0]): float(m[1]) for m in re.findall(r"hidden width (\d+): held-out score ([\d.]+)", caplog.text)}
-    assert set(scores) == {512, 0}
-    expected = 0 if scores[0] > scores[512] + HIDDEN_MARGIN else 512
-    assert read_spec(folder).training.hidden == expected
-    assert _precision_at_16(load_encoder(folder), images, captions) == 1.0
-    linear = train_builtin_encoder(images, captions, tmp_path, **dict(FAST, hidden=0))
-    assert read_spec(linear).training.hidden == 0 and load_encoder(linear).embed_texts(["a red square"]).shape == (1, 256)
+        folder = train_builtin_encoder(images, captions, tmp_path, **dict(FAST, heads=candidates, dim=None))
+    scores = dict(re.findall(r"built-in encoder: (.+): held-out score ([\d.]+)", caplog.text))
+    assert set(scores) == set(map(str, candidates))
+    kept = candidates[0]
+    for candidate in candidates[1:]:
+        if float(scores[str(candidate)]) > float(scores[str(kept)]) + HEAD_MARGIN:
+            kept = candidate
+    training = read_spec(folder).training
+    assert (training.hidden, training.text_head, training.image_dropout) == dataclasses.astuple(kept)
+    residual = train_builtin_encoder(images, captions, tmp_path, **dict(FAST, heads=candidates[2], dim=None))
+    encoder = load_encoder(residual)
+    assert read_spec(residual).training.text_head == "residual" and encoder.dim == 384
+    assert encoder.embed_texts(["a red square"]).shape == (1, 384)
+    assert _precision_at_16(encoder, images, captions) > 0.8  # hides colour features: see HEAD_CANDIDATES

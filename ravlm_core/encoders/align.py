@@ -24,30 +24,69 @@ class HeadConfig:
     """Plain hyper-parameters of the heads and their training (defaults live in `training.train_builtin_encoder`)."""
 
     dim: int  # shared embedding size
-    hidden: int  # width of each head's hidden layer; 0: a linear head
     epochs: int  # at most; validation may pick an earlier epoch's weights
     batch_size: int  # pairs per contrastive batch: more in-batch negatives per step
     lr: float  # AdamW
     weight_decay: float
     seed: int  # head initialisation, batch order and the augmented view drawn per epoch
+    hidden: int = 0  # width of each head's hidden layer; 0: a linear head
+    # The text head: "linear" (a Linear into `dim`) or "residual" (x + Linear(x), zero-initialised, so training
+    # starts from the sentence encoder's own space and `dim` must be its width). See `training.fit_heads` for why.
+    text_head: str = "linear"
+    image_dropout: float = 0.0  # share of the image features zeroed per training row (none at inference)
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    """What candidate heads differ in (`training.HEAD_CANDIDATES`); the rest of `HeadConfig` they share."""
+
+    hidden: int = 0
+    text_head: str = "linear"
+    image_dropout: float = 0.0
+
+    def __str__(self) -> str:
+        image = f"hidden {self.hidden}" if self.hidden else "linear"
+        return f"image head {image}, {self.text_head} text head, image dropout {self.image_dropout}"
 
 
 class AlignmentHeads(nn.Module):
-    """One Linear→GELU→Linear head per tower into a shared `dim`-d space (one Linear where `hidden` is 0), plus
-    the learnable log logit scale."""
+    """One Linear→GELU→Linear head per tower into a shared `dim`-d space (one Linear where `hidden` is 0), or a
+    residual text head (`ResidualLinear`, no hidden layer), plus the learnable log logit scale. `image_dropout`
+    acts in training mode only, and only through `embed_images`: `image` itself is the inference head."""
 
-    def __init__(self, image_dim: int, text_dim: int, hidden: int, dim: int):
+    def __init__(self, image_dim: int, text_dim: int, hidden: int, dim: int, text_head: str = "linear",
+                 image_dropout: float = 0.0):
         super().__init__()
-        self.image, self.text = _head(image_dim, hidden, dim), _head(text_dim, hidden, dim)
+        if text_head not in ("linear", "residual"):
+            raise ValueError(f"text_head is 'linear' or 'residual', not {text_head!r}")
+        if text_head == "residual" and dim != text_dim:
+            raise ValueError(f"a residual text head keeps the text features' width {text_dim}; got dim {dim}")
+        self.image = _head(image_dim, hidden, dim)
+        self.text = nn.Sequential(ResidualLinear(text_dim)) if text_head == "residual" else _head(text_dim, hidden, dim)
+        self.image_dropout = nn.Dropout(image_dropout)
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
 
     def embed_images(self, features: torch.Tensor) -> torch.Tensor:
         """[n, image_dim] → [n, dim] unit rows."""
-        return F.normalize(self.image(features), dim=-1)
+        return F.normalize(self.image(self.image_dropout(features)), dim=-1)
 
     def embed_texts(self, features: torch.Tensor) -> torch.Tensor:
         """[n, text_dim] → [n, dim] unit rows."""
         return F.normalize(self.text(features), dim=-1)
+
+
+class ResidualLinear(nn.Linear):
+    """x + Linear(x), the Linear zero-initialised: an identity map to start from that training bends.
+
+    Its state is a plain Linear's (`weight`, `bias`), so saved heads load by shape alone."""
+
+    def __init__(self, width: int):
+        super().__init__(width, width)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
 
 
 def _head(features: int, hidden: int, dim: int) -> nn.Sequential:
@@ -120,11 +159,19 @@ def train_heads(
                          f"{len(pair_captions)}")
     if int(pair_images.max()) >= len(image_views) or int(pair_captions.max()) >= len(text_features):
         raise ValueError("a training pair points past the image or text features")
-    # Seed only a forked RNG: initialising the heads must not disturb the caller's global random state.
-    with torch.random.fork_rng(devices=[]):
+    # The heads' initialisation and dropout masks draw from torch's global RNG: seed a fork of it, so training is
+    # deterministic for a seed and leaves the caller's random state alone.
+    forked = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
         torch.manual_seed(config.seed)
-        heads = AlignmentHeads(image_views.shape[2], text_features.shape[1], config.hidden, config.dim)
-    heads.to(device)
+        return _train(image_views, text_features, pair_images, pair_captions, config, device, validate, patience)
+
+
+def _train(image_views, text_features, pair_images, pair_captions, config: HeadConfig, device: str, validate,
+           patience):
+    n_pairs = len(pair_images)
+    heads = AlignmentHeads(image_views.shape[2], text_features.shape[1], config.hidden, config.dim,
+                           config.text_head, config.image_dropout).to(device)
     image_views, text_features = image_views.to(device), text_features.to(device)
     pair_images, pair_captions = pair_images.to(device), pair_captions.to(device)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)

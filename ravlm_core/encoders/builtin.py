@@ -69,6 +69,8 @@ class TrainingSpec(_Spec):
     best_epoch: int | None = None  # chosen on the held-out images; the saved heads trained this long on all images
     train_recall: dict[str, float] | None = None  # training.retrieval_recall on (a sample of) the training images
     heldout_recall: dict[str, float] | None = None  # the same on the held-out images, by heads that never saw them
+    text_head: Literal["linear", "residual"] | None = None  # align.AlignmentHeads; None (older specs): linear
+    image_dropout: float | None = None
 
 
 class BuiltinSpec(_Spec):
@@ -82,7 +84,7 @@ class BuiltinSpec(_Spec):
 
 
 _LATER_TRAINING_FIELDS = ("n_images", "views", "augmentation", "holdout", "heldout_images", "best_epoch",
-                          "train_recall", "heldout_recall")
+                          "train_recall", "heldout_recall", "text_head", "image_dropout")
 
 
 def read_spec(model_dir: Path) -> BuiltinSpec:
@@ -155,7 +157,8 @@ class BuiltinEncoder:
         self._image_tower = self._text_tower = None
         self._graph = self._batch_size = None
         self._staging: dict = {}  # the pinned host buffer of CUDA batches
-        self._heads = AlignmentHeads(ImageBackbone.dim, TextBackbone.dim, spec.training.hidden, spec.dim)
+        self._heads = AlignmentHeads(ImageBackbone.dim, TextBackbone.dim, spec.training.hidden, spec.dim,
+                                     spec.training.text_head or "linear")
         self._heads.load_state_dict(state, strict=True)
         self._heads.eval().requires_grad_(False).to(device)
 
